@@ -1,0 +1,184 @@
+"""Recipes: one pydantic model per command, YAML files, dotted overrides, the resolved dump.
+
+Precedence, lowest first: the model's defaults (SPEC.md's), the recipe file, the command's own
+flags, then ``--set key=value`` overrides. Unknown keys are errors everywhere. Every failure is
+a :class:`SwagError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from swagcli.errors import SwagError
+from swagcli.prep.canon import ALLOWED_SENSES
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# -- swag vocab ---------------------------------------------------------------------------------
+class VocabRecipe(Recipe):
+    """`swag vocab build`: hashtag dumps -> canonical hashtag vocabulary (SPEC.md §1)."""
+
+    dumps: list[str] = Field(default_factory=list, description="dump files, globs or brace ranges")
+    out: str | None = Field(None, description="output directory (vocab.json, report, plot)")
+    format: Literal["auto", "jsonl", "tsv"] = "auto"
+    min_count: int = Field(2, ge=1, description="keep tags used on at least this many images")
+    countries: list[str] | None = Field(
+        None, description="candidates only from posts of these countries (paper: [US]); null = all")
+    allowed_senses: list[str] = Field(default_factory=lambda: list(ALLOWED_SENSES))
+    min_len: int = Field(3, ge=1, description="Listing 1's MIN_LEN")
+    head_min_images: int = Field(5000, ge=1, description="head: canonical hashtags on >= this many images")
+    caption_hashtags: bool = Field(True, description="take #tags from the caption of posts without hashtags")
+    workers: int = Field(1, ge=1, description="processes counting shards in parallel")
+
+    @field_validator("allowed_senses")
+    @classmethod
+    def _senses(cls, v):
+        from swagcli.wordnet import LEXNAMES
+
+        known = {name for name, _ in LEXNAMES}
+        bad = [s for s in v if s not in known]
+        if bad:
+            raise ValueError(f"unknown WordNet lexname(s) {bad}; e.g. noun.animal, noun.artifact")
+        if not v:
+            raise ValueError("at least one sense is needed")
+        return v
+
+
+# -- swag synth ---------------------------------------------------------------------------------
+class SynthRecipe(Recipe):
+    """`swag synth`: the built-in synthetic hashtag world."""
+
+    out: str | None = Field(None, description="output directory")
+    seed: int = 0
+    posts: int = Field(20000, ge=10, description="hashtag posts (and images)")
+    concepts: int = Field(300, ge=10, description="WordNet concept synsets the world is made of")
+    zipf_exponent: float = Field(1.1, gt=0, description="concept frequency ~ rank^-s")
+    dump_shards: int = Field(8, ge=1)
+    gzip_fraction: float = Field(0.5, ge=0, le=1, description="share of dump shards gzip-compressed")
+    image_size: int = Field(64, ge=16, le=512)
+    images_per_shard: int = Field(2000, ge=10, description="webdataset shard size")
+    extra_concept_prob: float = Field(0.35, ge=0, le=1, description="chance a post shows a second concept")
+    junk_tags_mean: float = Field(1.0, ge=0, description="mean filler tags per post (#love, #instagood, ...)")
+    missing_tag_prob: float = Field(0.1, ge=0, le=1, description="chance a shown concept is not tagged")
+    wrong_tag_prob: float = Field(0.05, ge=0, le=1, description="chance of a tag of a concept not shown")
+    caption_only_prob: float = Field(0.05, ge=0, le=1, description="posts with hashtags only in the caption")
+    bad_line_prob: float = Field(0.002, ge=0, le=1, description="corrupt dump lines (skipped by readers)")
+    countries: dict[str, float] = Field(
+        default_factory=lambda: {"US": 0.5, "GB": 0.15, "IN": 0.15, "BR": 0.1, "NG": 0.1})
+    downstream_classes: int = Field(40, ge=2)
+    downstream_train_per_class: int = Field(30, ge=1)
+    downstream_val_per_class: int = Field(20, ge=1)
+    group_images: int = Field(1200, ge=0, description="images of the fairness set")
+    groups: list[str] = Field(default_factory=lambda: ["A", "B", "C"])
+    planted_group: str = "B"
+    planted_strength: float = Field(0.35, ge=0, le=1, description="extra chance the planted concept is shown for the planted group")
+    workers: int = Field(1, ge=1)
+
+
+RECIPES: dict[str, type[Recipe]] = {
+    "vocab": VocabRecipe,
+    "synth": SynthRecipe,
+}
+
+
+# -- loading ------------------------------------------------------------------------------------
+def _fmt_loc(loc) -> str:
+    return ".".join(str(p) for p in loc) or "(recipe)"
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict, dotted: str) -> None:
+    """``a.b.c=value`` -> data["a"]["b"]["c"] = yaml(value)."""
+    if "=" not in dotted:
+        raise SwagError(f"--set {dotted!r}: expected key=value")
+    key, value = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SwagError(f"--set {dotted!r}: empty key")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise SwagError(f"--set {dotted!r}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = _parse_value(value)
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise SwagError(f"{p}: recipe file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SwagError(f"{p}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError:
+        raise SwagError(f"{p}: not a UTF-8 text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SwagError(f"{p}: a recipe is a YAML mapping of keys to values")
+    return data
+
+
+def validate(kind: str, data: dict, source: str = "recipe") -> Recipe:
+    model = RECIPES[kind]
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key for a {kind} recipe"
+        raise SwagError(f"{source}: {_fmt_loc(err['loc'])}: {msg}{more}") from None
+
+
+def load(kind: str, path: str | Path | None = None, flags: dict | None = None,
+         overrides: list[str] | None = None) -> Recipe:
+    """Defaults < recipe file < flags (those not None) < --set overrides."""
+    data: dict = read_yaml(path) if path else {}
+    data.pop("kind", None) if data.get("kind") == kind else None
+    if "kind" in data:
+        raise SwagError(f"{path}: kind: this is a {data['kind']!r} recipe, not a {kind!r} one")
+    for k, v in (flags or {}).items():
+        if v is not None:
+            data[k] = v
+    for o in overrides or []:
+        apply_override(data, o)
+    return validate(kind, data, str(path) if path else "recipe")
+
+
+def kind_of(path: str | Path) -> str:
+    """The command a recipe file belongs to: its `kind:` key, else its folder under recipes/."""
+    data = read_yaml(path)
+    kind = data.get("kind") or Path(path).resolve().parent.name
+    if kind not in RECIPES:
+        raise SwagError(f"{path}: cannot tell which command this recipe is for "
+                        f"(add 'kind: <{'|'.join(RECIPES)}>' or keep it under recipes/<command>/)")
+    return kind
+
+
+def dump(recipe: Recipe, kind: str | None = None) -> str:
+    data = json.loads(recipe.model_dump_json())
+    if kind:
+        data = {"kind": kind, **data}
+    return yaml.safe_dump(data, sort_keys=False)
