@@ -157,3 +157,15 @@ def synset_from_wnid(wnid: str):
 
 def wnid_of(synset) -> str:
     return f"{synset.pos()}{synset.offset():08d}"
+
+
+if __name__ == "__main__":  # python -m swagcli.wordnet [install]: used by `make setup`
+    import sys
+
+    try:
+        where = install(sys.argv[2] if len(sys.argv) > 2 else None)
+        info = wordnet_info()
+    except SwagError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"WordNet {info['version']} ready: {where}")

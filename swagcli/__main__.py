@@ -1,0 +1,3 @@
+from swagcli.cli import main
+
+main()

@@ -1,0 +1,217 @@
+"""The `swag` command: one thin typer command per subcommand (load recipe -> run task -> report).
+
+Heavy modules (nltk, torch, matplotlib) are imported inside the commands, so `swag --help` and
+errors in arguments stay fast. A :class:`SwagError` anywhere becomes one line on stderr and exit
+code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from swagcli import __version__
+from swagcli.errors import SwagError
+
+app = typer.Typer(
+    name="swag", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Weakly-supervised pretraining on hashtags: vocabulary, resampling, pretraining, transfer.",
+)
+vocab_app = typer.Typer(no_args_is_help=True, help="Build and inspect hashtag vocabularies (SPEC §1).")
+recipe_app = typer.Typer(no_args_is_help=True, help="Validate and show recipes.")
+app.add_typer(vocab_app, name="vocab")
+app.add_typer(recipe_app, name="recipe")
+
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="YAML recipe (defaults are SPEC.md's)")
+SetOpt = typer.Option(None, "--set", "-s", help="dotted override key=value, repeatable")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"swag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                        help="print the version and exit")):
+    pass
+
+
+def _split(values: Optional[List[str]]) -> Optional[List[str]]:
+    """``--countries US,GB --countries IN`` -> [US, GB, IN]."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+# -- vocab ----------------------------------------------------------------------------------------
+@vocab_app.command("build")
+def vocab_build(
+    dumps: Optional[List[str]] = typer.Argument(None, help="dump files, globs or brace ranges"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory"),
+    min_count: Optional[int] = typer.Option(None, help="keep tags on >= this many images [2]"),
+    head_min_images: Optional[int] = typer.Option(None, help="head/tail cut [5000]"),
+    countries: Optional[List[str]] = typer.Option(None, help="candidates only from these countries"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel processes [1]"),
+    format: Optional[str] = typer.Option(None, help="auto | jsonl | tsv"),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Count hashtags in dumps, canonicalize them with WordNet, write DIR/vocab.json."""
+    from swagcli import recipes, ui
+    from swagcli.prep.vocab import build
+
+    r = recipes.load("vocab", recipe, flags={
+        "dumps": dumps or None, "out": str(out) if out else None, "min_count": min_count,
+        "head_min_images": head_min_images, "countries": _split(countries), "workers": workers,
+        "format": format}, overrides=set_)
+    with ui.StageProgress() as prog:
+        doc = build(r, prog)
+    ui.vocab_report(doc, r.out)
+
+
+@vocab_app.command("canon")
+def vocab_canon(
+    tags: List[str] = typer.Argument(..., help="hashtags, with or without '#'"),
+    vocab: Optional[Path] = typer.Option(None, help="also show the canonical hashtag in this vocabulary"),
+):
+    """Print the WordNet synsets (canonical hashtag) of each tag, as Listing 1 maps it."""
+    from rich.table import Table
+
+    from swagcli.prep.canon import Canonicalizer, normalize_tag
+    from swagcli.prep.vocab import Vocab
+    from swagcli.ui import console
+
+    v = Vocab.load(vocab) if vocab else None
+    canon = Canonicalizer()
+    t = Table(title_justify="left")
+    t.add_column("tag")
+    t.add_column("canonical synsets")
+    if v:
+        t.add_column("in vocabulary")
+    for raw in tags:
+        tag = normalize_tag(raw)
+        syn = canon.synsets(tag)
+        row = ["#" + tag, " ".join(sorted(syn)) if syn else "[dim]- (dropped)[/]"]
+        if v:
+            i = v.tag_to_id.get(tag)
+            row.append(f"{v.names[i]} (id {i})" if i is not None else "[dim]-[/]")
+        t.add_row(*row)
+    console.print(t)
+
+
+@vocab_app.command("show")
+def vocab_show(path: Path = typer.Argument(..., help="vocabulary directory or vocab.json"),
+               top: int = typer.Option(12, help="rows of the top-hashtag table")):
+    """Summarise a vocabulary."""
+    from swagcli import ui
+    from swagcli.prep.vocab import Vocab
+
+    v = Vocab.load(path)
+    ui.console.print(f"[bold]{path}[/]: swag {v.doc.get('swag_version', '?')}, WordNet {v.doc.get('wordnet', '?')}")
+    ui.vocab_report(v.doc, None, top=top)
+
+
+# -- synth ----------------------------------------------------------------------------------------
+@app.command("synth")
+def synth(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory"),
+    posts: Optional[int] = typer.Option(None, help="posts (images) [20000]"),
+    concepts: Optional[int] = typer.Option(None, help="concept synsets [300]"),
+    seed: Optional[int] = typer.Option(None, help="random seed [0]"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel processes [1]"),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Write the built-in synthetic hashtag world (dumps, image shards, downstream sets)."""
+    from swagcli import recipes, ui
+    from swagcli.prep import synth as synth_mod
+
+    r = recipes.load("synth", recipe, flags={
+        "out": str(out) if out else None, "posts": posts, "concepts": concepts, "seed": seed,
+        "workers": workers}, overrides=set_)
+    if not r.out:
+        raise SwagError("synth: no output directory (--out DIR or 'out:' in the recipe)")
+    with ui.StageProgress() as prog:
+        summary = synth_mod.run(r, prog)
+    ui.console.print(ui.kv_table(f"Synthetic world in {r.out}", list(summary.items())))
+
+
+# -- demo -----------------------------------------------------------------------------------------
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="where the demo writes"),
+    posts: Optional[int] = typer.Option(None, help="size of the synthetic world"),
+    workers: int = typer.Option(2, "--workers", "-j"),
+):
+    """Run the pipeline end to end on the synthetic world: synth -> vocab."""
+    from swagcli.demo import run_demo
+
+    run_demo(out, posts=posts, workers=workers)
+
+
+# -- recipe ---------------------------------------------------------------------------------------
+@recipe_app.command("validate")
+def recipe_validate(files: List[Path] = typer.Argument(..., help="recipe files")):
+    """Check recipes against their command's schema (unknown keys are errors)."""
+    from swagcli import recipes
+    from swagcli.ui import console, err_console
+
+    bad = 0
+    for f in files:
+        try:
+            kind = recipes.kind_of(f)
+            recipes.load(kind, f)
+            console.print(f"[green]ok[/]   {f} ({kind})")
+        except SwagError as e:
+            err_console.print(f"error: {e}", highlight=False)
+            bad += 1
+    if bad:
+        raise typer.Exit(2)
+
+
+@recipe_app.command("show")
+def recipe_show(file: Path = typer.Argument(..., help="recipe file"),
+                set_: Optional[List[str]] = SetOpt):
+    """Print the resolved recipe (defaults filled in, overrides applied)."""
+    from swagcli import recipes
+
+    kind = recipes.kind_of(file)
+    typer.echo(recipes.dump(recipes.load(kind, file, overrides=set_), kind), nl=False)
+
+
+# -- stages not built yet -------------------------------------------------------------------------
+def _not_built(name: str, what: str):
+    def cmd(args: Optional[List[str]] = typer.Argument(None, hidden=True)):
+        raise SwagError(f"`swag {name}` ({what}) is not built yet in swag {__version__}")
+
+    cmd.__doc__ = f"{what} (not built yet)"
+    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(cmd)
+
+
+for _name, _what in [("sample", "resampling the vocabulary into a training plan"),
+                     ("pretrain", "hashtag pretraining"), ("finetune", "finetuning transfer"),
+                     ("probe", "linear-probe transfer"), ("zeroshot", "zero-shot transfer with Platt scaling"),
+                     ("fairness", "association and geography analysis")]:
+    _not_built(_name, _what)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    from swagcli.ui import err_console
+
+    try:
+        app(args=argv, prog_name="swag")
+    except SwagError as e:
+        err_console.print(f"error: {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Run a function over shards, in this process or in a pool of worker processes.
+
+Results come back in shard order whatever the worker count, so everything merged from them is
+identical for 1 or N workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Callable, Iterator, Sequence
+
+
+def _call(args):
+    fn, job = args
+    return fn(*job)
+
+
+def map_shards(fn: Callable, jobs: Sequence[tuple], workers: int = 1,
+               progress: Callable | None = None, stage: str = "shards") -> Iterator:
+    """Yield ``fn(*job)`` for each job, in order; ``progress(stage, done, total)`` after each."""
+    total = len(jobs)
+    if progress:
+        progress(stage, 0, total)
+    if workers <= 1 or total <= 1:
+        for i, job in enumerate(jobs):
+            yield fn(*job)
+            if progress:
+                progress(stage, i + 1, total)
+        return
+    ctx = mp.get_context("fork")
+    with ctx.Pool(min(workers, total)) as pool:
+        for i, res in enumerate(pool.imap(_call, [(fn, job) for job in jobs])):
+            yield res
+            if progress:
+                progress(stage, i + 1, total)

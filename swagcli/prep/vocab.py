@@ -1,0 +1,206 @@
+"""`swag vocab build`: hashtag dumps -> canonical hashtag vocabulary (SPEC.md §1, SWAG App. A).
+
+Two streaming passes over the shards, each shard independent, so they run in parallel here
+(``workers``) and as job arrays on a cluster:
+
+1. :func:`count_tags` counts, per raw tag, the images carrying it (an image counts once), only
+   over posts of ``countries`` if given. Shard counts merge by addition (:func:`merge_counts`).
+2. The tags on at least ``min_count`` images are canonicalized (Listing 1); tags with equal
+   synset sets form one canonical hashtag; tags with none are dropped.
+3. :func:`count_canonical` counts, per canonical hashtag, the images (of every country) that
+   carry at least one of its raw tags -- f(h) -- again per shard, merged by addition.
+
+Memory grows with the number of distinct tags, never with the number of images.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from swagcli.errors import SwagError
+from swagcli.prep.canon import Canonicalizer, synset_key
+from swagcli.prep.dumps import ReadStats, detect_format, expand_dumps, iter_posts
+from swagcli.prep.parallel import map_shards
+
+VOCAB_FORMAT = "swag-vocab/1"
+
+
+# -- pass 1 and 3, one shard each ------------------------------------------------------------------
+def count_tags(path: str, fmt: str = "auto", countries: list[str] | None = None,
+               caption_hashtags: bool = True) -> tuple[Counter, ReadStats]:
+    """Images per raw tag in one dump (posts of ``countries`` only, if given)."""
+    stats = ReadStats()
+    counts: Counter = Counter()
+    allowed = set(countries) if countries else None
+    for post in iter_posts(Path(path), fmt, stats, caption_hashtags):
+        if allowed is None or post.country in allowed:
+            counts.update(post.tags)  # tags are distinct per post
+    return counts, stats
+
+
+def count_canonical(path: str, tag_to_id: dict[str, int], fmt: str = "auto",
+                    caption_hashtags: bool = True) -> tuple[Counter, int]:
+    """Images per canonical hashtag id in one dump, and the images with any vocabulary tag."""
+    counts: Counter = Counter()
+    images = 0
+    for post in iter_posts(Path(path), fmt, None, caption_hashtags):
+        ids = {tag_to_id[t] for t in post.tags if t in tag_to_id}
+        if ids:
+            images += 1
+            counts.update(ids)
+    return counts, images
+
+
+def merge_counts(parts) -> tuple[Counter, ReadStats]:
+    total: Counter = Counter()
+    stats = ReadStats()
+    for counts, st in parts:
+        total.update(counts)
+        stats.add(st)
+    return total, stats
+
+
+# -- canonicalization ------------------------------------------------------------------------------
+@dataclass
+class Canonical:
+    key: str
+    synsets: list[str]
+    tags: list[str]  # raw tags, most frequent first
+
+
+def canonical_groups(tag_counts: Counter, min_count: int, canon: Canonicalizer) -> tuple[list[Canonical], dict]:
+    """Candidates (>= min_count images) -> canonical hashtags sorted by key, plus stats."""
+    candidates = [t for t, n in tag_counts.items() if n >= min_count]
+    mapped = canon.canonicalize(candidates)
+    by_key: dict[str, list[str]] = {}
+    sets: dict[str, frozenset] = {}
+    for tag, syn in mapped.items():
+        key = synset_key(syn)
+        by_key.setdefault(key, []).append(tag)
+        sets[key] = syn
+    groups = [
+        Canonical(key, sorted(sets[key]), sorted(tags, key=lambda t: (-tag_counts[t], len(t), t)))
+        for key, tags in sorted(by_key.items())
+    ]
+    stats = {
+        "distinct_tags": len(tag_counts),
+        "candidate_tags": len(candidates),
+        "kept_tags": len(mapped),
+        "dropped_no_synset": len(candidates) - len(mapped),
+        "canonical_hashtags": len(groups),
+    }
+    return groups, stats
+
+
+@functools.lru_cache(maxsize=2)
+def _canonicalizer(senses: tuple, min_len: int) -> Canonicalizer:
+    return Canonicalizer(senses, min_len)
+
+
+# -- the whole build -------------------------------------------------------------------------------
+def build(recipe, progress=None) -> dict:
+    """Run `swag vocab build` for a validated :class:`~swagcli.recipes.VocabRecipe`; returns the
+    vocabulary document (also written to ``recipe.out/vocab.json`` with a report and a plot)."""
+    from swagcli.runinfo import atomic_write_text, stamp
+    from swagcli.wordnet import wordnet_info
+
+    if not recipe.out:
+        raise SwagError("vocab build: no output directory (--out DIR or 'out:' in the recipe)")
+    t0 = time.time()
+    paths = [str(p) for p in expand_dumps(recipe.dumps)]
+    fmts = [detect_format(Path(p), recipe.format) for p in paths]
+    jobs = [(p, f, recipe.countries, recipe.caption_hashtags) for p, f in zip(paths, fmts)]
+    tag_counts, read = merge_counts(map_shards(count_tags, jobs, recipe.workers, progress, "count tags"))
+    if read.posts == 0:
+        raise SwagError(f"{paths[0]}{' ...' if len(paths) > 1 else ''}: no readable posts "
+                        f"({read.lines} lines, {read.skipped} skipped)")
+    if progress:
+        progress("canonicalize", 0, 1)
+    canon = _canonicalizer(tuple(recipe.allowed_senses), recipe.min_len)
+    groups, cstats = canonical_groups(tag_counts, recipe.min_count, canon)
+    if progress:
+        progress("canonicalize", 1, 1)
+    tag_to_id = {t: i for i, g in enumerate(groups) for t in g.tags}
+    jobs2 = [(p, tag_to_id, f, recipe.caption_hashtags) for p, f in zip(paths, fmts)]
+    canon_counts: Counter = Counter()
+    images_in_vocab = 0
+    for counts, n in map_shards(count_canonical, jobs2, recipe.workers, progress, "count hashtags"):
+        canon_counts.update(counts)
+        images_in_vocab += n
+    hashtags = []
+    for i, g in enumerate(groups):
+        n = canon_counts.get(i, 0)
+        hashtags.append({
+            "id": i,
+            "name": g.tags[0],
+            "key": g.key,
+            "synsets": g.synsets,
+            "tags": g.tags,
+            "tag_counts": {t: tag_counts[t] for t in g.tags},
+            "count": n,
+            "head": n >= recipe.head_min_images,
+        })
+    n_head = sum(h["head"] for h in hashtags)
+    from swagcli import __version__
+
+    doc = {
+        "format": VOCAB_FORMAT,
+        "swag_version": __version__,
+        "params": {k: getattr(recipe, k) for k in (
+            "min_count", "countries", "allowed_senses", "min_len", "head_min_images")},
+        "wordnet": wordnet_info()["version"],
+        "stats": {
+            "dumps": len(paths),
+            **read.as_dict(),
+            **cstats,
+            "head_hashtags": n_head,
+            "tail_hashtags": len(hashtags) - n_head,
+            "images_with_vocab_tag": images_in_vocab,
+            "seconds": round(time.time() - t0, 2),
+        },
+        "hashtags": hashtags,
+    }
+    out = Path(recipe.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp(out, "vocab", recipe)
+    atomic_write_text(out / "vocab.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    from swagcli.plots import zipf_plot
+
+    zipf_plot(tag_counts, hashtags, recipe.head_min_images, out / "zipf.png")
+    return doc
+
+
+# -- reading a vocabulary back ---------------------------------------------------------------------
+class Vocab:
+    """A vocabulary as later stages use it: ids, names, raw tag -> id, head mask."""
+
+    def __init__(self, doc: dict, source: str = "vocab"):
+        if doc.get("format") != VOCAB_FORMAT or not isinstance(doc.get("hashtags"), list):
+            raise SwagError(f"{source}: not a swag vocabulary (format {doc.get('format')!r})")
+        self.doc = doc
+        self.hashtags = doc["hashtags"]
+        self.names = [h["name"] for h in self.hashtags]
+        self.counts = [h["count"] for h in self.hashtags]
+        self.head = [h["head"] for h in self.hashtags]
+        self.tag_to_id = {t: h["id"] for h in self.hashtags for t in h["tags"]}
+
+    def __len__(self) -> int:
+        return len(self.hashtags)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        p = Path(path)
+        if p.is_dir():
+            p = p / "vocab.json"
+        if not p.is_file():
+            raise SwagError(f"{p}: no vocabulary here (expected vocab.json from `swag vocab build`)")
+        try:
+            doc = json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SwagError(f"{p}: not valid JSON ({e})") from None
+        return cls(doc, str(p))

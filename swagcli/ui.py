@@ -1,0 +1,86 @@
+"""Terminal output: the rich consoles, a progress adapter, and the human reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class StageProgress:
+    """A ``progress(stage, done, total)`` callable that drives one rich bar per stage."""
+
+    def __init__(self, con: Console | None = None):
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.description:<16}"), BarColumn(),
+            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=con or err_console, transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        task = self.tasks.get(stage)
+        if task is None:
+            task = self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.progress.update(task, completed=done, total=total)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+
+def kv_table(title: str, rows: list[tuple[str, object]]) -> Table:
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    for k, v in rows:
+        t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    return t
+
+
+def vocab_report(doc: dict, out_dir: str | Path | None = None, top: int = 12) -> None:
+    s = doc["stats"]
+    p = doc["params"]
+    console.print(kv_table("Dumps", [
+        ("shards", s["dumps"]), ("lines", s["lines"]), ("posts read", s["posts"]),
+        ("tags from captions", s["from_caption"]),
+        ("skipped: invalid JSON", s["bad_json"]), ("skipped: not UTF-8", s["bad_utf8"]),
+        ("skipped: no id", s["no_id"]), ("skipped: no hashtags", s["no_tags"]),
+    ]))
+    countries = ",".join(p["countries"]) if p["countries"] else "all"
+    console.print(kv_table("Vocabulary", [
+        ("distinct raw tags", s["distinct_tags"]),
+        (f"candidates (>= {p['min_count']} images, {countries})", s["candidate_tags"]),
+        ("kept (WordNet synsets found)", s["kept_tags"]),
+        ("dropped (no allowed synset)", s["dropped_no_synset"]),
+        ("canonical hashtags", s["canonical_hashtags"]),
+        (f"head (>= {p['head_min_images']:,} images)", s["head_hashtags"]),
+        ("tail", s["tail_hashtags"]),
+        ("images with a vocabulary tag", s["images_with_vocab_tag"]),
+    ]))
+    hs = sorted(doc["hashtags"], key=lambda h: -h["count"])
+    t = Table(title=f"Most frequent canonical hashtags (of {len(hs):,})", title_justify="left")
+    for col, just in (("#", "right"), ("name", "left"), ("images", "right"), ("part", "left"),
+                      ("raw tags", "left"), ("synsets", "left")):
+        t.add_column(col, justify=just)
+    for h in hs[:top]:
+        t.add_row(str(h["id"]), h["name"], f"{h['count']:,}", "head" if h["head"] else "tail",
+                  _clip(" ".join(h["tags"]), 40), _clip(" ".join(h["synsets"]), 50))
+    console.print(t)
+    if out_dir:
+        out = Path(out_dir)
+        console.print(f"wrote [bold]{out / 'vocab.json'}[/], {out / 'zipf.png'}, {out / 'recipe.yaml'}")
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -1,0 +1,42 @@
+"""Shared fixtures: real WordNet, a real Canonicalizer, the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def wn():
+    from swagcli.wordnet import get_wordnet
+
+    return get_wordnet()
+
+
+@pytest.fixture(scope="session")
+def canon():
+    from swagcli.prep.canon import Canonicalizer
+
+    return Canonicalizer()
+
+
+def run_swag(*args, cwd=None, check=False, env=None) -> subprocess.CompletedProcess:
+    """Run the real `swag` entry point in a subprocess (what a user types)."""
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "swagcli", *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, env=full_env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"swag {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def swag():
+    return run_swag

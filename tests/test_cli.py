@@ -1,0 +1,58 @@
+"""The `swag` command as a user meets it: help, version, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from swagcli import __version__
+
+NOT_BUILT = ["sample", "pretrain", "finetune", "probe", "zeroshot", "fairness"]
+
+
+def test_help_lists_every_subcommand(swag):
+    res = swag("--help")
+    assert res.returncode == 0
+    for cmd in ["vocab", "synth", "demo", "recipe", *NOT_BUILT]:
+        assert cmd in res.stdout
+    assert swag("--version").stdout.strip() == f"swag {__version__}"
+
+
+@pytest.mark.parametrize("cmd", NOT_BUILT)
+def test_unbuilt_commands_say_so_in_one_line(swag, cmd):
+    res = swag(cmd, "--whatever", "x")
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "not built yet" in res.stderr
+
+
+def test_missing_dump_is_one_line(swag, tmp_path):
+    res = swag("vocab", "build", tmp_path / "nope.jsonl", "--out", tmp_path / "o")
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: {tmp_path / 'nope.jsonl'}: no such dump file"
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_bad_override_on_command_line(swag, tmp_path):
+    res = swag("vocab", "build", "x", "--out", tmp_path, "--set", "min_count=zero")
+    assert res.returncode == 2 and "min_count" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_vocab_build_canon_show(swag, tmp_path):
+    dump = tmp_path / "d.tsv"
+    dump.write_text("".join(f"p{i}\t#eggplant #aubergine #newyork\n" for i in range(3))
+                    + "q1\t#brownbear\nq2\t#BrownBear #love\n")
+    out = tmp_path / "v"
+    res = swag("vocab", "build", dump, "--out", out, "--head-min-images", "3", check=True)
+    assert "canonical hashtags" in res.stdout and str(out / "vocab.json") in res.stdout
+    doc = json.loads((out / "vocab.json").read_text())
+    assert sorted(h["name"] for h in doc["hashtags"]) == ["brownbear", "eggplant"]  # ties: the shorter tag names it
+    res = swag("vocab", "canon", "#Eggplant", "aubergine", "#newyork", "--vocab", out, check=True)
+    lines = res.stdout.splitlines()
+    egg = next(l for l in lines if "#eggplant" in l)
+    assert "eggplant.n.01 eggplant.n.02" in egg and "eggplant (id 1)" in egg  # brown_bear sorts first
+    assert "dropped" in next(l for l in lines if "#newyork" in l)
+    res = swag("vocab", "show", out, check=True)
+    assert "brownbear" in res.stdout and "head (>= 3 images)" in res.stdout
+    res = swag("vocab", "show", tmp_path)
+    assert res.returncode == 2 and "no vocabulary here" in res.stderr
