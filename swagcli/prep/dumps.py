@@ -23,7 +23,6 @@ from typing import Iterator
 from braceexpand import braceexpand
 
 from swagcli.errors import SwagError
-from swagcli.prep.canon import normalize_tag
 
 DUMP_SUFFIXES = (".jsonl", ".json", ".ndjson", ".tsv", ".txt")
 COMPRESSIONS = (".gz", ".zst", ".zstd", ".bz2")
@@ -146,13 +145,24 @@ def detect_format(path: Path, declared: str = "auto") -> str:
 
 
 def _dedupe(tags) -> list[str]:
-    out = []
-    for t in tags:
-        if isinstance(t, str):
-            t = normalize_tag(t)
-            if t:
-                out.append(t)
-    return list(dict.fromkeys(out))
+    """Normalized (see :func:`normalize_tag`), distinct, non-empty, in first-seen order."""
+    out = dict.fromkeys(t.strip().lstrip("#").lower() for t in tags if type(t) is str)
+    out.pop("", None)
+    return list(out)
+
+
+def _lines(f, chunk: int = 1 << 22):
+    """The lines of a binary stream, read in large chunks (faster than readline)."""
+    rest = b""
+    while True:
+        block = f.read(chunk)
+        if not block:
+            break
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
 
 
 def _parse_jsonl(text: str, stats: ReadStats, caption_hashtags: bool) -> Post | None:
@@ -205,10 +215,10 @@ def iter_posts(path: Path, fmt: str = "auto", stats: ReadStats | None = None,
     jsonl = fmt == "jsonl"
     with open_binary(path) as f:
         try:
-            for raw in f:
+            for raw in _lines(f):
                 stats.lines += 1
                 try:
-                    text = raw.decode("utf-8").rstrip("\r\n")
+                    text = raw.decode("utf-8").rstrip("\r")
                 except UnicodeDecodeError:
                     stats.bad_utf8 += 1
                     continue
