@@ -12,9 +12,20 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from swagcli import __version__
 from swagcli.errors import SwagError
+
+
+class DefaultGroup(TyperGroup):
+    """A group whose first command runs when no subcommand is named
+    (``swag sample --vocab V DUMPS`` is ``swag sample run --vocab V DUMPS``)."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [next(iter(self.commands)), *args]
+        return super().parse_args(ctx, args)
 
 app = typer.Typer(
     name="swag", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -22,7 +33,10 @@ app = typer.Typer(
 )
 vocab_app = typer.Typer(no_args_is_help=True, help="Build and inspect hashtag vocabularies (SPEC §1).")
 recipe_app = typer.Typer(no_args_is_help=True, help="Validate and show recipes.")
+sample_app = typer.Typer(cls=DefaultGroup, no_args_is_help=True,
+                         help="Resample a vocabulary into a training plan (SPEC §2).")
 app.add_typer(vocab_app, name="vocab")
+app.add_typer(sample_app, name="sample")
 app.add_typer(recipe_app, name="recipe")
 
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="YAML recipe (defaults are SPEC.md's)")
@@ -116,6 +130,44 @@ def vocab_show(path: Path = typer.Argument(..., help="vocabulary directory or vo
     ui.vocab_report(v.doc, None, top=top)
 
 
+# -- sample ---------------------------------------------------------------------------------------
+@sample_app.command("run")
+def sample_run(
+    dumps: Optional[List[str]] = typer.Argument(None, help="dump files, globs or brace ranges"),
+    vocab: Optional[Path] = typer.Option(None, help="vocab.json or its directory"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory"),
+    samples: Optional[int] = typer.Option(None, "--samples", "-m", help="M: total samples"),
+    strategy: Optional[str] = typer.Option(None, help="head_tail | sqrt | natural | uniform"),
+    alpha: Optional[float] = typer.Option(None, help="head share (head_tail) [0.7]"),
+    label_noise: Optional[float] = typer.Option(None, help="share of hashtags replaced [0]"),
+    seed: Optional[int] = typer.Option(None, help="random seed [0]"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel processes [1]"),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Draw M samples (head/tail resampling by default) and write the plan to DIR."""
+    from swagcli import recipes, ui
+    from swagcli.prep.sample import build
+
+    r = recipes.load("sample", recipe, flags={
+        "dumps": dumps or None, "vocab": str(vocab) if vocab else None,
+        "out": str(out) if out else None, "samples": samples, "strategy": strategy,
+        "alpha": alpha, "label_noise": label_noise, "seed": seed, "workers": workers}, overrides=set_)
+    with ui.StageProgress() as prog:
+        summary = build(r, prog)
+    ui.sample_report(summary, r.out)
+
+
+@sample_app.command("export")
+def sample_export(plan: Path = typer.Argument(..., help="a plan directory from `swag sample`")):
+    """Print one `id<TAB>multiplicity` line per sampled image."""
+    from swagcli.prep.sample import iter_plan
+
+    out = sys.stdout
+    for ids, mult in iter_plan(plan):
+        out.writelines(f"{i}\t{m}\n" for i, m in zip(ids.tolist(), mult.tolist()))
+
+
 # -- synth ----------------------------------------------------------------------------------------
 @app.command("synth")
 def synth(
@@ -193,8 +245,7 @@ def _not_built(name: str, what: str):
     app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(cmd)
 
 
-for _name, _what in [("sample", "resampling the vocabulary into a training plan"),
-                     ("pretrain", "hashtag pretraining"), ("finetune", "finetuning transfer"),
+for _name, _what in [("pretrain", "hashtag pretraining"), ("finetune", "finetuning transfer"),
                      ("probe", "linear-probe transfer"), ("zeroshot", "zero-shot transfer with Platt scaling"),
                      ("fairness", "association and geography analysis")]:
     _not_built(_name, _what)

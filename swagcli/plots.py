@@ -42,3 +42,31 @@ def zipf_plot(tag_counts, hashtags: list[dict], head_min_images: int, path: str 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def resampling_plot(hist_images, hist_samples, head_mask, path: str | Path) -> Path:
+    """Share of images (before) and of samples (after resampling) per canonical hashtag, by the
+    hashtag's natural frequency rank; head and tail shaded."""
+    plt = _plt()
+    hist_images = np.asarray(hist_images, dtype=np.float64)
+    hist_samples = np.asarray(hist_samples, dtype=np.float64)
+    order = np.argsort(-hist_images, kind="stable")
+    ranks = np.arange(1, len(order) + 1)
+    before = hist_images[order] / max(hist_images.sum(), 1)
+    after = hist_samples[order] / max(hist_samples.sum(), 1)
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    ax.loglog(ranks, np.where(before > 0, before, np.nan), ".", ms=3, label="before: share of images")
+    ax.loglog(ranks, np.where(after > 0, after, np.nan), ".", ms=3, label="after: share of samples")
+    tail = ~np.asarray(head_mask, dtype=bool)[order]
+    if tail.any() and (~tail).any():
+        cut = int(np.argmax(tail)) + 1
+        ax.axvline(cut, color="k", lw=0.8, ls="--")
+        ax.text(cut, ax.get_ylim()[1], " tail ->", va="top", fontsize=8)
+    ax.set(xlabel="hashtag rank (natural frequency)", ylabel="share",
+           title="Hashtag distribution before and after resampling")
+    ax.legend(loc="lower left")
+    ax.grid(True, which="major", alpha=0.3)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -52,6 +52,23 @@ class VocabRecipe(Recipe):
         return v
 
 
+# -- swag sample --------------------------------------------------------------------------------
+class SampleRecipe(Recipe):
+    """`swag sample`: vocabulary + dumps -> sample plan (SPEC.md §2)."""
+
+    vocab: str | None = Field(None, description="vocab.json (or its directory) from `swag vocab build`")
+    dumps: list[str] = Field(default_factory=list, description="dump files, globs or brace ranges")
+    out: str | None = Field(None, description="output directory (plan/, summary.json, plot)")
+    format: Literal["auto", "jsonl", "tsv"] = "auto"
+    samples: int = Field(..., ge=1, description="M: total samples to draw (with replacement)")
+    strategy: Literal["head_tail", "sqrt", "natural", "uniform"] = "head_tail"
+    alpha: float = Field(0.7, ge=0, le=1, description="head share of the samples (head_tail)")
+    label_noise: float = Field(0.0, ge=0, lt=1, description="p: share of hashtags replaced from the marginal")
+    seed: int = 0
+    chunk: int = Field(65536, ge=1, description="images per draw chunk (memory bound)")
+    workers: int = Field(1, ge=1, description="processes drawing shards in parallel")
+
+
 # -- swag synth ---------------------------------------------------------------------------------
 class SynthRecipe(Recipe):
     """`swag synth`: the built-in synthetic hashtag world."""
@@ -85,6 +102,7 @@ class SynthRecipe(Recipe):
 
 RECIPES: dict[str, type[Recipe]] = {
     "vocab": VocabRecipe,
+    "sample": SampleRecipe,
     "synth": SynthRecipe,
 }
 

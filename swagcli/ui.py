@@ -82,5 +82,27 @@ def vocab_report(doc: dict, out_dir: str | Path | None = None, top: int = 12) ->
         console.print(f"wrote [bold]{out / 'vocab.json'}[/], {out / 'zipf.png'}, {out / 'recipe.yaml'}")
 
 
+def sample_report(summary: dict, out_dir: str | Path | None = None) -> None:
+    s = summary
+    rows = [("strategy", s["strategy"] + (f", alpha {s['alpha']}" if s["alpha"] is not None else "")),
+            ("label noise", s["label_noise"]),
+            ("images with vocabulary hashtags", s["images_with_vocab_tags"]),
+            ("  head images / tail images", f"{s['head_images']:,} / {s['tail_images']:,}"),
+            ("dropped (no vocabulary hashtag)", s["dropped_images"]),
+            ("total samples", s["total_samples"]),
+            ("  head samples / tail samples", f"{s['head_samples']:,} / {s['tail_samples']:,}"),
+            ("unique images sampled", s["unique_images"]),
+            ("hashtags sampled", f"{s['hashtags_sampled']:,} of {s['hashtags']:,}")]
+    if s["label_noise"]:
+        rows.append(("hashtags replaced", f"{s['noise_replaced_fraction']:.2%}"))
+    console.print(kv_table("Sample plan", rows))
+    for note in s.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+    if out_dir:
+        out = Path(out_dir)
+        console.print(f"wrote [bold]{out / 'plan.json'}[/] ({out / 'plan'}), {out / 'summary.json'}, "
+                      f"{out / 'resampling.png'}")
+
+
 def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"

@@ -1,0 +1,333 @@
+"""`swag sample`: a vocabulary + hashtag dumps -> a sample plan (SPEC.md §2, SWAG App. A, WSL §3.1).
+
+Every image gets its canonical hashtags (raw tags outside the vocabulary discarded; an image with
+none is dropped and counted), an importance ``I_i = max_h f(h)^-1/2`` and a part: tail if any of
+its hashtags is a tail hashtag, else head. Then M samples are drawn with replacement:
+
+* ``head_tail`` (SWAG): ``alpha*M`` from head images and ``(1-alpha)*M`` from tail images, each
+  with probability proportional to ``I_i`` within its part;
+* ``sqrt`` (WSL): proportional to ``I_i`` over all images;
+* ``natural``: every image alike (images as they come);
+* ``uniform`` (WSL): a hashtag uniformly at random, then an image carrying it uniformly at
+  random, i.e. ``P(i) = sum_{h in i} 1 / (|C| f(h))``.
+
+The draw is an exact multinomial taken in a stream: pass 1 sums each shard's weights; the samples
+of each part are split over shards by a multinomial on those sums; within a shard, images are read
+in chunks, each chunk's share is a binomial of what remains (``Binomial(R, W_chunk / W_rest)``) and
+is spread over the chunk's images by a multinomial. Memory holds one chunk and per-shard sums;
+every shard draws from its own seed, so the plan is the same for any number of workers.
+
+Label noise (WSL §3.1.3): each hashtag of a planned image is replaced with probability ``p`` by a
+hashtag drawn from the marginal distribution f(h)/sum f, redrawn while it equals the one replaced.
+
+The plan is one ``part-NNNNN.npz`` per dump shard: sorted ``ids``, ``mult`` (times sampled),
+``label_ptr``/``labels`` (CSR of hashtag ids after noise) and ``tail`` flags; ``plan.json`` lists
+the parts with their id ranges so the training stream can join image-shard keys to the plan.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from swagcli.errors import SwagError
+from swagcli.prep.dumps import ReadStats, detect_format, expand_dumps, iter_posts
+from swagcli.prep.parallel import map_shards
+from swagcli.prep.vocab import Vocab
+
+PLAN_FORMAT = "swag-plan/1"
+STRATEGIES = ("head_tail", "sqrt", "natural", "uniform")
+
+
+@dataclass
+class Weights:
+    """What the draw needs of the vocabulary, as arrays indexed by hashtag id."""
+
+    importance: np.ndarray  # f(h)^-1/2
+    tail: np.ndarray  # bool
+    uniform: np.ndarray  # 1 / (|C| f(h))
+    marginal: np.ndarray  # f(h) / sum f
+
+    @classmethod
+    def of(cls, vocab: Vocab) -> "Weights":
+        f = np.maximum(np.asarray(vocab.counts, dtype=np.float64), 1.0)
+        return cls(f ** -0.5, ~np.asarray(vocab.head, dtype=bool), 1.0 / (len(f) * f), f / f.sum())
+
+
+def _image_weight(ids: list[int], w: Weights, strategy: str) -> tuple[float, bool]:
+    tail = bool(w.tail[ids].any())
+    if strategy == "natural":
+        return 1.0, tail
+    if strategy == "uniform":
+        return float(w.uniform[ids].sum()), tail
+    return float(w.importance[ids].max()), tail
+
+
+def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chunk: int,
+            stats: ReadStats | None = None, drops: list | None = None):
+    """Yield (ids, labels, weights, tail) per chunk of ``chunk`` images with vocabulary tags."""
+    ids, labels, weights, tails = [], [], [], []
+    for post in iter_posts(Path(path), fmt, stats):
+        hs = sorted({tag_to_id[t] for t in post.tags if t in tag_to_id})
+        if not hs:
+            if drops is not None:
+                drops[0] += 1
+            continue
+        wt, tl = _image_weight(hs, w, strategy)
+        ids.append(post.id)
+        labels.append(hs)
+        weights.append(wt)
+        tails.append(tl)
+        if len(ids) == chunk:
+            yield ids, labels, np.asarray(weights), np.asarray(tails, dtype=bool)
+            ids, labels, weights, tails = [], [], [], []
+    if ids:
+        yield ids, labels, np.asarray(weights), np.asarray(tails, dtype=bool)
+
+
+# -- pass 1: per-shard sums ------------------------------------------------------------------------
+def shard_sums(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chunk: int) -> dict:
+    stats, drops = ReadStats(), [0]
+    out = {"w_head": 0.0, "w_tail": 0.0, "n_head": 0, "n_tail": 0,
+           "hist_images": np.zeros(len(w.tail), dtype=np.int64)}
+    for _, labels, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk, stats, drops):
+        out["w_head"] += float(weights[~tails].sum())
+        out["w_tail"] += float(weights[tails].sum())
+        out["n_tail"] += int(tails.sum())
+        out["n_head"] += int((~tails).sum())
+        for hs in labels:
+            out["hist_images"][hs] += 1
+    out["dropped"] = drops[0]
+    out["stats"] = stats
+    return out
+
+
+# -- pass 2: the draw ------------------------------------------------------------------------------
+def _draw_part(rng, remaining: int, w_rest: float, n_rest: int, weights: np.ndarray):
+    """Draw this chunk's share of ``remaining`` samples (a binomial of what is left; all of it
+    when the chunk holds the part's last images, so no sample is lost to rounding), then spread
+    it over the chunk's images by a multinomial."""
+    total = float(weights.sum())
+    n_rest -= len(weights)
+    if remaining <= 0 or total <= 0:
+        return np.zeros(len(weights), dtype=np.int64), remaining, w_rest - total, n_rest
+    p = 1.0 if n_rest == 0 or w_rest <= total else total / w_rest
+    k = int(rng.binomial(remaining, p))
+    mult = rng.multinomial(k, weights / total) if k else np.zeros(len(weights), dtype=np.int64)
+    return mult, remaining - k, w_rest - total, n_rest
+
+
+def _noisy(labels: list[int], rng, p: float, marginal_cdf: np.ndarray) -> list[int]:
+    out = []
+    for h in labels:
+        if rng.random() < p:
+            new = h
+            while new == h:
+                new = int(np.searchsorted(marginal_cdf, rng.random() * marginal_cdf[-1], side="right"))
+                new = min(new, len(marginal_cdf) - 1)
+            h = new
+        out.append(h)
+    return sorted(set(out))
+
+
+def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str,
+               chunk: int, quota: tuple[int, int], sums: tuple[float, float],
+               counts: tuple[int, int], seed: int, noise: float, out_path: str) -> dict:
+    """Draw the plan of one dump shard and write it to ``out_path`` (npz). Part 0 is the head
+    (every image, for strategies without a head/tail split), part 1 the tail."""
+    rng = np.random.default_rng([seed, 1, index])
+    noise_rng = np.random.default_rng([seed, 2, index])
+    cdf = np.cumsum(w.marginal)
+    split = strategy == "head_tail"
+    left = {False: quota[0], True: quota[1]}
+    w_left = {False: sums[0], True: sums[1]}
+    n_left = {False: counts[0], True: counts[1]}
+    keep_ids, keep_mult, keep_labels, keep_tail = [], [], [], []
+    hist = np.zeros(len(w.tail), dtype=np.int64)
+    replaced = total_labels = 0
+    for ids, labels, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk):
+        mult = np.zeros(len(ids), dtype=np.int64)
+        parts = tails if split else np.zeros_like(tails)
+        for part in (False, True):
+            sel = parts == part
+            if sel.any():
+                mult[sel], left[part], w_left[part], n_left[part] = _draw_part(
+                    rng, left[part], w_left[part], n_left[part], weights[sel])
+        for j in np.flatnonzero(mult):
+            labs = labels[j]
+            if noise > 0:
+                new = _noisy(labs, noise_rng, noise, cdf)
+                replaced += len(set(labs) - set(new))
+                total_labels += len(labs)
+                labs = new
+            keep_ids.append(ids[j])
+            keep_mult.append(int(mult[j]))
+            keep_labels.append(labs)
+            keep_tail.append(bool(tails[j]))
+            hist[labs] += int(mult[j])
+    order = sorted(range(len(keep_ids)), key=keep_ids.__getitem__)
+    ptr = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum([len(keep_labels[i]) for i in order], out=ptr[1:])
+    arrays = {
+        "ids": np.array([keep_ids[i] for i in order], dtype=np.str_),
+        "mult": np.array([keep_mult[i] for i in order], dtype=np.uint32),
+        "tail": np.array([keep_tail[i] for i in order], dtype=bool),
+        "label_ptr": ptr,
+        "labels": np.array([h for i in order for h in keep_labels[i]], dtype=np.int32),
+    }
+    tmp = out_path + ".partial.npz"
+    np.savez(tmp, **arrays)
+    Path(tmp).replace(out_path)
+    ids_sorted = arrays["ids"]
+    return {
+        "path": Path(out_path).name,
+        "images": int(len(ids_sorted)),
+        "samples": int(arrays["mult"].sum()),
+        "tail_samples": int(arrays["mult"][arrays["tail"]].sum()),
+        "first_id": str(ids_sorted[0]) if len(ids_sorted) else None,
+        "last_id": str(ids_sorted[-1]) if len(ids_sorted) else None,
+        "hist_samples": hist,
+        "noise_replaced": replaced,
+        "noise_labels": total_labels,
+        "left": (left[False], left[True]),
+    }
+
+
+# -- the whole plan --------------------------------------------------------------------------------
+def _allocate(rng, total: int, sums: list[float]) -> list[int]:
+    s = float(sum(sums))
+    if total == 0 or s <= 0:
+        return [0] * len(sums)
+    return [int(x) for x in rng.multinomial(total, np.asarray(sums) / s)]
+
+
+def build(recipe, progress=None) -> dict:
+    """Run `swag sample` for a validated :class:`~swagcli.recipes.SampleRecipe`; writes the plan,
+    ``summary.json``, a report plot and the stamp into ``recipe.out``; returns the summary."""
+    from swagcli.runinfo import atomic_write_text, stamp
+
+    if not recipe.out:
+        raise SwagError("sample: no output directory (--out DIR or 'out:' in the recipe)")
+    if not recipe.vocab:
+        raise SwagError("sample: no vocabulary (--vocab DIR/vocab.json or 'vocab:' in the recipe)")
+    t0 = time.time()
+    vocab = Vocab.load(recipe.vocab)
+    w = Weights.of(vocab)
+    paths = [str(p) for p in expand_dumps(recipe.dumps)]
+    fmts = [detect_format(Path(p), recipe.format) for p in paths]
+    strategy = recipe.strategy
+    jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk) for p, f in zip(paths, fmts)]
+    sums = list(map_shards(shard_sums, jobs, recipe.workers, progress, "weigh images"))
+    split = strategy == "head_tail"
+    if split:
+        head_w = [s["w_head"] for s in sums]
+        tail_w = [s["w_tail"] for s in sums]
+        counts = [(s["n_head"], s["n_tail"]) for s in sums]
+    else:
+        head_w = [s["w_head"] + s["w_tail"] for s in sums]
+        tail_w = [0.0] * len(sums)
+        counts = [(s["n_head"] + s["n_tail"], 0) for s in sums]
+    images = sum(s["n_head"] + s["n_tail"] for s in sums)
+    if images == 0:
+        raise SwagError(f"{paths[0]}: no image carries a hashtag of {recipe.vocab}")
+    m = recipe.samples
+    m_head = int(round(recipe.alpha * m)) if split else m
+    notes = []
+    if split and sum(tail_w) == 0:
+        notes.append("no tail images: all samples drawn from the head")
+        m_head = m
+    if split and sum(head_w) == 0:
+        notes.append("no head images: all samples drawn from the tail")
+        m_head = 0
+    alloc_rng = np.random.default_rng([recipe.seed, 0])
+    q_head = _allocate(alloc_rng, m_head, head_w)
+    q_tail = _allocate(alloc_rng, m - m_head, tail_w)
+    out = Path(recipe.out)
+    (out / "plan").mkdir(parents=True, exist_ok=True)
+    jobs2 = [(i, p, f, vocab.tag_to_id, w, strategy, recipe.chunk, (q_head[i], q_tail[i]),
+              (head_w[i], tail_w[i]), counts[i], recipe.seed, recipe.label_noise,
+              str(out / "plan" / f"part-{i:05d}.npz"))
+             for i, (p, f) in enumerate(zip(paths, fmts))]
+    parts = list(map_shards(plan_shard, jobs2, recipe.workers, progress, "draw samples"))
+    assert all(p["left"] == (0, 0) for p in parts), "every quota is drawn"
+    read = ReadStats()
+    for s in sums:
+        read.add(s["stats"])
+    hist_images = sum((s["hist_images"] for s in sums), np.zeros(len(vocab), dtype=np.int64))
+    hist_samples = sum((p["hist_samples"] for p in parts), np.zeros(len(vocab), dtype=np.int64))
+    total = sum(p["samples"] for p in parts)
+    tail_samples = sum(p["tail_samples"] for p in parts)
+    noise_labels = sum(p["noise_labels"] for p in parts)
+    summary = {
+        "strategy": strategy,
+        "alpha": recipe.alpha if split else None,
+        "label_noise": recipe.label_noise,
+        "seed": recipe.seed,
+        "unique_images": sum(p["images"] for p in parts),
+        "total_samples": total,
+        "head_samples": total - tail_samples,
+        "tail_samples": tail_samples,
+        "dropped_images": sum(s["dropped"] for s in sums),
+        "images_with_vocab_tags": images,
+        "head_images": sum(s["n_head"] for s in sums),
+        "tail_images": sum(s["n_tail"] for s in sums),
+        "noise_replaced_fraction": (sum(p["noise_replaced"] for p in parts) / noise_labels
+                                    if noise_labels else 0.0),
+        "hashtags": len(vocab),
+        "hashtags_sampled": int((hist_samples > 0).sum()),
+        "read": read.as_dict(),
+        "notes": notes,
+        "seconds": round(time.time() - t0, 2),
+    }
+    plan = {
+        "format": PLAN_FORMAT,
+        "vocab": str(Path(recipe.vocab).resolve()),
+        "hashtags": len(vocab),
+        "parts": [{k: p[k] for k in ("path", "images", "samples", "first_id", "last_id")} for p in parts],
+        "summary": summary,
+    }
+    stamp(out, "sample", recipe)
+    np.savez(out / "histogram.npz", images=hist_images, samples=hist_samples)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / "plan.json", json.dumps(plan, indent=1) + "\n")
+    from swagcli.plots import resampling_plot
+
+    resampling_plot(hist_images, hist_samples, np.asarray(vocab.head), out / "resampling.png")
+    return summary
+
+
+# -- reading a plan back ---------------------------------------------------------------------------
+def load_plan(plan_dir: str | Path) -> dict:
+    p = Path(plan_dir)
+    f = p / "plan.json"
+    if not f.is_file():
+        raise SwagError(f"{p}: no sample plan here (expected plan.json from `swag sample`)")
+    try:
+        doc = json.loads(f.read_text())
+    except ValueError as e:
+        raise SwagError(f"{f}: not valid JSON ({e})") from None
+    if doc.get("format") != PLAN_FORMAT:
+        raise SwagError(f"{f}: not a swag sample plan (format {doc.get('format')!r})")
+    doc["dir"] = str(p)
+    return doc
+
+
+def load_part(plan: dict, part: dict) -> dict:
+    f = Path(plan["dir"]) / "plan" / part["path"]
+    try:
+        with np.load(f) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise SwagError(f"{f}: unreadable plan part ({e})") from None
+
+
+def iter_plan(plan_dir: str | Path):
+    """Yield (ids, multiplicities) per part, in part order."""
+    plan = load_plan(plan_dir)
+    for part in plan["parts"]:
+        arr = load_part(plan, part)
+        yield arr["ids"], arr["mult"]
