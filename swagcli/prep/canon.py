@@ -1,26 +1,55 @@
 """Hashtag -> WordNet synsets, exactly as Listing 1 of the SWAG paper (Appendix A), only faster.
 
-Listing 1 calls ``morphy(tag, NOUN)`` and then ``morphy(tag[:i] + "_" + tag[i:])`` (all parts of
-speech) for every i in 3..len-3, and ``synsets(word)`` for every word found. Almost all of those
-calls find nothing. :class:`Canonicalizer` asks nltk the same questions, but only when a cheap
-test says the answer can be non-empty, and caches every answer:
+Listing 1 (``tests/listing1.py``) maps a tag ``t`` with ``len(t) >= 3`` to
 
-* ``morphy(form, pos)`` returns something only if ``form`` is in that part of speech's exception
-  list or one of ``[form] + rules(form)`` is a WordNet lemma. The rules only rewrite a suffix of at
-  most four letters without ``_``, so for a split candidate ``tag[:i] + "_" + tag[i:]`` (whose tail
-  is at least three letters long) every such form still starts with ``tag[:i] + "_"``: unless
-  ``tag[:i]`` is the part before some ``_`` of some lemma, or the candidate is an exception key,
-  nltk's morphy must return None and is not called.
-* For the whole tag, the noun forms are built with nltk's own substitution table and looked up
-  in the noun lemma set; nltk's morphy is called only when one of them is there.
+    L(t) = A(morphy(t, NOUN))  ∪  ⋃_{3 <= i <= len(t)-3}  A(morphy(t[:i] + "_" + t[i:]))
 
-The answers that survive come from nltk itself, so the result is Listing 1's by construction;
-``tests/prep/test_canon.py`` checks equality against Listing 1 on real and junk tags.
+where ``A(w)`` is the set of synsets of ``wordnet.synsets(w)`` whose lexname is allowed (A(None)
+is empty). Almost every tag maps to the empty set, so instead of asking these questions per tag,
+:class:`Canonicalizer` builds once the *answer table*: every tag whose answer is non-empty, with
+its answer. A lookup is then a dict lookup, and a bulk call one comprehension.
+
+Building the table (:func:`build_table`), with nltk's ``_morphy(form, pos)`` written ``M_p(form)``:
+
+1. ``M_p(f)`` is ``[f] + <f's exception entries, or else nltk's suffix rewrites of f>`` kept where
+   it is a lemma of ``p``. So ``w ∈ M_p(f)`` implies that ``f`` is in ``pre_p({w})``: ``w``
+   itself, an exception key listing ``w``, or ``w`` with a suffix ``new`` of a rule
+   ``(old, new)`` replaced by ``old`` (the rule run backwards, :meth:`Morphology.preimages`).
+2. ``A(w)`` is non-empty only if some ``f ∈ M_p(w)`` is a lemma of ``p`` with an allowed synset
+   (``wordnet.synsets`` is the union of the lemma index over ``M_p(w)`` for every ``p``). Such
+   ``w`` lie in ``pre_p(good_p)``; we keep the lemmas among them whose ``A`` is non-empty: ``W``.
+3. ``morphy(c)`` is the first entry of ``M_p(c)`` for the first ``p`` that has one, so it can
+   be in ``W`` only if ``c ∈ pre_p(W ∩ lemmas_p)`` for some ``p`` (``p`` = noun only, for the
+   whole tag). Every candidate with a non-empty contribution is therefore among these forms
+   ``C_p``; the tag it comes from is the form itself (whole tag, ``C_n``), or the form with one
+   of its ``_`` removed (a split at that ``_``).
+4. For each tag found this way, its answer is the union of the contributions of the candidates
+   found for it (each checked to be a genuine candidate: ``len >= 3``, split index in range),
+   each computed like Listing 1 does: ``A(morphy(c))``. A candidate of the tag that was not
+   found has an empty contribution (3.), and a tag that was not found has an empty answer.
+
+``morphy`` and ``A`` are computed on nltk's own tables (the reader's lemma index, exception lists
+and ``MORPHOLOGICAL_SUBSTITUTIONS``), as nltk's ``morphy``/``_morphy``/``synsets`` do: see
+:class:`Morphology`. Synset names are read from the data files (first lemma, lower-cased, part of
+speech, 1-based rank in that lemma's index entry), as nltk names them. Nothing here assumes what
+the tags look like (case, digits, '_', '-', other scripts): the argument holds for any string.
+``tests/prep/test_canon.py`` checks equality with Listing 1 on real and junk tags.
+
+For the default senses the table has about 195k tags (the lemmas, their inflections and their
+splits) and takes 1-2 s of CPU to build once the nltk reader exists (itself ~5 s). It is kept
+in a disk cache (``$SWAG_CACHE`` or ``~/.cache/swag``, under ``canon/``, ~5 MB, ~0.15 s to
+load) keyed by this module's source, nltk's version and substitution rules, the WordNet files'
+path/sizes/mtimes, the allowed senses and ``min_len``; with it, no nltk reader is built at all.
 """
 
 from __future__ import annotations
 
-from swagcli.wordnet import get_wordnet
+import gc
+import hashlib
+import os
+import pickle
+import re
+from pathlib import Path
 
 MIN_LEN = 3
 # Listing 1 as printed drops the comma after "noun.object" (making "noun.objectnoun.plant" one
@@ -34,24 +63,15 @@ ALLOWED_SENSES = (
     "noun.event",
 )
 
-
+POS_LIST = ("n", "v", "a", "r")  # nltk's POS_LIST, in its order (satellites 's' are not in it)
 _LEX_PREFIX = {"n": "noun.", "v": "verb.", "a": "adj.", "r": "adv."}
 _FILE_SUFFIX = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
-
-
-POS_LIST = ("n", "v", "a", "r")  # nltk's order
-
-
-def _maybe(form: str, targets, subs_by_last) -> bool:
-    """Is ``form``, or a suffix substitution of it, in ``targets``?"""
-    if form in targets:
-        return True
-    for old, new in subs_by_last.get(form[-1:], ()):
-        if form.endswith(old) and form[: len(form) - len(old)] + new in targets:
-            return True
-    return False
+_WORDNET_FILES = ("lexnames",) + tuple(
+    f"{kind}.{s}" for kind in ("index", "data") for s in _FILE_SUFFIX.values()
+) + tuple(f"{s}.exc" for s in _FILE_SUFFIX.values())
+_SYNTACTIC_MARKER = re.compile(r"(.*?)(\([^()]*\))?$")  # nltk's, for adjectives like "big(a)"
+CACHE_FORMAT = 1
 _EMPTY: frozenset = frozenset()
-_MISSING = object()
 
 
 def normalize_tag(raw: str) -> str:
@@ -64,177 +84,320 @@ def synset_key(synsets) -> str:
     return "+".join(sorted(synsets))
 
 
-class Canonicalizer:
-    """Maps hashtags to frozensets of synset names, equal to Listing 1's ``get_synsets``."""
+def _open_text(wn, fileid: str):
+    """A WordNet file as text: directly when it is a plain file (nltk's own stream reader is
+    several times slower line by line), else through the reader."""
+    from nltk.data import FileSystemPathPointer
 
-    def __init__(self, allowed_senses=ALLOWED_SENSES, min_len: int = MIN_LEN):
-        wn = get_wordnet()
+    ptr = wn.abspath(fileid)
+    if isinstance(ptr, FileSystemPathPointer):
+        return open(ptr.path, encoding=wn._ENCODING)
+    return wn.open(fileid)
+
+
+class Morphology:
+    """nltk's ``morphy`` and ``synsets`` on the reader's own tables, restricted to allowed senses.
+
+    ``forms(form, pos)`` is ``wn._morphy(form, pos)``: ``[form]`` plus the form's exception
+    entries if it has any, else its rewrites by nltk's suffix rules, kept where they are lemmas
+    of ``pos``, first occurrence first.
+    """
+
+    def __init__(self, wn, allowed_senses):
         self.wn = wn
         self.allowed = frozenset(allowed_senses)
-        self.min_len = min_len
         index = wn._lemma_pos_offset_map
-        self._lemmas = {p: set() for p in POS_LIST}
+        self.index = index
+        self.lemmas = {p: set() for p in POS_LIST}
         for lemma, by_pos in index.items():
             for p in by_pos:
-                if p in self._lemmas:
-                    self._lemmas[p].add(lemma)
-        self._exceptions = {p: wn._exception_map[p] for p in POS_LIST}
-        # nltk's suffix substitutions per part of speech, grouped by the suffix's last letter
-        self._subs = {}
+                if p in self.lemmas:
+                    self.lemmas[p].add(lemma)
+        self.exceptions = {p: wn._exception_map[p] for p in POS_LIST}
+        self.rules = {p: list(wn.MORPHOLOGICAL_SUBSTITUTIONS[p]) for p in POS_LIST}
+        # (an empty suffix would apply to every form: the grouping below and preimages() assume
+        # there is none, as in every nltk so far)
+        assert all(old for p in POS_LIST for old, _ in self.rules[p]), self.rules
+        # the same rules grouped by the last letter of their suffix, in nltk's order: only those
+        # can apply to a form ending in that letter
+        self.rules_by_last: dict = {}
         for p in POS_LIST:
-            by_last: dict[str, list] = {}
-            for old, new in wn.MORPHOLOGICAL_SUBSTITUTIONS[p]:
-                by_last.setdefault(old[-1], []).append((old, new))
-            self._subs[p] = by_last
-        # every lemma or exception entry with an underscore, split at each underscore:
-        # head -> the set of what follows "head_"
-        tails: dict[str, set] = {}
-        words = {w for by in self._lemmas.values() for w in by}
-        words.update(w for exc in self._exceptions.values() for w in exc)
-        for w in words:
-            j = w.find("_")
-            while j != -1:
-                tails.setdefault(w[:j], set()).add(w[j + 1:])
-                j = w.find("_", j + 1)
-        self._split_tails = tails
-        self._any_subs: dict[str, list] = {}
-        for p in POS_LIST:
-            for last, rules in self._subs[p].items():
-                self._any_subs.setdefault(last, []).extend(rules)
-        self._split_memo: dict[str, str | None] = {}
-        self._word_synsets: dict[str, frozenset] = {}
-        # (part of speech, offset) -> synset name, for the synsets whose lexname is allowed;
-        # read straight from the data files instead of building nltk Synset objects.
-        self._allowed_pos = [p for p in POS_LIST if any(
-            sense.startswith(_LEX_PREFIX[p]) for sense in self.allowed)]
-        self._names = {}
-        for p in self._allowed_pos:
-            self._names.update(self._scan_data_file(p))
+            by_last = self.rules_by_last[p] = {}
+            for old, new in self.rules[p]:
+                by_last.setdefault(old[-1:], []).append((old, new))
+        # the parts of speech with an allowed lexname, and {(pos, offset): name} of those synsets
+        self.allowed_pos = [p for p in POS_LIST
+                            if any(s.startswith(_LEX_PREFIX[p]) for s in self.allowed)]
+        self.names: dict = {}
+        for p in self.allowed_pos:
+            self.names.update(self._scan_data_file(p))
+        self._synsets_memo: dict = {}
 
     def _scan_data_file(self, pos: str) -> dict:
         """{(pos, offset): name} of the allowed synsets in data.<pos>, named as nltk names them:
-        first lemma, lower-cased, its part of speech, and the synset's 1-based rank among that
-        lemma's senses."""
-        wn = self.wn
-        lexnames = wn._lexnames
-        index = wn._lemma_pos_offset_map
+        first lemma (syntactic marker removed), lower-cased, the synset's type, and the synset's
+        1-based rank in that lemma's index entry for that type."""
+        lexnames = self.wn._lexnames
+        index = self.index
         out = {}
-        with wn.open("data." + _FILE_SUFFIX[pos]) as fp:
+        with _open_text(self.wn, "data." + _FILE_SUFFIX[pos]) as fp:
             for line in fp:
-                if line.startswith("  "):  # licence header
+                if line.startswith(" "):  # licence header
                     continue
                 off, lexnum, ss_type, _, lemma, _rest = line.split(" ", 5)
                 if lexnames[int(lexnum)] not in self.allowed:
                     continue
-                paren = lemma.find("(")
-                if paren > 0 and lemma.endswith(")"):  # adjective syntactic marker
-                    lemma = lemma[:paren]
+                if pos == "a":
+                    lemma = _SYNTACTIC_MARKER.match(lemma).group(1)
                 lemma = lemma.lower()
                 offset = int(off)
                 rank = index[lemma][ss_type].index(offset) + 1
                 out[(pos, offset)] = f"{lemma}.{ss_type}.{rank:02d}"
         return out
 
-    # -- nltk's morphology, on nltk's own tables -------------------------------------------------
-    def _forms(self, form: str, pos: str) -> list:
-        """nltk's ``_morphy(form, pos)``: the form, then its exception entries or its suffix
-        substitutions, kept where they are lemmas of that part of speech (in that order)."""
-        exc = self._exceptions[pos]
+    def forms(self, form: str, pos: str) -> list:
+        """nltk's ``_morphy(form, pos)`` (check_exceptions=True)."""
+        exc = self.exceptions[pos]
         if form in exc:
-            forms = [form, *exc[form]]
+            candidates = [form, *exc[form]]
         else:
-            forms = [form]
-            for old, new in self._subs[pos].get(form[-1:], ()):
+            candidates = [form]
+            for old, new in self.rules_by_last[pos].get(form[-1:], ()):
                 if form.endswith(old):
-                    forms.append(form[: len(form) - len(old)] + new)
-        lemmas = self._lemmas[pos]
-        return [f for f in forms if f in lemmas]
+                    candidates.append(form[: -len(old)] + new)
+        lemmas = self.lemmas[pos]
+        return [f for f in dict.fromkeys(candidates) if f in lemmas]
 
     def morphy(self, form: str, pos: str | None = None):
-        """nltk's ``morphy``: the first base form of the first part of speech that has one."""
+        """nltk's ``morphy``: the first entry of ``forms(form, p)`` for the first part of speech
+        ``p`` that has one (the same steps as :meth:`forms`, stopping at the first lemma)."""
         for p in (pos,) if pos else POS_LIST:
-            forms = self._forms(form, p)
-            if forms:
-                return forms[0]
+            lemmas = self.lemmas[p]
+            if form in lemmas:
+                return form
+            bases = self.exceptions[p].get(form)
+            if bases is not None:
+                for f in bases:
+                    if f in lemmas:
+                        return f
+            else:
+                for old, new in self.rules_by_last[p].get(form[-1:], ()):
+                    if form.endswith(old):
+                        f = form[: -len(old)] + new
+                        if f in lemmas:
+                            return f
         return None
 
-    def _synsets_of(self, word: str) -> frozenset:
-        """``{s.name() for s in wn.synsets(word) if s._lexname in allowed}``, computed as nltk's
-        ``synsets`` does (``_morphy`` per part of speech, then the lemma index), skipping the
-        parts of speech that have no allowed lexname."""
-        got = self._word_synsets.get(word)
+    def synsets_of(self, word) -> frozenset:
+        """``A(word)``: ``{s.name() for s in wn.synsets(word) if s._lexname in allowed}``,
+        computed as nltk's ``synsets`` does (``_morphy`` per part of speech, then the lemma
+        index), skipping the parts of speech without an allowed lexname. ``A(None)`` is empty."""
+        if word is None:
+            return _EMPTY
+        got = self._synsets_memo.get(word)
         if got is None:
-            index = self.wn._lemma_pos_offset_map
-            names = self._names
+            names = self.names
             found = set()
-            lower = word.lower()
-            for p in self._allowed_pos:
-                for form in dict.fromkeys(self._forms(lower, p)):
-                    for offset in index[form].get(p, ()):
+            for p in self.allowed_pos:
+                for form in self.forms(word.lower(), p):
+                    for offset in self.index[form].get(p, ()):
                         name = names.get((p, offset))
                         if name is not None:
                             found.add(name)
-            got = self._word_synsets[word] = frozenset(found)
+            got = self._synsets_memo[word] = frozenset(found)
         return got
 
-    # -- the public mapping ---------------------------------------------------------------------
-    def synsets(self, tag: str) -> frozenset:
-        """Listing 1's ``get_synsets(tag)`` as a frozenset of synset names."""
-        n = len(tag)
-        lo = self.min_len
-        if n < lo:
-            return _EMPTY
-        words = []
-        if _maybe(tag, self._lemmas["n"], self._subs["n"]) or tag in self._exceptions["n"]:
-            base = self.morphy(tag, "n")
-            if base is not None:
-                words.append(base)
-        split_tails = self._split_tails
-        any_subs = self._any_subs
-        memo = self._split_memo
-        for i in range(lo, n - lo + 1):
-            tails = split_tails.get(tag[:i])
-            if tails is None:
-                continue  # no lemma or exception starts with head + "_": morphy finds nothing
-            tail = tag[i:]
-            if not _maybe(tail, tails, any_subs):
-                continue  # no rule turns head_tail into a lemma, and it is no exception entry
-            cand = tag[:i] + "_" + tail
-            base = memo.get(cand, _MISSING)
-            if base is _MISSING:
-                base = memo[cand] = self.morphy(cand)
-            if base is not None:
-                words.append(base)
-        if not words:
-            return _EMPTY
-        out = self._synsets_of(words[0])
-        for w in words[1:]:
-            out = out | self._synsets_of(w)
+    def preimages(self, words, pos: str) -> set:
+        """Every form ``f`` whose ``forms(f, pos)`` can contain one of ``words``: the words,
+        the exception keys listing one of them, and the words with a rule run backwards (a
+        word ending in ``new`` gets ``old`` in its place, for each rule ``(old, new)``)."""
+        words = set(words)
+        out = set(words)
+        out.update(key for key, bases in self.exceptions[pos].items()
+                   if not words.isdisjoint(bases))
+        by_last: dict = {}
+        for w in words:
+            by_last.setdefault(w[-1:], []).append(w)
+        for old, new in self.rules[pos]:
+            if new:
+                k = len(new)
+                out.update(w[:-k] + old for w in by_last.get(new[-1], ()) if w.endswith(new))
+            else:
+                out.update(w + old for w in words)
         return out
 
-    def _may_match(self, tags: list) -> set:
-        """The tags whose synset set can be non-empty, found in bulk (comprehensions over the
-        whole list instead of a call per tag): a noun form or a split candidate passes the
-        same tests :meth:`synsets` applies. Every other tag maps to the empty set."""
-        lo = self.min_len
-        tags = [t for t in tags if len(t) >= lo]
-        nouns, noun_exc = self._lemmas["n"], self._exceptions["n"]
-        hits = {t for t in tags if t in nouns or t in noun_exc}
-        for last, rules in self._subs["n"].items():
-            ending = [t for t in tags if t[-1] == last]
-            for old, new in rules:
-                k = len(old)
-                hits.update(t for t in ending if t.endswith(old) and t[:-k] + new in nouns)
-        split_tails, any_subs, get = self._split_tails, self._any_subs, self._split_tails.get
-        heads = [(t, i) for t in tags for i in range(lo, len(t) - lo + 1) if t[:i] in split_tails]
-        hits.update(t for t, i in heads if _maybe(t[i:], get(t[:i]), any_subs))
-        return hits
+
+def build_table(morph: Morphology, min_len: int = MIN_LEN) -> dict:
+    """{tag: frozenset of synset names} for every tag whose Listing-1 answer is non-empty
+    (steps 2-4 of the module docstring)."""
+    # 2. W: the lemmas w with A(w) non-empty; A(w) needs w in pre_p(good_p), good_p being the
+    #    lemmas of p with an allowed synset of part of speech p
+    names = morph.names
+    pre_good = set()
+    for p in morph.allowed_pos:
+        allowed_offsets = {o for q, o in names if q == p}
+        good = {w for w in morph.lemmas[p]
+                if not allowed_offsets.isdisjoint(morph.index[w][p])}
+        pre_good |= morph.preimages(good, p)
+    words = {w for w in morph.index if w.lower() in pre_good and morph.synsets_of(w)}
+    # 3.-4. the candidates whose morphy can be in W, the tag each is a candidate of, and the
+    #    union of the contributions of each tag's genuine candidates
+    table: dict = {}
+
+    def add(tag, part):
+        if part:
+            old = table.get(tag)
+            table[tag] = part if old is None else old | part
+
+    synsets_of, morphy = morph.synsets_of, morph.morphy
+    whole = morph.preimages(words & morph.lemmas["n"], "n")
+    for tag in whole:  # the whole tag's candidate: morphy(tag, NOUN)
+        if len(tag) >= min_len:
+            add(tag, synsets_of(morphy(tag, "n")))
+    split = set(whole)
+    for p in POS_LIST[1:]:
+        split |= morph.preimages(words & morph.lemmas[p], p)
+    for c in split:  # c is the split at i of the tag c[:i] + c[i+1:], if i is in range
+        last = len(c) - 1 - min_len
+        i = c.find("_")
+        while i != -1:
+            if min_len <= i <= last:
+                add(c[:i] + c[i + 1:], synsets_of(morphy(c)))
+            i = c.find("_", i + 1)
+    return table
+
+
+# -- the disk cache ------------------------------------------------------------------------------
+def _default_cache_dir() -> Path:
+    base = os.environ.get("SWAG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "swag")
+    return Path(base) / "canon"
+
+
+def _cache_entry(cache, root, allowed, min_len: int):
+    """(path, key) of the cache file for this table, or (None, None) if WordNet is not in plain
+    files. The name is ``table-<what>-<version>.pickle``: <what> digests the WordNet directory,
+    the allowed senses and ``min_len``; <version> digests everything else the table depends on:
+    this module's source, nltk's version and substitution rules, the WordNet files' sizes and
+    mtimes. The full key is stored in the file and checked on reading."""
+    import nltk
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    root = Path(str(root)).resolve()
+    if not root.is_dir():
+        return None, None  # e.g. inside a zip: no cheap way to tell whether it changed
+    what = hashlib.sha256(f"{root}\0{sorted(allowed)}\0{min_len}".encode()).hexdigest()
+    h = hashlib.sha256(f"{CACHE_FORMAT}\0{nltk.__version__}\0".encode())
+    h.update(repr(sorted(WordNetCorpusReader.MORPHOLOGICAL_SUBSTITUTIONS.items())).encode())
+    h.update(Path(__file__).read_bytes())
+    try:
+        for name in _WORDNET_FILES:
+            st = (root / name).stat()
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    except OSError:
+        return None, None
+    version = h.hexdigest()
+    cache_dir = _default_cache_dir() if cache is True else Path(cache)
+    return cache_dir / f"table-{what[:16]}-{version[:16]}.pickle", f"{what}-{version}"
+
+
+def _read_cache(path: Path, key: str):
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # loading makes ~50k containers that hold no cycles: spare the collector
+    try:
+        with open(path, "rb") as fp:
+            stored = pickle.load(fp)
+        if stored.get("key") == key:
+            return stored["table"]
+    except Exception:  # missing, truncated, or from another Python: build it again
+        pass
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return None
+
+
+def _write_cache(path: Path, key: str, table: dict) -> None:
+    """Write atomically, then remove the same table's older versions."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fp:
+            pickle.dump({"key": key, "table": table}, fp, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+        what = path.name.split("-")[1]
+        for old in path.parent.glob(f"table-{what}-*.pickle"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only cache is no error: we just build next time
+
+
+class Canonicalizer:
+    """Maps hashtags to frozensets of synset names, equal to Listing 1's ``get_synsets``.
+
+    ``wn``: the WordNet reader to build from (default :func:`swagcli.wordnet.get_wordnet`, built
+    only if the table is not in the cache). ``cache``: True for the default cache directory,
+    False for none (neither read nor written), or a directory.
+    """
+
+    def __init__(self, allowed_senses=ALLOWED_SENSES, min_len: int = MIN_LEN, *, wn=None,
+                 cache=True):
+        self.allowed = frozenset(allowed_senses)
+        self.min_len = min_len
+        self._wn = wn
+        self._morph: Morphology | None = None
+        table = None
+        if cache is not False:
+            if wn is not None:
+                root = wn.root
+            else:
+                from swagcli.wordnet import find_wordnet_root
+
+                root, _ = find_wordnet_root()
+            path, key = _cache_entry(cache, root, self.allowed, min_len)
+            if path is not None:
+                table = _read_cache(path, key)
+                self.source = f"cache ({path})"
+        if table is None:
+            table = build_table(self.morphology, min_len)
+            self.source = "built from WordNet"
+            if cache is not False:  # filed under the reader actually used
+                path, key = _cache_entry(cache, self.wn.root, self.allowed, min_len)
+                if path is not None:
+                    _write_cache(path, key, table)
+        self._table = table
+
+    @property
+    def wn(self):
+        if self._wn is None:
+            from swagcli.wordnet import get_wordnet
+
+            self._wn = get_wordnet()
+        return self._wn
+
+    @property
+    def morphology(self) -> Morphology:
+        if self._morph is None:
+            self._morph = Morphology(self.wn, self.allowed)
+        return self._morph
+
+    def morphy(self, form: str, pos: str | None = None):
+        """nltk's ``morphy`` on this reader's tables."""
+        return self.morphology.morphy(form, pos)
+
+    def synsets(self, tag: str) -> frozenset:
+        """Listing 1's ``get_synsets(tag)`` as a frozenset of synset names."""
+        return self._table.get(tag, _EMPTY)
 
     def canonicalize(self, tags) -> dict[str, frozenset]:
         """{tag: synset set} for the tags with a non-empty set (tags already normalized)."""
-        out = {}
-        for t in self._may_match(list(tags)):
-            s = self.synsets(t)
-            if s:
-                out[t] = s
-        return out
+        table = self._table
+        return {t: table[t] for t in tags if t in table}
+
+    def __len__(self) -> int:
+        """The number of distinct tags with a non-empty synset set."""
+        return len(self._table)
+
+    def items(self):
+        """Every (tag, synset set) with a non-empty set."""
+        return self._table.items()
