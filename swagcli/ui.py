@@ -25,17 +25,19 @@ class StageProgress:
         self.tasks: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.tasks:
+            self.progress.start()  # lazily: an early error prints nothing but itself
         task = self.tasks.get(stage)
         if task is None:
             task = self.tasks[stage] = self.progress.add_task(stage, total=total)
         self.progress.update(task, completed=done, total=total)
 
     def __enter__(self):
-        self.progress.start()
         return self
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if self.tasks:
+            self.progress.stop()
         return False
 
 
