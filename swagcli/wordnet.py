@@ -116,10 +116,16 @@ def get_wordnet():
     """The WordNet corpus reader (loaded once per process)."""
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
+    class EnglishWordNet(WordNetCorpusReader):
+        def map_wn(self, version="wordnet"):
+            # nltk >= 3.9 builds a mapping to "wordnet" for the multilingual (OMW) functions at
+            # every load, reading index.sense twice (~3 s); swag uses English WordNet only.
+            return None
+
     root, _ = find_wordnet_root()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "multilingual functions are not available"
-        wn = WordNetCorpusReader(str(root) if isinstance(root, Path) else root, None)
+        wn = EnglishWordNet(str(root) if isinstance(root, Path) else root, None)
     return wn
 
 

@@ -40,3 +40,21 @@ def run_swag(*args, cwd=None, check=False, env=None) -> subprocess.CompletedProc
 @pytest.fixture
 def swag():
     return run_swag
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The tiny synthetic world (recipes/synth/tiny.yaml), its vocabulary and a sample plan of
+    5000 samples: shared read-only by the tests that need real shards."""
+    from swagcli import recipes
+    from swagcli.prep import sample, synth, vocab
+
+    root = tmp_path_factory.mktemp("tiny-world")
+    world = root / "world"
+    synth.run(recipes.load("synth", REPO / "recipes/synth/tiny.yaml", flags={"out": str(world)}))
+    vocab.build(recipes.load("vocab", flags={"dumps": [str(world / "dumps")], "out": str(root / "vocab"),
+                                             "head_min_images": 60}))
+    sample.build(recipes.load("sample", flags={"vocab": str(root / "vocab"), "dumps": [str(world / "dumps")],
+                                               "out": str(root / "plan"), "samples": 5000}))
+    return {"root": root, "world": world, "vocab": root / "vocab", "plan": root / "plan",
+            "shards": sorted(str(p) for p in (world / "images").glob("*.tar"))}

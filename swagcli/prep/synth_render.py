@@ -1,0 +1,358 @@
+"""Turning a synthetic world (:func:`swagcli.prep.synth.build_world`) into files.
+
+* :func:`render` draws one image from per-concept visual prototypes: a family shares a shape and a
+  background palette (siblings in WordNet look alike), a concept has its own colour pair and
+  grating (hue, orientation, frequency); position, size, rotation, phase, brightness and pixel
+  noise are random. A second shown concept is a smaller second object. Later stages reuse it.
+* :func:`write_files` samples the posts' ground truth, plans the files as jobs (dump shards,
+  webdataset image shards, downstream and fairness images), runs them stage by stage in this
+  process or a pool of ``workers`` (:func:`~swagcli.prep.parallel.map_shards`), and writes the
+  fairness manifest and ``downstream/classes.json``.
+
+Every task draws from its own seeded stream and every byte written is fixed (gzip mtime 0, tar
+members with fixed mtime/uid/gid/names, JPEG settings), so outputs do not depend on ``workers``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import csv
+import functools
+import gzip
+import io
+import itertools
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from swagcli.prep.parallel import map_shards
+
+SHAPES = ("circle", "square", "triangle", "diamond", "ring", "plus", "star", "ellipse_h",
+          "hexagon", "crescent", "ellipse_v", "xcross", "triangle_down", "frame", "semicircle",
+          "pentagon")
+BACKGROUNDS = (((135, 180, 220), (235, 240, 250)), ((80, 120, 60), (170, 200, 120)),
+               ((200, 170, 120), (245, 230, 200)), ((70, 50, 100), (180, 140, 170)),
+               ((40, 40, 45), (120, 120, 125)), ((150, 70, 50), (220, 170, 140)),
+               ((30, 100, 110), (140, 200, 190)), ((230, 225, 205), (190, 180, 160)))
+HUES = 12                                  # foreground hues
+STYLES = 12                                # grating styles: 4 orientations x 3 frequencies
+_POLYGONS = {"square": (4, 0.0), "diamond": (4, np.pi / 4), "triangle": (3, np.pi / 2),
+             "triangle_down": (3, -np.pi / 2), "pentagon": (5, np.pi / 2), "hexagon": (6, 0.0)}
+CAPTIONS = ("what a day", "look at this", "weekend vibes", "so happy right now", "new in",
+            "cannot get enough", "throwback to this", "guess what", "best one yet", "today")
+SIBLING_PROB = 0.5                         # a second shown concept is a family sibling this often
+CAPTION_PROB = 0.3                         # ordinary posts that also have a (tag-free) caption
+
+
+def rng_for(seed: int, *stream: int) -> np.random.Generator:
+    """The generator of one named stream of a world (stream ids are fixed small ints)."""
+    return np.random.default_rng(np.random.SeedSequence([seed % 2**63, *stream]))
+
+
+# -- the look of things -------------------------------------------------------------------------
+def family_visual(f: int) -> dict:
+    return {"shape": SHAPES[f % len(SHAPES)],
+            "background": [list(c) for c in BACKGROUNDS[(f + f // len(SHAPES)) % len(BACKGROUNDS)]]}
+
+
+def concept_visual(f: int, hue: int, style: int) -> dict:
+    """Family shape and background, plus a bright/dark colour pair and a grating."""
+    def rgb(h, s, v):
+        return [round(255 * x) for x in colorsys.hsv_to_rgb(h, s, v)]
+
+    return {**family_visual(f), "colors": [rgb(hue / HUES, 0.8, 0.95),
+                                           rgb(((hue + HUES // 2) % HUES) / HUES, 0.9, 0.35)],
+            "angle": 45.0 * (style % 4), "freq": (1.5, 2.5, 3.5)[style // 4]}
+
+
+def family_looks(rng):
+    """Yield (hue, style) for a family's members in turn: distinct hues for the first twelve,
+    then each hue again with another grating (144 distinct looks)."""
+    hues, styles = rng.permutation(HUES).tolist(), rng.permutation(STYLES).tolist()
+    for k in itertools.count():
+        yield hues[k % HUES], styles[(k + k // HUES) % STYLES]
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(size: int):
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    return (ys + 0.5) / size, (xs + 0.5) / size
+
+
+def _shape_distance(shape: str, X, Y):
+    """< 1 inside the shape (object radius 1), about distance/radius outside."""
+    if shape in _POLYGONS:
+        n, offset = _POLYGONS[shape]
+        angles = offset + 2 * np.pi * np.arange(n) / n
+        proj = [X * np.cos(a) + Y * np.sin(a) for a in angles]
+        return np.maximum.reduce(proj) / np.cos(np.pi / n)
+    rho = np.hypot(X, Y)
+    if shape == "ellipse_h":
+        return np.hypot(X, Y / 0.55)
+    if shape == "ellipse_v":
+        return np.hypot(X / 0.55, Y)
+    if shape == "ring":
+        return np.abs(rho - 0.68) / 0.32
+    if shape == "frame":
+        return np.abs(np.maximum(np.abs(X), np.abs(Y)) - 0.7) / 0.3
+    if shape in ("plus", "xcross"):
+        if shape == "xcross":
+            X, Y = (X + Y) / np.sqrt(2), (X - Y) / np.sqrt(2)
+        ax, ay = np.abs(X), np.abs(Y)
+        return np.minimum(np.maximum(ax, ay / 0.34), np.maximum(ax / 0.34, ay))
+    if shape == "star":
+        return rho / (0.72 + 0.28 * np.cos(5 * (np.arctan2(Y, X) + np.pi / 2)))
+    if shape == "crescent":
+        return np.maximum(rho, 0.75 / np.maximum(np.hypot(X - 0.45, Y + 0.15), 1e-3))
+    if shape == "semicircle":
+        return np.maximum(np.hypot(X, Y - 0.45), 1 + 3 * (Y - 0.45))
+    return rho  # circle
+
+
+def _draw(img, vis: dict, cx: float, cy: float, r: float, light, u) -> None:
+    """Paint one object of radius r (fraction of the image) centred at (cx, cy) in place, its
+    colours scaled to ``light`` (255 = as listed); u: 3 uniforms (rotation, grating angle jitter,
+    grating phase)."""
+    size = img.shape[0]
+    y0, y1 = max(0, int((cy - 1.5 * r) * size)), min(size, int((cy + 1.5 * r) * size) + 1)
+    x0, x1 = max(0, int((cx - 1.5 * r) * size)), min(size, int((cx + 1.5 * r) * size) + 1)
+    ys, xs = _grid(size)
+    X0, Y0 = (xs[y0:y1, x0:x1] - cx) / r, (ys[y0:y1, x0:x1] - cy) / r
+    rot = 0.6 * u[0] - 0.3
+    X, Y = np.cos(rot) * X0 + np.sin(rot) * Y0, np.cos(rot) * Y0 - np.sin(rot) * X0
+    alpha = np.minimum(np.maximum((1 - _shape_distance(vis["shape"], X, Y)) * (r * size) + 0.5,
+                                  0), 1)[..., None]
+    theta = np.radians(vis["angle"]) + 0.3 * u[1] - 0.15
+    wave = np.sin(np.pi * vis["freq"] * (X0 * np.cos(theta) + Y0 * np.sin(theta))
+                  + 2 * np.pi * u[2])
+    a, b = (np.asarray(c, np.float32) * (light / 255) for c in vis["colors"])
+    fg = (a + b) / 2 + (b - a) / 2 * wave[..., None]
+    region = img[y0:y1, x0:x1]
+    region += (fg - region) * alpha
+
+
+def render(world_concepts, concept_indices, rng, size: int, noise: float = 1.0) -> np.ndarray:
+    """An RGB uint8 image (size x size x 3) showing the given concepts (world.json entries with a
+    "visual"); the first is the main object and sets the background, the others are smaller
+    objects near a corner. ``noise`` scales the pixel noise."""
+    ys, xs = _grid(size)
+    u = rng.random(2 + 6 * len(concept_indices)).tolist()  # every random scalar, in one call
+    first = world_concepts[concept_indices[0]]["visual"]
+    light = np.float32(255 * (0.85 + 0.25 * u[0]))  # overall brightness
+    bg0, bg1 = (np.asarray(c, np.float32) * (light / 255) for c in first["background"])
+    phi = 2 * np.pi * u[1]  # gradient direction; t stays within (0, 1)
+    t = (xs - 0.5) * np.float32(0.7 * np.cos(phi)) + (ys - 0.5) * np.float32(0.7 * np.sin(phi))
+    img = bg0 + (bg1 - bg0) * (t + np.float32(0.5))[..., None]
+    for j, c in enumerate(concept_indices):
+        v = u[2 + 6 * j: 8 + 6 * j]
+        if j == 0:
+            cx, cy, r = 0.35 + 0.3 * v[0], 0.35 + 0.3 * v[1], 0.22 + 0.1 * v[2]
+        else:  # a corner (v < 0.5 picks the side, 2v mod 1 the jitter)
+            cx, cy = ((0.2 if w < 0.5 else 0.8) + 0.1 * ((2 * w) % 1) - 0.05 for w in v[:2])
+            r = 0.11 + 0.05 * v[2]
+        _draw(img, world_concepts[c]["visual"], cx, cy, r, light, v[3:])
+    grain = rng.random((size, size), dtype=np.float32) - np.float32(0.5)  # uniform, sd 6.4*noise
+    img += (grain * np.float32(22.2 * noise) + np.float32(0.5))[..., None]  # (+0.5: rounding)
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
+
+
+def jpeg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format="JPEG", quality=90, subsampling=0)
+    return buf.getvalue()
+
+
+# -- tasks: each writes its files and returns counts --------------------------------------------
+def _sample(cum: np.ndarray, u):
+    """Indices drawn with the probabilities whose cumulative sums are ``cum``, for uniform u."""
+    return np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), len(cum) - 1)
+
+
+def write_dump_shard(path, gz, start, primary, extra, country, tags, junk, probs, rates, seed,
+                     shard) -> dict:
+    """One hashtag dump shard (JSONL, gzip when ``gz``); see SPEC §1 for the format."""
+    rng = rng_for(seed, 2, shard)
+    tag_cum = [np.cumsum([w for _, w in t]) for t in tags]
+    junk_cum, zipf_cum = np.cumsum([w for _, w in junk]), np.cumsum(probs)
+    lines, stats = [], Counter()
+    for j in range(len(primary)):
+        shown = [int(primary[j])] + ([int(extra[j])] if extra[j] >= 0 else [])
+        raw = [tags[c][_sample(tag_cum[c], rng.random())][0] for c in shown
+               if rng.random() >= rates["missing"]]
+        if rng.random() < rates["wrong"]:
+            w = _sample(zipf_cum, rng.random())
+            if w not in shown:
+                raw.append(tags[w][_sample(tag_cum[w], rng.random())][0])
+        raw += [junk[_sample(junk_cum, rng.random())][0] for _ in range(rng.poisson(rates["junk"]))]
+        raw = list(dict.fromkeys(raw))
+        hashtags = ["#" + raw[i] for i in rng.permutation(len(raw))]
+        post = {"id": f"p{start + j:07d}", "country": country[j]}
+        phrase = CAPTIONS[int(rng.integers(len(CAPTIONS)))]
+        if rng.random() < rates["caption_only"]:
+            post["caption"] = " ".join([phrase, *hashtags])  # no "hashtags" key
+            stats["caption_only"] += 1
+        else:
+            post["hashtags"] = hashtags
+            stats["empty_hashtags"] += not hashtags
+            if rng.random() < CAPTION_PROB:
+                post["caption"] = phrase
+        line = json.dumps(post).encode()
+        if rng.random() < rates["bad_line"]:
+            stats["bad_lines"] += 1
+            if rng.random() < 0.5:  # cut JSON: never valid, the closing brace is gone
+                lines.append(line[: int(rng.integers(1, len(line) - 1))])
+            else:  # bytes that are not UTF-8 (0xff never is)
+                lines.append(b"\xff" + rng.integers(0x80, 0x100, 12, dtype=np.uint8).tobytes())
+        lines.append(line)
+    data = b"\n".join(lines) + b"\n"
+    with open(path, "wb") as f:
+        if gz:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=6) as g:
+                g.write(data)
+        else:
+            f.write(data)
+    return {"posts": len(primary), "lines": len(lines), **stats}
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = "swag"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_image_shard(path, start, primary, extra, concepts, size, seed, shard) -> dict:
+    """One webdataset shard: ``<post id>.jpg`` and ``<post id>.json`` ({"concepts": shown})."""
+    rng = rng_for(seed, 3, shard)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for j in range(len(primary)):
+            shown = [int(primary[j])] + ([int(extra[j])] if extra[j] >= 0 else [])
+            pid = f"p{start + j:07d}"
+            _tar_add(tar, pid + ".jpg", jpeg(render(concepts, shown, rng, size)))
+            _tar_add(tar, pid + ".json", json.dumps({"concepts": shown}).encode())
+    return {"images": len(primary)}
+
+
+def render_files(root, items, concepts, size, seed, stream) -> dict:
+    """Loose JPEG files: items are (path under root, shown concepts, noise factor)."""
+    rng = rng_for(seed, *stream)
+    for rel, shown, noise in items:
+        path = Path(root) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg(render(concepts, shown, rng, size, noise)))
+    return {"images": len(items)}
+
+
+# -- planning -----------------------------------------------------------------------------------
+def sample_posts(world: dict, recipe):
+    """Ground truth per post: main concept (Zipf), second concept or -1, country index."""
+    rng = rng_for(recipe.seed, 1)
+    n, count = len(world["concepts"]), recipe.posts
+    cum = np.cumsum([c["prob"] for c in world["concepts"]])
+    primary, second = _sample(cum, rng.random(count)), _sample(cum, rng.random(count))
+    has = rng.random(count) < recipe.extra_concept_prob
+    sibling, u = rng.random(count), rng.random(count)
+    family = np.array([c["family"] for c in world["concepts"]])
+    extra = np.full(count, -1)
+    for i in np.flatnonzero(has):
+        p = primary[i]
+        sibs = np.flatnonzero((family == family[p]) & (np.arange(n) != p))
+        if sibling[i] < SIBLING_PROB and len(sibs):
+            extra[i] = sibs[int(u[i] * len(sibs))]
+        else:
+            extra[i] = second[i] if second[i] != p else (p + 1 + int(u[i] * (n - 1))) % n
+    return primary, extra, _sample(np.cumsum(list(world["countries"].values())), rng.random(count))
+
+
+def _plan_groups(world: dict, recipe):
+    """Fairness rows (path, group, country, label wnid, shown concepts, noise)."""
+    rng, g = rng_for(recipe.seed, 5, 0), world["groups"]
+    total, classes = recipe.group_images, world["downstream"]["classes"]
+    groups = np.array(g["groups"])[rng.permutation(np.arange(total) % len(g["groups"]))]
+    countries = np.array(list(world["countries"]))[
+        _sample(np.cumsum(list(world["countries"].values())), rng.random(total))]
+    labels = rng.integers(len(classes), size=total)
+    planted = (groups == g["planted_group"]) & (rng.random(total) < g["planted_strength"])
+    rows = []
+    for i, (group, country) in enumerate(zip(groups.tolist(), countries.tolist())):
+        cls = classes[labels[i]]
+        shown = [cls["concept"]] + [g["planted_concept"]] * bool(planted[i])
+        noise = g["noise_scale"] if country == g["noisy_country"] else 1.0
+        rows.append((f"images/g{i:06d}.jpg", group, country, cls["wnid"], shown, noise))
+    return rows
+
+
+def _chunks(items, size):
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
+    """Write dumps, image shards, downstream and fairness sets; returns counts and paths."""
+    primary, extra, country_idx = sample_posts(world, recipe)
+    countries = np.array(list(world["countries"]))[country_idx].tolist()
+    looks = [{"visual": c["visual"]} for c in world["concepts"]]
+    tags = [[(v["tag"], v["weight"]) for v in c["variants"]] for c in world["concepts"]]
+    junk = [(j["tag"], j["weight"]) for j in world["junk_tags"]]
+    rates = {"missing": recipe.missing_tag_prob, "wrong": recipe.wrong_tag_prob,
+             "junk": recipe.junk_tags_mean, "caption_only": recipe.caption_only_prob,
+             "bad_line": recipe.bad_line_prob}
+    seed, size, k, frac = recipe.seed, recipe.image_size, recipe.dump_shards, recipe.gzip_fraction
+    files: dict = {"dumps": [], "images": []}
+    dump_jobs, image_jobs = [], []
+    for s in range(k):
+        a, b = s * recipe.posts // k, (s + 1) * recipe.posts // k
+        gz = int((s + 1) * frac) > int(s * frac)  # a `frac` share of the shards, spread out
+        files["dumps"].append(f"dumps/posts-{s:05d}.jsonl" + (".gz" if gz else ""))
+        dump_jobs.append((out / files["dumps"][-1], gz, a, primary[a:b], extra[a:b],
+                          countries[a:b], tags, junk, [c["prob"] for c in world["concepts"]],
+                          rates, seed, s))
+    for s, a in enumerate(range(0, recipe.posts, recipe.images_per_shard)):
+        b = min(a + recipe.images_per_shard, recipe.posts)
+        files["images"].append(f"images/images-{s:05d}.tar")
+        image_jobs.append((out / files["images"][-1], a, primary[a:b], extra[a:b], looks, size,
+                           seed, s))
+    down = world["downstream"]
+    items = [(f"{split}/{c['wnid']}/{c['wnid']}_{i:04d}.jpg", [c["concept"]], 1.0)
+             for split in ("train", "val") for c in down["classes"]
+             for i in range(down[f"{split}_per_class"])]
+    rows = _plan_groups(world, recipe)
+    group_items = [(r[0], r[4], r[5]) for r in rows]
+    stages = [
+        ("dumps", write_dump_shard, dump_jobs),
+        ("images", write_image_shard, image_jobs),
+        ("downstream", render_files, [(out / "downstream", chunk, looks, size, seed, (4, s))
+                                      for s, chunk in enumerate(_chunks(items, 500))]),
+        ("groups", render_files, [(out / "groups", chunk, looks, size, seed, (5, 1, s))
+                                  for s, chunk in enumerate(_chunks(group_items, 500))])]
+    for d in ("dumps", "images", "downstream", "groups"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    dumps: Counter = Counter()
+    for stage, fn, jobs in stages:
+        for res in map_shards(fn, jobs, recipe.workers, progress, stage):
+            if stage == "dumps":
+                dumps.update(res)
+    _write_manifest(out / "groups" / "manifest.csv", rows, world)
+    (out / "downstream" / "classes.json").write_text(json.dumps({c["wnid"]: {
+        "synset": c["synset"], "concept": c["concept_synset"], "expected_tags": c["expected_tags"],
+        "expected_keys": c["expected_keys"], "relation": c["relation"]} for c in down["classes"]},
+        indent=1, sort_keys=True) + "\n")
+    shown = np.bincount(np.concatenate([primary, extra[extra >= 0]]), minlength=len(looks))
+    planted = Counter(r[1] for r in rows if world["groups"]["planted_concept"] in r[4][1:])
+    return {"dumps": dict(sorted(dumps.items())), "concept_posts": shown.tolist(),
+            "planted_shown": {g: planted[g] for g in world["groups"]["groups"]},
+            "images": recipe.posts, "downstream_images": len(items), "group_images": len(rows),
+            "files": files}
+
+
+def _write_manifest(path: Path, rows, world) -> None:
+    names = [c["synset"] for c in world["concepts"]]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "group", "country", "label", "concept"])
+        for rel, group, country, label, shown, _ in rows:
+            w.writerow([rel, group, country, label, "+".join(names[c] for c in shown)])

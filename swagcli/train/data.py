@@ -1,0 +1,331 @@
+"""The training stream: image shards + a sample plan -> (image, hashtag target) batches.
+
+A webdataset-style pipeline, one per (rank, DataLoader worker):
+
+    shard list (this stream's share, reshuffled each epoch)
+      -> tar members grouped into samples (webdataset's tar iterators)
+      -> join with the plan by key, each planned image repeated as often as planned (the same
+         bytes object, never a copy)
+      -> shuffle buffer
+      -> decode + RandomResizedCrop + flip (train) or short-side resize + center crop (eval)
+      -> uint8 CHW tensors with hashtag targets as (indices, weights 1/K)
+
+Work is split by shard: shard ``j`` of an epoch's permutation goes to stream ``j mod G`` of the
+``G = world * workers`` streams, so every planned sample is seen exactly as often as planned, by
+exactly one stream. Streams run epoch after epoch without end (a rank never runs dry while another
+still trains); :class:`StreamPosition` says where each stream is, and a stream restarted with it
+fast-forwards (no decoding) to the same place, with the same shuffle and augmentation draws.
+
+Undecodable images, samples without an image, truncated shards and planned samples without
+hashtags are skipped and counted; past ``max_bad_fraction`` of the planned samples read, the
+stream stops with a :class:`SwagError`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import math
+import tarfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from swagcli.errors import SwagError
+from swagcli.prep.sample import load_part, load_plan
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+MIN_SEEN_FOR_BAD_CHECK = 50
+
+
+class PlanLookup:
+    """key -> (multiplicity, hashtag ids) over a plan's parts (two parts cached at a time)."""
+
+    def __init__(self, plan_dir):
+        self.plan = load_plan(plan_dir)
+        self.parts = sorted((p for p in self.plan["parts"] if p["images"]), key=lambda p: p["first_id"])
+        self.firsts = [p["first_id"] for p in self.parts]
+        self.disjoint = all(a["last_id"] < b["first_id"] for a, b in zip(self.parts, self.parts[1:]))
+        self._cache: dict[int, dict] = {}
+
+    def _part(self, j: int) -> dict:
+        arr = self._cache.get(j)
+        if arr is None:
+            if len(self._cache) >= 2:
+                self._cache.pop(next(iter(self._cache)))
+            arr = self._cache[j] = load_part(self.plan, self.parts[j])
+        return arr
+
+    def _find(self, j: int, key: str):
+        arr = self._part(j)
+        ids = arr["ids"]
+        i = int(np.searchsorted(ids, key))
+        if i < len(ids) and ids[i] == key:
+            ptr = arr["label_ptr"]
+            return int(arr["mult"][i]), arr["labels"][ptr[i]:ptr[i + 1]]
+        return None
+
+    def get(self, key: str):
+        if self.disjoint:
+            j = bisect.bisect_right(self.firsts, key) - 1
+            if j < 0 or key > self.parts[j]["last_id"]:
+                return None
+            return self._find(j, key)
+        for j, p in enumerate(self.parts):  # overlapping id ranges: ask every part that may hold it
+            if p["first_id"] <= key <= p["last_id"]:
+                hit = self._find(j, key)
+                if hit is not None:
+                    return hit
+        return None
+
+    @property
+    def total_samples(self) -> int:
+        return sum(p["samples"] for p in self.plan["parts"])
+
+
+@dataclass
+class StreamStats:
+    """Per stream, cumulative."""
+
+    read: int = 0            # samples read from the shards
+    not_planned: int = 0     # read, but not in the plan (not drawn)
+    planned: int = 0         # planned samples met (with multiplicity)
+    no_image: int = 0        # planned, but the sample has no image member
+    no_labels: int = 0       # planned, but without hashtags
+    undecodable: int = 0     # the image would not decode
+    bad_shards: int = 0      # truncated or corrupt shards (the rest of the shard is lost)
+    yielded: int = 0
+
+    @property
+    def bad(self) -> int:
+        return self.no_image + self.no_labels + self.undecodable + self.bad_shards
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"bad": self.bad}
+
+
+@dataclass
+class StreamPosition:
+    """Where one stream is: its epoch and how many samples it has yielded in that epoch."""
+
+    epoch: int = 0
+    offset: int = 0
+
+
+# -- augmentation ----------------------------------------------------------------------------------
+_MASK = (1 << 64) - 1
+
+
+class SampleRNG:
+    """A counter-based generator (splitmix64) keyed by the sample's place in the stream: cheap to
+    create per sample (numpy's take ~30 µs), so a resumed stream redraws the same augmentation."""
+
+    def __init__(self, *key: int):
+        self.state = hash(key) & _MASK  # tuples of ints hash the same in every process
+
+    def random(self) -> float:
+        self.state = z = (self.state + 0x9E3779B97F4A7C15) & _MASK
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+        return ((z ^ (z >> 31)) >> 11) * (1.0 / (1 << 53))
+
+    def uniform(self, lo: float, hi: float) -> float:
+        return lo + (hi - lo) * self.random()
+
+    def integers(self, lo: int, hi: int) -> int:
+        """In [lo, hi)."""
+        return lo + min(int(self.random() * (hi - lo)), hi - lo - 1)
+
+
+# -- crops -----------------------------------------------------------------------------------
+def rrc_box(w: int, h: int, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop parameters, drawn from ``rng`` (a numpy Generator)."""
+    area = w * h
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        ar = math.exp(rng.uniform(*log_ratio))
+        cw = int(round(math.sqrt(target * ar)))
+        ch = int(round(math.sqrt(target / ar)))
+        if 0 < cw <= w and 0 < ch <= h:
+            x = int(rng.integers(0, w - cw + 1))
+            y = int(rng.integers(0, h - ch + 1))
+            return x, y, x + cw, y + ch
+    in_ratio = w / h  # fallback: central crop at the closest allowed ratio
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    x, y = (w - cw) // 2, (h - ch) // 2
+    return x, y, x + cw, y + ch
+
+
+def center_box(w: int, h: int):
+    """Resize the short side, then a center crop of the same size: the square at the center."""
+    s = min(w, h)
+    x, y = (w - s) / 2, (h - s) / 2
+    return x, y, x + s, y + s
+
+
+def load_image(data: bytes, size: int, train: bool, rng=None) -> torch.Tensor:
+    """Bytes -> uint8 CHW tensor of ``size`` x ``size`` (RRC + flip for training)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        box = rrc_box(w, h, rng) if train else center_box(w, h)
+        out = im.resize((size, size), Image.BILINEAR, box=box)
+    if train and rng.random() < 0.5:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.array(out)).permute(2, 0, 1)
+
+
+# -- the stream ------------------------------------------------------------------------------------
+@dataclass
+class StreamConfig:
+    shards: list[str]
+    plan_dir: str
+    resolution: int = 224
+    train: bool = True
+    shuffle_buffer: int = 2000
+    seed: int = 0
+    max_bad_fraction: float = 0.01
+    loop: bool = True  # epoch after epoch; False: one epoch (evaluation, tests)
+    with_keys: bool = False
+    start: dict = field(default_factory=dict)  # stream index -> StreamPosition
+
+
+def _samples(url: str, stats: StreamStats):
+    """The samples of one tar shard; a truncated/corrupt shard ends early and is counted."""
+    try:
+        with open(url, "rb") as f:
+            files = ({**member, "__url__": url} for member in tar_file_iterator(f))
+            yield from group_by_keys(files)
+    except (tarfile.TarError, EOFError, OSError, ValueError):
+        stats.bad_shards += 1
+
+
+def stream_shards(shards: list[str], epoch: int, seed: int, index: int, streams: int) -> list[str]:
+    """This stream's shards in ``epoch``: a seeded permutation of all shards, dealt round-robin."""
+    perm = np.random.default_rng([seed, 7, epoch]).permutation(len(shards))
+    return [shards[j] for j in perm[index::streams]]
+
+
+def _planned(urls, lookup: PlanLookup, stats: StreamStats):
+    """(key, image bytes, labels) for every planned sample, repeated as planned."""
+    for url in urls:
+        for s in _samples(url, stats):
+            stats.read += 1
+            hit = lookup.get(s["__key__"])
+            if hit is None:
+                stats.not_planned += 1
+                continue
+            mult, labels = hit
+            stats.planned += mult
+            img = next((s[e] for e in IMAGE_EXTS if e in s), None)
+            if img is None:
+                stats.no_image += mult
+                continue
+            if len(labels) == 0:
+                stats.no_labels += mult
+                continue
+            item = (s["__key__"], img, labels)
+            for _ in range(mult):
+                yield item
+
+
+def _shuffled(items, size: int, rng):
+    buf = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(len(buf)))
+        buf[j], item = item, buf[j]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class HashtagStream(torch.utils.data.IterableDataset):
+    """Yields ``(image uint8 CHW, labels int64, info)``; ``info`` = (stream, epoch, offset, key|None,
+    cumulative stats dict)."""
+
+    def __init__(self, cfg: StreamConfig, rank: int = 0, world: int = 1):
+        self.cfg = cfg
+        self.rank, self.world = rank, world
+        self.lookup = PlanLookup(cfg.plan_dir)
+        if not cfg.shards:
+            raise SwagError("training stream: no image shards given")
+
+    def _ids(self):
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self.rank * workers + worker, self.world * workers
+
+    def __iter__(self):
+        cfg = self.cfg
+        index, streams = self._ids()
+        pos = cfg.start.get(index, StreamPosition())
+        stats = StreamStats()
+        epoch = pos.epoch
+        skip = pos.offset
+        while True:
+            urls = stream_shards(cfg.shards, epoch, cfg.seed, index, streams)
+            order = _shuffled(_planned(urls, self.lookup, stats), cfg.shuffle_buffer,
+                              np.random.default_rng([cfg.seed, 11, epoch, index]))
+            for offset, (key, data, labels) in enumerate(order):
+                if offset < skip:  # fast-forward after a restart: no decoding
+                    continue
+                rng = SampleRNG(cfg.seed, 13, epoch, index, offset)
+                try:
+                    img = load_image(data, cfg.resolution, cfg.train, rng)
+                except Exception:  # PIL raises many types for corrupt data
+                    stats.undecodable += 1
+                    self._check(stats)
+                    continue
+                stats.yielded += 1
+                yield img, torch.from_numpy(labels.astype(np.int64)), (
+                    index, epoch, offset, key if cfg.with_keys else None, stats.as_dict())
+            self._check(stats, end=True)
+            skip = 0
+            epoch += 1
+            if not cfg.loop:
+                return
+
+    def _check(self, stats: StreamStats, end: bool = False):
+        if stats.planned < MIN_SEEN_FOR_BAD_CHECK and not end:
+            return
+        if stats.bad > self.cfg.max_bad_fraction * max(stats.planned, 1):
+            raise SwagError(
+                f"training stream: {stats.bad} bad of {stats.planned} planned samples "
+                f"(> max_bad_fraction {self.cfg.max_bad_fraction}): {stats.undecodable} undecodable, "
+                f"{stats.no_image} without image, {stats.bad_shards} truncated shards")
+
+
+def collate(batch):
+    """Stack images; targets as padded (indices, weights 1/K); keep each stream's latest info."""
+    imgs = torch.stack([b[0] for b in batch])
+    kmax = max(len(b[1]) for b in batch)
+    idx = torch.zeros(len(batch), kmax, dtype=torch.long)
+    wts = torch.zeros(len(batch), kmax)
+    for i, (_, labels, _) in enumerate(batch):
+        k = len(labels)
+        idx[i, :k] = labels
+        wts[i, :k] = 1.0 / k
+    infos = [b[2] for b in batch]
+    return {"image": imgs, "target_idx": idx, "target_w": wts,
+            "keys": [i[3] for i in infos], "streams": {i[0]: (i[1], i[2], i[4]) for i in infos}}
+
+
+def make_loader(cfg: StreamConfig, batch_size: int, workers: int = 2, rank: int = 0,
+                world: int = 1) -> torch.utils.data.DataLoader:
+    ds = HashtagStream(cfg, rank, world)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        persistent_workers=False, pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if workers else None, drop_last=False)

@@ -1,0 +1,279 @@
+"""The synthetic world: deterministic, WordNet-true, readable by the real readers, learnable."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from swagcli.errors import SwagError
+from swagcli.prep.canon import normalize_tag, synset_key
+from swagcli.prep.synth import build_world, load_world, run
+from swagcli.prep.synth_render import render
+from swagcli.recipes import SynthRecipe
+from swagcli.wordnet import synset_from_wnid
+
+SMALL = dict(posts=600, concepts=40, dump_shards=4, gzip_fraction=0.5, image_size=32,
+             images_per_shard=250, downstream_classes=8, downstream_train_per_class=6,
+             downstream_val_per_class=4, group_images=150, bad_line_prob=0.02,
+             caption_only_prob=0.05)
+
+
+def small(out, **kw) -> SynthRecipe:
+    return SynthRecipe(out=str(out), **{**SMALL, **kw})
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "world"
+    stages = []
+    summary = run(small(out), progress=lambda stage, done, total: stages.append(stage))
+    assert {"world", "dumps", "images", "downstream", "groups"} <= set(stages)
+    assert summary["posts"] == 600 and summary["concepts"] == 40 and summary["classes"] == 8
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(world_dir):
+    return load_world(world_dir)
+
+
+def digests(root: Path, skip=("swag.json",)) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip}
+
+
+def dump_lines(world_dir: Path, world: dict) -> list[bytes]:
+    lines = []
+    for rel in world["files"]["dumps"]:
+        data = (world_dir / rel).read_bytes()
+        lines += (gzip.decompress(data) if rel.endswith(".gz") else data).splitlines()
+    return lines
+
+
+def parse(line: bytes):
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def post_tags(post: dict) -> list[str]:
+    if "hashtags" in post:
+        return [normalize_tag(t) for t in post["hashtags"]]
+    return [normalize_tag(w) for w in post["caption"].split() if w.startswith("#")]
+
+
+# -- determinism ----------------------------------------------------------------------------------
+def test_same_recipe_same_bytes_whatever_the_workers(tmp_path, world_dir):
+    reference = digests(world_dir, skip=("swag.json", "recipe.yaml"))
+    out = tmp_path / "again"
+    run(small(out))
+    first = digests(out)
+    run(small(out))  # rerun into the same folder: earlier outputs are replaced
+    assert digests(out) == first
+    assert digests(out, skip=("swag.json", "recipe.yaml")) == reference
+    run(small(tmp_path / "two", workers=2))
+    assert digests(tmp_path / "two", skip=("swag.json", "recipe.yaml")) == reference
+
+
+def test_another_seed_another_world(tmp_path, world_dir):
+    run(small(tmp_path / "s1", seed=1))
+    a, b = digests(world_dir / "dumps"), digests(tmp_path / "s1" / "dumps")
+    assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
+
+
+def test_output_folder_must_be_new_or_a_world(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SwagError, match="did not write"):
+        run(small(tmp_path))
+    with pytest.raises(SwagError, match="output directory"):
+        run(SynthRecipe(**SMALL))
+    with pytest.raises(SwagError, match="planted_group"):
+        build_world(small(tmp_path / "x", planted_group="Z"))
+    with pytest.raises(SwagError, match="load|not found"):
+        load_world(tmp_path / "nothing")
+
+
+# -- WordNet ground truth -------------------------------------------------------------------------
+def test_tags_canonicalize_as_recorded(world, canon):
+    keys = [c["key"] for c in world["concepts"]]
+    assert len(set(keys)) == len(keys)
+    mains = [canon.synsets(c["main_tag"]) for c in world["concepts"]]
+    for c, main in zip(world["concepts"], mains):
+        assert synset_key(main) == c["key"] and c["synset"] in main
+        assert c["variants"][0] == {**c["variants"][0], "tag": c["main_tag"], "kind": "main"}
+        assert abs(sum(v["weight"] for v in c["variants"]) - 1) < 1e-4
+        for v in c["variants"]:
+            got = canon.synsets(normalize_tag(v["tag"]))
+            assert synset_key(got) == v["key"] and c["synset"] in got
+    assert sum(len(m) for m in mains) == len(frozenset().union(*mains))  # pairwise disjoint
+    assert len(world["junk_tags"]) >= 20
+    assert all(not canon.synsets(j["tag"]) for j in world["junk_tags"])
+    assert {"love", "instagood", "2019", "nofilter"} <= {j["tag"] for j in world["junk_tags"]}
+
+
+def test_default_world_has_every_kind_of_variant_and_a_long_tail():
+    w = build_world(SynthRecipe(out="unused"))  # 300 concepts, no files written
+    variants = [v for c in w["concepts"] for v in c["variants"]]
+    assert {"main", "synonym", "plural", "mixedcase"} == {v["kind"] for v in variants}
+    assert any(v["compound"] and v["kind"] == "main" for v in variants)
+    assert any(v["compound"] and v["kind"] == "synonym" for v in variants)
+    assert len(w["concepts"]) == 300 and len({c["family"] for c in w["concepts"]}) >= 30
+    probs = [c["prob"] for c in w["concepts"]]
+    assert probs == sorted(probs, reverse=True)
+    assert probs[-1] * 20000 < 12 and probs[0] / probs[150] > 100  # a handful in the tail
+    assert len(w["downstream"]["classes"]) == 40
+    assert sum(c["relation"] != "self" for c in w["downstream"]["classes"]) >= 35
+
+
+def test_classes_map_to_their_concept_by_path_similarity(world, wn):
+    world_keys = {v["key"] for c in world["concepts"] for v in c["variants"]}
+    concept_synsets = {c["synset"] for c in world["concepts"]}
+    world_tags = {v["tag"].lower() for c in world["concepts"] for v in c["variants"]}
+    for cls in world["downstream"]["classes"]:
+        x = synset_from_wnid(cls["wnid"])
+        assert x.name() == cls["synset"]
+        concept = world["concepts"][cls["concept"]]
+        sims = {k: max(x.path_similarity(wn.synset(s)) for s in k.split("+")) for k in world_keys}
+        best = max(sims.values())
+        assert sorted(k for k, s in sims.items() if s == best) == cls["expected_keys"]
+        assert concept["key"] in cls["expected_keys"] and abs(best - cls["similarity"]) < 1e-6
+        if cls["relation"] != "self":
+            assert cls["synset"] not in concept_synsets
+            assert not {l.lower().replace("_", "") for l in x.lemma_names()} & world_tags
+    ranks = sorted(c["concept"] for c in world["downstream"]["classes"])
+    assert ranks[0] <= 2 and ranks[-1] >= 35  # head and tail
+    assert world["groups"]["planted_concept"] not in ranks
+
+
+# -- dumps ----------------------------------------------------------------------------------------
+def test_dumps(world_dir, world):
+    files = world["files"]["dumps"]
+    assert len(files) == 4 and sum(f.endswith(".gz") for f in files) == 2
+    lines = dump_lines(world_dir, world)
+    posts = [p for p in map(parse, lines) if p is not None]
+    bad = len(lines) - len(posts)
+    assert len(posts) == 600 and bad == world["counts"]["dumps"]["bad_lines"] > 0
+    assert any(b"\xff" in line for line in lines)
+    assert [p["id"] for p in posts] == [f"p{i:07d}" for i in range(600)]
+    assert {p["country"] for p in posts} <= set(world["countries"])
+    caption_only = [p for p in posts if "hashtags" not in p]
+    assert caption_only and all("#" in p["caption"] for p in caption_only if post_tags(p))
+    assert any(p.get("hashtags") == [] for p in posts)
+    assert any(t != t.lower() for p in posts for t in p.get("hashtags", []))  # #BrownBear
+    owner = {v["tag"].lower(): c["index"] for c in world["concepts"] for v in c["variants"]}
+    junk = {j["tag"] for j in world["junk_tags"]}
+    per_concept = Counter()
+    for p in posts:
+        tags = post_tags(p)
+        assert all(t in owner or t in junk for t in tags)
+        per_concept.update({owner[t] for t in tags if t in owner})
+    counts = [per_concept[i] for i in range(40)]
+    assert counts[0] >= 5 * max(1, sorted(counts)[20])  # Zipf: head >> median
+
+
+def test_dumps_read_by_the_real_reader(world_dir, world):
+    from swagcli.prep.dumps import ReadStats, iter_posts
+
+    stats = ReadStats()
+    for rel in world["files"]["dumps"]:
+        list(iter_posts(world_dir / rel, stats=stats))
+    assert stats.bad_json + stats.bad_utf8 == world["counts"]["dumps"]["bad_lines"]
+    assert stats.from_caption > 0 and stats.posts + stats.no_tags == 600
+
+
+# -- images ---------------------------------------------------------------------------------------
+def test_image_shards_are_webdataset(world_dir, world):
+    import webdataset as wds
+
+    urls = [str(world_dir / rel) for rel in world["files"]["images"]]
+    assert len(urls) == 3
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+    assert [s["__key__"] for s in samples] == [f"p{i:07d}" for i in range(600)]
+    for s in samples[:50]:
+        assert s["jpg"].size == (32, 32) and s["jpg"].mode == "RGB"
+        assert all(0 <= c < 40 for c in s["json"]["concepts"])
+    shown = Counter(c for s in samples for c in s["json"]["concepts"])
+    assert [shown[i] for i in range(40)] == [c["posts"] for c in world["concepts"]]
+    assert sum(len(s["json"]["concepts"]) == 2 for s in samples) > 100  # second objects
+
+
+def test_render_is_reusable_and_deterministic(world):
+    concepts = world["concepts"]
+    a = render(concepts, [0], np.random.default_rng(5), 48)
+    assert a.shape == (48, 48, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, render(concepts, [0], np.random.default_rng(5), 48))
+    assert not np.array_equal(a, render(concepts, [1], np.random.default_rng(5), 48))
+
+
+# -- downstream -----------------------------------------------------------------------------------
+def test_downstream_layout(world_dir, world):
+    root = world_dir / "downstream"
+    classes = json.loads((root / "classes.json").read_text())
+    assert set(classes) == {c["wnid"] for c in world["downstream"]["classes"]}
+    for split, n in (("train", 6), ("val", 4)):
+        folders = sorted(p.name for p in (root / split).iterdir())
+        assert folders == sorted(classes)
+        for wnid in folders:
+            files = sorted((root / split / wnid).glob("*.jpg"))
+            assert len(files) == n
+            assert synset_from_wnid(wnid).name() == classes[wnid]["synset"]
+    for c in world["downstream"]["classes"]:
+        assert classes[c["wnid"]]["expected_tags"] and classes[c["wnid"]]["concept"]
+        if c["relation"] != "self":
+            assert c["synset"] != c["concept_synset"]
+
+
+def _colour_features(path: Path) -> np.ndarray:
+    img = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) // 64
+    codes = (img[..., 0] * 16 + img[..., 1] * 4 + img[..., 2]).astype(int).ravel()
+    return np.bincount(codes, minlength=64) / codes.size
+
+
+def test_downstream_classes_are_learnable(world_dir):
+    """Even a colour histogram with nearest centroids tells the classes apart."""
+    root = world_dir / "downstream"
+    wnids = sorted(p.name for p in (root / "train").iterdir())
+    centroids = np.stack([np.mean([_colour_features(f) for f in (root / "train" / w).glob("*.jpg")],
+                                  axis=0) for w in wnids])
+    hits = total = 0
+    for i, w in enumerate(wnids):
+        for f in (root / "val" / w).glob("*.jpg"):
+            hits += np.argmin(((centroids - _colour_features(f)) ** 2).sum(1)) == i
+            total += 1
+    assert hits / total > 0.6  # chance: 1/8
+
+
+# -- fairness set ---------------------------------------------------------------------------------
+def test_groups_manifest_and_planted_association(world_dir, world):
+    with open(world_dir / "groups" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "group", "country", "label", "concept"]
+    assert len(rows) == 150
+    assert set(Counter(r["group"] for r in rows).values()) == {50}
+    assert {r["country"] for r in rows} <= set(world["countries"])
+    assert {r["label"] for r in rows} <= {c["wnid"] for c in world["downstream"]["classes"]}
+    assert all((world_dir / "groups" / r["path"]).is_file() for r in rows)
+    g = world["groups"]
+    rate = {grp: np.mean([g["planted_synset"] in r["concept"].split("+")
+                          for r in rows if r["group"] == grp]) for grp in g["groups"]}
+    others = [rate[grp] for grp in g["groups"] if grp != g["planted_group"]]
+    assert rate[g["planted_group"]] > 0.15 and max(others) == 0
+    assert g["planted_shown"][g["planted_group"]] == round(rate[g["planted_group"]] * 50)
+    assert g["noisy_country"] in world["countries"] and g["noise_scale"] > 1
+
+
+# -- boundaries -----------------------------------------------------------------------------------
+def test_prep_imports_no_torch():
+    code = "import swagcli.prep.synth, sys; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
