@@ -20,27 +20,36 @@ def demo_recipe(kind: str) -> Path:
 
 
 def run_demo(out: Path, posts: int | None = None, workers: int = 2) -> dict:
-    from swagcli.prep import synth
+    from swagcli.prep import sample, synth
     from swagcli.prep.vocab import build
 
     out = Path(out)
     t0 = time.time()
     world = out / "world"
-    ui.console.rule("[bold]1/2 swag synth[/]: the synthetic hashtag world")
+    ui.console.rule("[bold]1/3 swag synth[/]: the synthetic hashtag world")
     r = recipes.load("synth", demo_recipe("synth"),
                      flags={"out": str(world), "posts": posts, "workers": workers})
     with ui.StageProgress() as prog:
         synth.run(r, prog)
-    ui.console.rule("[bold]2/2 swag vocab build[/]: canonical hashtag vocabulary")
+    ui.console.rule("[bold]2/3 swag vocab build[/]: canonical hashtag vocabulary")
     v = recipes.load("vocab", demo_recipe("vocab"),
                      flags={"dumps": [str(world / "dumps")], "out": str(out / "vocab"), "workers": workers})
     with ui.StageProgress() as prog:
         doc = build(v, prog)
     ui.vocab_report(doc, v.out)
+    ui.console.rule("[bold]3/3 swag sample[/]: head/tail resampling into a training plan")
+    s = recipes.load("sample", demo_recipe("sample"), flags={
+        "vocab": str(out / "vocab"), "dumps": [str(world / "dumps")], "out": str(out / "plan"),
+        "workers": workers})
+    with ui.StageProgress() as prog:
+        summary = sample.build(s, prog)
+    ui.sample_report(summary, s.out)
     outputs = {
         "world (dumps, image shards, downstream sets)": world,
         "vocabulary": out / "vocab" / "vocab.json",
         "Zipf plot": out / "vocab" / "zipf.png",
+        "sample plan": out / "plan" / "plan.json",
+        "resampling plot": out / "plan" / "resampling.png",
     }
     ui.console.rule(f"demo done in {time.time() - t0:.0f} s")
     ui.console.print(ui.kv_table("Outputs", [(k, str(p)) for k, p in outputs.items()]))

@@ -58,35 +58,41 @@ class Weights:
         return cls(f ** -0.5, ~np.asarray(vocab.head, dtype=bool), 1.0 / (len(f) * f), f / f.sum())
 
 
-def _image_weight(ids: list[int], w: Weights, strategy: str) -> tuple[float, bool]:
-    tail = bool(w.tail[ids].any())
-    if strategy == "natural":
-        return 1.0, tail
-    if strategy == "uniform":
-        return float(w.uniform[ids].sum()), tail
-    return float(w.importance[ids].max()), tail
-
-
 def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chunk: int,
             stats: ReadStats | None = None, drops: list | None = None):
-    """Yield (ids, labels, weights, tail) per chunk of ``chunk`` images with vocabulary tags."""
-    ids, labels, weights, tails = [], [], [], []
+    """Yield (ids, labels, ptr, weights, tails) per chunk of ``chunk`` images with vocabulary
+    hashtags: ``labels[ptr[j]:ptr[j+1]]`` are image j's sorted hashtag ids; weights and tail
+    flags are computed for the whole chunk at once."""
+    ids, flat, lens = [], [], []
+
+    def emit():
+        lab = np.asarray(flat, dtype=np.int64)
+        ptr = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=ptr[1:])
+        starts = ptr[:-1]
+        tails = np.logical_or.reduceat(w.tail[lab], starts)
+        if strategy == "natural":
+            weights = np.ones(len(ids))
+        elif strategy == "uniform":
+            weights = np.add.reduceat(w.uniform[lab], starts)
+        else:
+            weights = np.maximum.reduceat(w.importance[lab], starts)
+        return ids, lab, ptr, weights, tails
+
     for post in iter_posts(Path(path), fmt, stats):
         hs = sorted({tag_to_id[t] for t in post.tags if t in tag_to_id})
         if not hs:
             if drops is not None:
                 drops[0] += 1
             continue
-        wt, tl = _image_weight(hs, w, strategy)
         ids.append(post.id)
-        labels.append(hs)
-        weights.append(wt)
-        tails.append(tl)
+        flat.extend(hs)
+        lens.append(len(hs))
         if len(ids) == chunk:
-            yield ids, labels, np.asarray(weights), np.asarray(tails, dtype=bool)
-            ids, labels, weights, tails = [], [], [], []
+            yield emit()
+            ids, flat, lens = [], [], []
     if ids:
-        yield ids, labels, np.asarray(weights), np.asarray(tails, dtype=bool)
+        yield emit()
 
 
 # -- pass 1: per-shard sums ------------------------------------------------------------------------
@@ -94,13 +100,12 @@ def shard_sums(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, 
     stats, drops = ReadStats(), [0]
     out = {"w_head": 0.0, "w_tail": 0.0, "n_head": 0, "n_tail": 0,
            "hist_images": np.zeros(len(w.tail), dtype=np.int64)}
-    for _, labels, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk, stats, drops):
+    for _, labels, _, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk, stats, drops):
         out["w_head"] += float(weights[~tails].sum())
         out["w_tail"] += float(weights[tails].sum())
         out["n_tail"] += int(tails.sum())
         out["n_head"] += int((~tails).sum())
-        for hs in labels:
-            out["hist_images"][hs] += 1
+        out["hist_images"] += np.bincount(labels, minlength=len(w.tail))
     out["dropped"] = drops[0]
     out["stats"] = stats
     return out
@@ -149,7 +154,7 @@ def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, str
     keep_ids, keep_mult, keep_labels, keep_tail = [], [], [], []
     hist = np.zeros(len(w.tail), dtype=np.int64)
     replaced = total_labels = 0
-    for ids, labels, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk):
+    for ids, flat, ptr, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk):
         mult = np.zeros(len(ids), dtype=np.int64)
         parts = tails if split else np.zeros_like(tails)
         for part in (False, True):
@@ -158,7 +163,7 @@ def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, str
                 mult[sel], left[part], w_left[part], n_left[part] = _draw_part(
                     rng, left[part], w_left[part], n_left[part], weights[sel])
         for j in np.flatnonzero(mult):
-            labs = labels[j]
+            labs = flat[ptr[j]:ptr[j + 1]].tolist()
             if noise > 0:
                 new = _noisy(labs, noise_rng, noise, cdf)
                 replaced += len(set(labs) - set(new))
