@@ -168,6 +168,36 @@ def sample_export(plan: Path = typer.Argument(..., help="a plan directory from `
         out.writelines(f"{i}\t{m}\n" for i, m in zip(ids.tolist(), mult.tolist()))
 
 
+# -- pretrain -------------------------------------------------------------------------------------
+@app.command("pretrain")
+def pretrain(
+    recipe: Optional[Path] = RecipeOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory"),
+    plan: Optional[Path] = typer.Option(None, help="sample plan directory (data.plan)"),
+    shards: Optional[List[str]] = typer.Option(None, help="image shards (data.shards)"),
+    resume: Optional[str] = typer.Option(None, help="auto | never | CHECKPOINT"),
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Pretrain a timm model to predict hashtags (locally, N local processes, or SLURM)."""
+    from swagcli import recipes, ui
+    from swagcli.launch import run_local
+    from swagcli.train.engine import train
+
+    overrides = list(set_ or [])
+    if plan:
+        overrides.insert(0, f"data.plan={plan}")
+    if shards:
+        overrides.insert(0, "data.shards=[" + ",".join(f"'{s}'" for s in shards) + "]")
+    r = recipes.load("pretrain", recipe, flags={"out": str(out) if out else None, "resume": resume},
+                     overrides=overrides)
+    if not r.out:
+        raise SwagError("pretrain: no run directory (--out DIR or 'out:' in the recipe)")
+    if r.launcher.slurm is not None:
+        raise SwagError("pretrain: launcher.slurm is not supported yet in this version")
+    result = run_local(train, r, r.launcher.local.processes, Path(r.out))
+    ui.pretrain_report(result)
+
+
 # -- synth ----------------------------------------------------------------------------------------
 @app.command("synth")
 def synth(
@@ -245,7 +275,7 @@ def _not_built(name: str, what: str):
     app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(cmd)
 
 
-for _name, _what in [("pretrain", "hashtag pretraining"), ("finetune", "finetuning transfer"),
+for _name, _what in [("finetune", "finetuning transfer"),
                      ("probe", "linear-probe transfer"), ("zeroshot", "zero-shot transfer with Platt scaling"),
                      ("fairness", "association and geography analysis")]:
     _not_built(_name, _what)

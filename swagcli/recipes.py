@@ -65,8 +65,94 @@ class SampleRecipe(Recipe):
     alpha: float = Field(0.7, ge=0, le=1, description="head share of the samples (head_tail)")
     label_noise: float = Field(0.0, ge=0, lt=1, description="p: share of hashtags replaced from the marginal")
     seed: int = 0
+    holdout: float = Field(0.0, ge=0, lt=1, description="share of images held out (by id hash) for evaluation, "
+                           "written once each to OUT/holdout")
     chunk: int = Field(65536, ge=1, description="images per draw chunk (memory bound)")
     workers: int = Field(1, ge=1, description="processes drawing shards in parallel")
+
+
+# -- swag pretrain ------------------------------------------------------------------------------
+class ModelSpec(Recipe):
+    name: str = Field("vit_base_patch16_224", description="any timm model name")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
+    pre_logits: bool | None = Field(None, description="extra linear layer before the head; null = ViTs only")
+
+
+class OptimSpec(Recipe):
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(4e-4, gt=0, description="peak lr at base_batch (scaled linearly with the batch)")
+    base_batch: int = Field(8192, ge=1)
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = Field(0.1, ge=0)
+    no_decay: Literal["bn", "norm_bias", "none"] = Field(
+        "norm_bias", description="parameters without weight decay: bn = batch norm only (RegNetY)")
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1, description="warm-up starts at lr * this")
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class DataSpec(Recipe):
+    plan: str | None = Field(None, description="sample plan directory from `swag sample`")
+    shards: list[str] = Field(default_factory=list, description="image webdataset shards (globs, brace ranges)")
+    holdout: str | None = Field(None, description="plan of held-out images for hashtag accuracy (default: PLAN/holdout)")
+    resolution: int = Field(224, ge=8)
+    shuffle_buffer: int = Field(2000, ge=1)
+    workers: int = Field(2, ge=0, description="DataLoader workers per process")
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
+
+
+class LocalLauncher(Recipe):
+    processes: int = Field(1, ge=1, description="local processes (torch.distributed: gloo on CPU, nccl on GPU)")
+
+
+class SlurmLauncher(Recipe):
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    tasks_per_node: int | None = Field(None, ge=1, description="default: gpus_per_node, or 1 without GPUs")
+    cpus_per_task: int = Field(1, ge=1)
+    partition: str | None = None
+    time: int = Field(60, ge=1, description="minutes")
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    mem_gb: int | None = Field(None, ge=1)
+    folder: str | None = Field(None, description="submitit logs (default: OUT/slurm)")
+    max_requeues: int = Field(10, ge=0)
+    extra: dict[str, Any] = Field(default_factory=dict, description="other sbatch options")
+
+
+class LauncherSpec(Recipe):
+    local: LocalLauncher = Field(default_factory=LocalLauncher)
+    slurm: SlurmLauncher | None = None
+
+
+class PretrainRecipe(Recipe):
+    """`swag pretrain`: hashtag pretraining (SPEC.md §3)."""
+
+    out: str | None = Field(None, description="run directory (checkpoints, metrics, logs)")
+    objective: Literal["wsp"] = "wsp"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    loss: Literal["softmax", "bce"] = "softmax"
+    batch_size: int = Field(8192, ge=1, le=8192, description="global batch (the paper caps it at 8192)")
+    micro_batch: int | None = Field(None, ge=1, description="per process per step; the rest is accumulation")
+    samples: int | None = Field(None, ge=1, description="training samples; default: the plan's total x epochs")
+    epochs: float = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: fp16 AMP on CUDA, fp32 on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(500, ge=1, description="steps")
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_every: int | None = Field(None, ge=1, description="steps; the end of training always evaluates")
+    eval_samples: int | None = Field(None, ge=1, description="cap on held-out images evaluated")
+    tensorboard: bool = False
+    resume: str = Field("auto", description="auto (latest checkpoint in OUT, if any) | never | a checkpoint path")
+    launcher: LauncherSpec = Field(default_factory=LauncherSpec)
 
 
 # -- swag synth ---------------------------------------------------------------------------------
@@ -103,6 +189,7 @@ class SynthRecipe(Recipe):
 RECIPES: dict[str, type[Recipe]] = {
     "vocab": VocabRecipe,
     "sample": SampleRecipe,
+    "pretrain": PretrainRecipe,
     "synth": SynthRecipe,
 }
 

@@ -106,5 +106,19 @@ def sample_report(summary: dict, out_dir: str | Path | None = None) -> None:
                       f"{out / 'resampling.png'}")
 
 
+def pretrain_report(r: dict) -> None:
+    rows = [("status", r["status"]), ("steps", f"{r['step']:,} of {r['total_steps']:,}"),
+            ("samples", r["samples"]), ("last loss", f"{r['last_loss']:.4f}" if r.get("last_loss") is not None else "-")]
+    if "eval_top1" in r:
+        rows += [("held-out hashtag top-1", f"{r['eval_top1']:.2%}"), ("held-out top-5", f"{r['eval_top5']:.2%}"),
+                 ("held-out images", r["eval_images"])]
+    st = r.get("stream") or {}
+    if st:
+        rows.append(("skipped samples (bad)", f"{st.get('bad', 0):,}: {st.get('undecodable', 0)} undecodable, "
+                     f"{st.get('no_image', 0)} without image, {st.get('bad_shards', 0)} truncated shards"))
+    rows += [("checkpoint", r["checkpoint"] or "-"), ("resumed from", r.get("resumed_from") or "-")]
+    console.print(kv_table(f"Pretraining run {r['run_dir']}", rows))
+
+
 def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"

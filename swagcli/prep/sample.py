@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,11 +59,18 @@ class Weights:
         return cls(f ** -0.5, ~np.asarray(vocab.head, dtype=bool), 1.0 / (len(f) * f), f / f.sum())
 
 
+def is_held_out(post_id: str, fraction: float) -> bool:
+    """Deterministic hold-out by id (CRC32), the same in every run and process."""
+    return fraction > 0 and zlib.crc32(post_id.encode()) % 1_000_000 < fraction * 1_000_000
+
+
 def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chunk: int,
-            stats: ReadStats | None = None, drops: list | None = None):
+            stats: ReadStats | None = None, drops: list | None = None, holdout: float = 0.0,
+            held: list | None = None):
     """Yield (ids, labels, ptr, weights, tails) per chunk of ``chunk`` images with vocabulary
     hashtags: ``labels[ptr[j]:ptr[j+1]]`` are image j's sorted hashtag ids; weights and tail
-    flags are computed for the whole chunk at once."""
+    flags are computed for the whole chunk at once. Held-out images are left out (and appended
+    as (id, hashtag ids) to ``held`` if given)."""
     ids, flat, lens = [], [], []
 
     def emit():
@@ -85,6 +93,10 @@ def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chu
             if drops is not None:
                 drops[0] += 1
             continue
+        if holdout and is_held_out(post.id, holdout):
+            if held is not None:
+                held.append((post.id, hs))
+            continue
         ids.append(post.id)
         flat.extend(hs)
         lens.append(len(hs))
@@ -96,17 +108,20 @@ def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chu
 
 
 # -- pass 1: per-shard sums ------------------------------------------------------------------------
-def shard_sums(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chunk: int) -> dict:
-    stats, drops = ReadStats(), [0]
+def shard_sums(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chunk: int,
+               holdout: float = 0.0) -> dict:
+    stats, drops, held = ReadStats(), [0], []
     out = {"w_head": 0.0, "w_tail": 0.0, "n_head": 0, "n_tail": 0,
            "hist_images": np.zeros(len(w.tail), dtype=np.int64)}
-    for _, labels, _, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk, stats, drops):
+    for _, labels, _, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk, stats, drops,
+                                                holdout, held):
         out["w_head"] += float(weights[~tails].sum())
         out["w_tail"] += float(weights[tails].sum())
         out["n_tail"] += int(tails.sum())
         out["n_head"] += int((~tails).sum())
         out["hist_images"] += np.bincount(labels, minlength=len(w.tail))
     out["dropped"] = drops[0]
+    out["held_out"] = len(held)
     out["stats"] = stats
     return out
 
@@ -141,7 +156,8 @@ def _noisy(labels: list[int], rng, p: float, marginal_cdf: np.ndarray) -> list[i
 
 def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str,
                chunk: int, quota: tuple[int, int], sums: tuple[float, float],
-               counts: tuple[int, int], seed: int, noise: float, out_path: str) -> dict:
+               counts: tuple[int, int], seed: int, noise: float, out_path: str,
+               holdout: float = 0.0, holdout_path: str | None = None) -> dict:
     """Draw the plan of one dump shard and write it to ``out_path`` (npz). Part 0 is the head
     (every image, for strategies without a head/tail split), part 1 the tail."""
     rng = np.random.default_rng([seed, 1, index])
@@ -154,7 +170,9 @@ def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, str
     keep_ids, keep_mult, keep_labels, keep_tail = [], [], [], []
     hist = np.zeros(len(w.tail), dtype=np.int64)
     replaced = total_labels = 0
-    for ids, flat, ptr, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk):
+    held: list = []
+    for ids, flat, ptr, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk,
+                                                  holdout=holdout, held=held):
         mult = np.zeros(len(ids), dtype=np.int64)
         parts = tails if split else np.zeros_like(tails)
         for part in (False, True):
@@ -174,31 +192,38 @@ def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, str
             keep_labels.append(labs)
             keep_tail.append(bool(tails[j]))
             hist[labs] += int(mult[j])
-    order = sorted(range(len(keep_ids)), key=keep_ids.__getitem__)
+    out = write_part(out_path, keep_ids, keep_mult, keep_labels, keep_tail)
+    out.update(hist_samples=hist, noise_replaced=replaced, noise_labels=total_labels,
+               left=(left[False], left[True]))
+    if holdout_path:
+        out["holdout"] = write_part(holdout_path, [i for i, _ in held], [1] * len(held),
+                                    [hs for _, hs in held], [bool(w.tail[hs].any()) for _, hs in held])
+    return out
+
+
+def write_part(path: str, ids: list, mult: list, labels: list, tails: list) -> dict:
+    """Write one plan part (sorted by id) atomically; return its entry for plan.json."""
+    order = sorted(range(len(ids)), key=ids.__getitem__)
     ptr = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum([len(keep_labels[i]) for i in order], out=ptr[1:])
+    np.cumsum([len(labels[i]) for i in order], out=ptr[1:])
     arrays = {
-        "ids": np.array([keep_ids[i] for i in order], dtype=np.str_),
-        "mult": np.array([keep_mult[i] for i in order], dtype=np.uint32),
-        "tail": np.array([keep_tail[i] for i in order], dtype=bool),
+        "ids": np.array([ids[i] for i in order], dtype=np.str_),
+        "mult": np.array([mult[i] for i in order], dtype=np.uint32),
+        "tail": np.array([tails[i] for i in order], dtype=bool),
         "label_ptr": ptr,
-        "labels": np.array([h for i in order for h in keep_labels[i]], dtype=np.int32),
+        "labels": np.array([h for i in order for h in labels[i]], dtype=np.int32),
     }
-    tmp = out_path + ".partial.npz"
+    tmp = path + ".partial.npz"
     np.savez(tmp, **arrays)
-    Path(tmp).replace(out_path)
+    Path(tmp).replace(path)
     ids_sorted = arrays["ids"]
     return {
-        "path": Path(out_path).name,
+        "path": Path(path).name,
         "images": int(len(ids_sorted)),
         "samples": int(arrays["mult"].sum()),
         "tail_samples": int(arrays["mult"][arrays["tail"]].sum()),
         "first_id": str(ids_sorted[0]) if len(ids_sorted) else None,
         "last_id": str(ids_sorted[-1]) if len(ids_sorted) else None,
-        "hist_samples": hist,
-        "noise_replaced": replaced,
-        "noise_labels": total_labels,
-        "left": (left[False], left[True]),
     }
 
 
@@ -225,7 +250,7 @@ def build(recipe, progress=None) -> dict:
     paths = [str(p) for p in expand_dumps(recipe.dumps)]
     fmts = [detect_format(Path(p), recipe.format) for p in paths]
     strategy = recipe.strategy
-    jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk) for p, f in zip(paths, fmts)]
+    jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk, recipe.holdout) for p, f in zip(paths, fmts)]
     sums = list(map_shards(shard_sums, jobs, recipe.workers, progress, "weigh images"))
     split = strategy == "head_tail"
     if split:
@@ -253,9 +278,12 @@ def build(recipe, progress=None) -> dict:
     q_tail = _allocate(alloc_rng, m - m_head, tail_w)
     out = Path(recipe.out)
     (out / "plan").mkdir(parents=True, exist_ok=True)
+    if recipe.holdout:
+        (out / "holdout" / "plan").mkdir(parents=True, exist_ok=True)
     jobs2 = [(i, p, f, vocab.tag_to_id, w, strategy, recipe.chunk, (q_head[i], q_tail[i]),
               (head_w[i], tail_w[i]), counts[i], recipe.seed, recipe.label_noise,
-              str(out / "plan" / f"part-{i:05d}.npz"))
+              str(out / "plan" / f"part-{i:05d}.npz"), recipe.holdout,
+              str(out / "holdout" / "plan" / f"part-{i:05d}.npz") if recipe.holdout else None)
              for i, (p, f) in enumerate(zip(paths, fmts))]
     parts = list(map_shards(plan_shard, jobs2, recipe.workers, progress, "draw samples"))
     assert all(p["left"] == (0, 0) for p in parts), "every quota is drawn"
@@ -277,6 +305,7 @@ def build(recipe, progress=None) -> dict:
         "head_samples": total - tail_samples,
         "tail_samples": tail_samples,
         "dropped_images": sum(s["dropped"] for s in sums),
+        "held_out_images": sum(s["held_out"] for s in sums),
         "images_with_vocab_tags": images,
         "head_images": sum(s["n_head"] for s in sums),
         "tail_images": sum(s["n_tail"] for s in sums),
@@ -299,6 +328,12 @@ def build(recipe, progress=None) -> dict:
     np.savez(out / "histogram.npz", images=hist_images, samples=hist_samples)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     atomic_write_text(out / "plan.json", json.dumps(plan, indent=1) + "\n")
+    if recipe.holdout:
+        held = [p["holdout"] for p in parts]
+        atomic_write_text(out / "holdout" / "plan.json", json.dumps({
+            "format": PLAN_FORMAT, "vocab": plan["vocab"], "hashtags": len(vocab), "parts": held,
+            "summary": {"held_out_images": sum(h["images"] for h in held), "holdout": recipe.holdout,
+                        "total_samples": sum(h["samples"] for h in held)}}, indent=1) + "\n")
     from swagcli.plots import resampling_plot
 
     resampling_plot(hist_images, hist_samples, np.asarray(vocab.head), out / "resampling.png")

@@ -1,0 +1,352 @@
+"""The pretraining loop: one function, the same on one CPU, one GPU, N local processes and SLURM.
+
+``train(recipe, env)`` builds the model, the stream, the optimizer and the schedule, resumes from
+the latest checkpoint if asked, and runs ``total_steps`` updates of ``batch_size`` samples each
+(``micro_batch`` per process per forward, gradients accumulated across micro-batches and averaged
+across processes). Rank 0 shows a progress bar, writes ``metrics.jsonl`` and checkpoints.
+A preemption signal (SIGUSR1/SIGTERM, as SLURM sends) makes every rank stop at the next update,
+after a checkpoint; a non-finite loss stops the run with the last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from swagcli.errors import SwagError
+from swagcli.train import checkpoint as ckpt_io
+from swagcli.train.data import StreamConfig, StreamPosition, make_loader
+from swagcli.train.dist import DistEnv
+from swagcli.train.losses import LOSSES
+from swagcli.train.models import build_model
+from swagcli.train.optim import build_optimizer, build_scheduler
+
+STOP = {"requested": False}
+
+
+def _request_stop(signum, frame):  # noqa: ARG001
+    STOP["requested"] = True
+
+
+def pick_device(name: str, env: DistEnv) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SwagError("device: cuda requested but no GPU is visible")
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+        return torch.device("cuda", env.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def amp_dtype(precision: str, device: torch.device):
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def expand_shards(specs: list[str]) -> list[str]:
+    import glob
+
+    from braceexpand import braceexpand
+
+    out = []
+    for spec in specs:
+        for item in braceexpand(spec):
+            hits = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
+            if not hits or not all(Path(h).is_file() for h in hits):
+                raise SwagError(f"data.shards: {item}: no such image shard")
+            out.extend(hits)
+    if not out:
+        raise SwagError("data.shards: no image shards given")
+    return out
+
+
+class Normalizer(torch.nn.Module):
+    """uint8 CHW batches -> float, normalized with the backbone's mean/std, on the device."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+        mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1) * 255
+        std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, x):
+        return (x.float() - self.mean) / self.std
+
+
+def _all_mean(value: torch.Tensor, env: DistEnv) -> float:
+    if env.distributed:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= env.world
+    return float(value)
+
+
+def plan_layout(recipe, env: DistEnv) -> dict:
+    """Batch arithmetic: global batch = world x micro_batch x accumulation."""
+    micro = recipe.micro_batch or max(1, recipe.batch_size // env.world)
+    if recipe.batch_size % (env.world * micro):
+        raise SwagError(f"batch_size {recipe.batch_size} is not a multiple of processes ({env.world}) "
+                        f"x micro_batch ({micro})")
+    return {"micro": micro, "accum": recipe.batch_size // (env.world * micro)}
+
+
+def evaluate(model, norm, plan_dir: str, shards: list[str], recipe, env, device, limit=None) -> dict:
+    """Hashtag accuracy on held-out images: top-1 (the top hashtag is one of the image's) and
+    top-5, and the loss, summed over ranks."""
+    cfg = StreamConfig(shards=shards, plan_dir=plan_dir, resolution=recipe.data.resolution, train=False,
+                       loop=False, shuffle_buffer=1, seed=recipe.seed, max_bad_fraction=recipe.data.max_bad_fraction)
+    loader = make_loader(cfg, batch_size=recipe.micro_batch or 64, workers=recipe.data.workers,
+                         rank=env.rank, world=env.world)
+    loss_fn = LOSSES[recipe.loss]
+    tot = torch.zeros(4, dtype=torch.float64)  # n, top1, top5, loss sum
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            x = norm(batch["image"].to(device))
+            logits = model(x).float()
+            idx, w = batch["target_idx"].to(device), batch["target_w"].to(device)
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hit = (top5.unsqueeze(2) == idx.unsqueeze(1)) & (w.unsqueeze(1) > 0)
+            tot[0] += len(x)
+            tot[1] += hit[:, 0].any(1).sum().item()
+            tot[2] += hit.any(2).any(1).sum().item()
+            tot[3] += loss_fn(logits, idx, w).item() * len(x)
+            if limit and tot[0] * env.world >= limit:
+                break
+    model.train()
+    if env.distributed:
+        dist.all_reduce(tot)
+    n = max(tot[0].item(), 1)
+    return {"eval_images": int(tot[0]), "eval_top1": tot[1].item() / n, "eval_top5": tot[2].item() / n,
+            "eval_loss": tot[3].item() / n}
+
+
+def train(recipe, env: DistEnv, progress: bool = True) -> dict:
+    from swagcli import recipes as R
+    from swagcli.prep.sample import load_plan
+    from swagcli.prep.vocab import Vocab
+
+    if not recipe.out:
+        raise SwagError("pretrain: no run directory (--out DIR or 'out:' in the recipe)")
+    if not recipe.data.plan:
+        raise SwagError("pretrain: data.plan: no sample plan (from `swag sample`)")
+    out = Path(recipe.out)
+    plan = load_plan(recipe.data.plan)
+    vocab = Vocab.load(plan["vocab"])
+    shards = expand_shards(recipe.data.shards)
+    device = pick_device(recipe.device, env)
+    if env.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    layout = plan_layout(recipe, env)
+    total_samples = recipe.samples or int(plan["summary"]["total_samples"] * recipe.epochs)
+    total_steps = max(1, math.ceil(total_samples / recipe.batch_size))
+
+    torch.manual_seed(recipe.seed)  # the same initial weights on every rank
+    model = build_model(recipe.model.name, len(vocab), recipe.model.kwargs, recipe.model.pre_logits).to(device)
+    norm = Normalizer(model.backbone).to(device)
+    opt = build_optimizer(model, recipe.optim, recipe.batch_size)
+    sched = build_scheduler(opt, total_steps, recipe.optim)
+    dtype = amp_dtype(recipe.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    loss_fn = LOSSES[recipe.loss]
+
+    step, samples_seen, positions = 0, 0, {}
+    resume_from = None
+    if recipe.resume != "never":
+        resume_from = ckpt_io.latest(out / "checkpoints") if recipe.resume == "auto" else ckpt_io.resolve(recipe.resume)
+    if resume_from is not None:
+        ckpt_io.load_weights(model, resume_from)
+        st = ckpt_io.load_train_state(resume_from)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        scaler.load_state_dict(st["scaler"])
+        step, samples_seen = st["step"], st["samples"]
+        positions = {int(k): StreamPosition(*v) for k, v in st["streams"].items()}
+        torch.set_rng_state(st["rng"][env.rank % len(st["rng"])])
+
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model
+    stream = StreamConfig(shards=shards, plan_dir=recipe.data.plan, resolution=recipe.data.resolution,
+                          shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.seed,
+                          max_bad_fraction=recipe.data.max_bad_fraction, start=positions)
+    loader = make_loader(stream, layout["micro"], recipe.data.workers, env.rank, env.world)
+    it = iter(loader)
+
+    recipe_yaml = R.dump(recipe, "pretrain")
+    log = RunLog(out, env, recipe, total_steps, progress) if env.is_main else None
+    prev = {s: signal.signal(s, _request_stop) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    STOP["requested"] = False
+    stream_stats: dict = {}
+    status = "finished"
+    last_ckpt = resume_from
+    t_start, s_start = time.time(), samples_seen
+
+    def save_checkpoint():
+        nonlocal last_ckpt
+        mine = {k: (v.epoch, v.offset) for k, v in positions.items()}
+        rng = torch.get_rng_state()
+        if env.distributed:
+            gathered = [None] * env.world
+            dist.all_gather_object(gathered, (mine, rng))
+        else:
+            gathered = [(mine, rng)]
+        if env.is_main:
+            streams = {str(k): v for part, _ in gathered for k, v in part.items()}
+            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict(), "step": step, "samples": samples_seen,
+                     "streams": streams, "rng": [r for _, r in gathered]}
+            last_ckpt = ckpt_io.save(out / "checkpoints", step, model, state, vocab.doc, recipe_yaml,
+                                     {"model": recipe.model.name, "hashtags": len(vocab),
+                                      "samples": samples_seen, "total_steps": total_steps},
+                                     keep=recipe.keep_checkpoints)
+        if env.distributed:
+            dist.barrier()
+
+    try:
+        while step < total_steps:
+            opt.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(layout["accum"]):
+                batch = next(it)
+                sync = micro == layout["accum"] - 1 or not env.distributed
+                ctx = contextlib.nullcontext() if sync else ddp.no_sync()
+                with ctx, torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    logits = ddp(norm(batch["image"].to(device, non_blocking=True)))
+                    loss = loss_fn(logits, batch["target_idx"].to(device), batch["target_w"].to(device))
+                scaler.scale(loss / layout["accum"]).backward()
+                loss_sum += loss.detach()
+                for k, (epoch, offset, stats) in batch["streams"].items():
+                    positions[k] = StreamPosition(epoch, offset + 1)
+                    stream_stats[k] = stats
+            loss_val = _all_mean(loss_sum / layout["accum"], env)
+            if not math.isfinite(loss_val):
+                status = "diverged"
+                where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
+                raise SwagError(f"pretrain: non-finite loss ({loss_val}) at step {step + 1}{where}")
+            if recipe.optim.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            lr = opt.param_groups[0]["lr"]
+            sched.step()
+            step += 1
+            samples_seen += recipe.batch_size
+            metrics = {"step": step, "samples": samples_seen, "loss": loss_val, "lr": lr,
+                       "samples_per_s": (samples_seen - s_start) / max(time.time() - t_start, 1e-9)}
+            if recipe.eval_every and step % recipe.eval_every == 0 and step < total_steps:
+                metrics.update(_eval(model, norm, recipe, plan, shards, env, device))
+            if log:
+                log.step(metrics, stream_stats)
+            stop = _any_rank(STOP["requested"], env, device)
+            if step % recipe.checkpoint_every == 0 or step == total_steps or stop:
+                save_checkpoint()
+            if stop:
+                status = "preempted"
+                break
+        final = {}
+        if status == "finished":
+            final = _eval(model, norm, recipe, plan, shards, env, device)
+            if log:
+                log.event({"step": step, **final})
+        result = {"status": status, "step": step, "total_steps": total_steps, "samples": samples_seen,
+                  "checkpoint": str(last_ckpt) if last_ckpt else None, "run_dir": str(out),
+                  "resumed_from": str(resume_from) if resume_from else None,
+                  "last_loss": loss_val if step else None, "stream": _sum_stats(stream_stats), **final}
+        if log:
+            log.close(result)
+        return result
+    finally:
+        for s, h in prev.items():
+            signal.signal(s, h)
+        if log:
+            log.stop()
+
+
+def _eval(model, norm, recipe, plan, shards, env, device) -> dict:
+    holdout = recipe.data.holdout or str(Path(plan["dir"]) / "holdout")
+    if not (Path(holdout) / "plan.json").is_file():
+        return {}
+    return evaluate(model, norm, holdout, shards, recipe, env, device, recipe.eval_samples)
+
+
+def _any_rank(flag: bool, env: DistEnv, device) -> bool:
+    if not env.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def _sum_stats(per_stream: dict) -> dict:
+    out: dict = {}
+    for stats in per_stream.values():
+        for k, v in stats.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+class RunLog:
+    """Rank 0's view: rich progress bar (samples/s, loss, lr, ETA), metrics.jsonl, TensorBoard."""
+
+    def __init__(self, out: Path, env, recipe, total_steps: int, progress: bool):
+        from swagcli.runinfo import stamp
+
+        stamp(out, "pretrain", recipe, {"world_size": env.world})
+        self.metrics = open(out / "metrics.jsonl", "a")
+        self.tb = None
+        if recipe.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise SwagError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        self.every = recipe.log_every
+        self.bar = None
+        if progress:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            from swagcli.ui import err_console
+
+            self.bar = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                TimeRemainingColumn(), console=err_console)
+            self.task = self.bar.add_task("steps", total=total_steps, info="")
+            self.bar.start()
+
+    def step(self, m: dict, stream_stats: dict) -> None:
+        if m["step"] % self.every == 0 or "eval_top1" in m:
+            bad = _sum_stats(stream_stats).get("bad", 0)
+            self.event({**m, "bad_samples": bad})
+        if self.bar:
+            self.bar.update(self.task, completed=m["step"],
+                            info=f"{m['samples_per_s']:.0f} samples/s  loss {m['loss']:.3f}  lr {m['lr']:.2e}")
+
+    def event(self, m: dict) -> None:
+        self.metrics.write(json.dumps({"time": round(time.time(), 3), **m}) + "\n")
+        self.metrics.flush()
+        if self.tb:
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, m["step"])
+
+    def close(self, result: dict) -> None:
+        from swagcli.runinfo import atomic_write_text
+
+        atomic_write_text(Path(self.metrics.name).with_name("result.json"), json.dumps(result, indent=1) + "\n")
+
+    def stop(self) -> None:
+        if self.bar:
+            self.bar.stop()
+        self.metrics.close()
+        if self.tb:
+            self.tb.close()
