@@ -45,7 +45,8 @@ def swag():
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The tiny synthetic world (recipes/synth/tiny.yaml), its vocabulary and a sample plan of
-    5000 samples: shared read-only by the tests that need real shards."""
+    5000 samples with 10% of the images held out: shared read-only by the tests that need real
+    shards."""
     from swagcli import recipes
     from swagcli.prep import sample, synth, vocab
 
@@ -55,6 +56,7 @@ def tiny_world(tmp_path_factory):
     vocab.build(recipes.load("vocab", flags={"dumps": [str(world / "dumps")], "out": str(root / "vocab"),
                                              "head_min_images": 60}))
     sample.build(recipes.load("sample", flags={"vocab": str(root / "vocab"), "dumps": [str(world / "dumps")],
-                                               "out": str(root / "plan"), "samples": 5000}))
+                                               "out": str(root / "plan"), "samples": 5000,
+                                               "holdout": 0.1}))
     return {"root": root, "world": world, "vocab": root / "vocab", "plan": root / "plan",
             "shards": sorted(str(p) for p in (world / "images").glob("*.tar"))}

@@ -197,6 +197,9 @@ class StreamConfig:
     loop: bool = True  # epoch after epoch; False: one epoch (evaluation, tests)
     with_keys: bool = False
     start: dict = field(default_factory=dict)  # stream index -> StreamPosition
+    # DataLoader takes batches from its workers in turn, starting with worker 0; a resumed
+    # loader whose next batch is due from stream k lets worker w play stream (w + k) mod workers
+    rotate: int = 0
 
 
 def _samples(url: str, stats: StreamStats):
@@ -264,7 +267,7 @@ class HashtagStream(torch.utils.data.IterableDataset):
 
     def _ids(self):
         info = torch.utils.data.get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        workers, worker = (info.num_workers, (info.id + self.cfg.rotate) % info.num_workers) if info else (1, 0)
         return self.rank * workers + worker, self.world * workers
 
     def __iter__(self):

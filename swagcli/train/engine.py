@@ -35,6 +35,11 @@ def _request_stop(signum, frame):  # noqa: ARG001
     STOP["requested"] = True
 
 
+def request_stop() -> None:
+    """What SIGUSR1/SIGTERM do: checkpoint after the current update and stop."""
+    STOP["requested"] = True
+
+
 def pick_device(name: str, env: DistEnv) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -130,7 +135,9 @@ def evaluate(model, norm, plan_dir: str, shards: list[str], recipe, env, device,
             "eval_loss": tot[3].item() / n}
 
 
-def train(recipe, env: DistEnv, progress: bool = True) -> dict:
+def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
+    """Run (or resume) a pretraining run; ``on_step(step)`` is called after every update (a test
+    seam: it may call :func:`request_stop` to act as a preemption signal would)."""
     from swagcli import recipes as R
     from swagcli.prep.sample import load_plan
     from swagcli.prep.vocab import Vocab
@@ -176,7 +183,8 @@ def train(recipe, env: DistEnv, progress: bool = True) -> dict:
     ddp = torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model
     stream = StreamConfig(shards=shards, plan_dir=recipe.data.plan, resolution=recipe.data.resolution,
                           shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.seed,
-                          max_bad_fraction=recipe.data.max_bad_fraction, start=positions)
+                          max_bad_fraction=recipe.data.max_bad_fraction, start=positions,
+                          rotate=(step * layout["accum"]) % max(1, recipe.data.workers))
     loader = make_loader(stream, layout["micro"], recipe.data.workers, env.rank, env.world)
     it = iter(loader)
 
@@ -246,6 +254,8 @@ def train(recipe, env: DistEnv, progress: bool = True) -> dict:
                 metrics.update(_eval(model, norm, recipe, plan, shards, env, device))
             if log:
                 log.step(metrics, stream_stats)
+            if on_step:
+                on_step(step)
             stop = _any_rank(STOP["requested"], env, device)
             if step % recipe.checkpoint_every == 0 or step == total_steps or stop:
                 save_checkpoint()
