@@ -230,7 +230,7 @@ def demo(
     posts: Optional[int] = typer.Option(None, help="size of the synthetic world"),
     workers: int = typer.Option(2, "--workers", "-j"),
 ):
-    """Run the pipeline end to end on the synthetic world: synth -> vocab -> sample."""
+    """Run the pipeline end to end on the synthetic world: synth -> vocab -> sample -> pretrain."""
     from swagcli.demo import run_demo
 
     run_demo(out, posts=posts, workers=workers)
