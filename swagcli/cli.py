@@ -176,12 +176,24 @@ def pretrain(
     plan: Optional[Path] = typer.Option(None, help="sample plan directory (data.plan)"),
     shards: Optional[List[str]] = typer.Option(None, help="image shards (data.shards)"),
     resume: Optional[str] = typer.Option(None, help="auto | never | CHECKPOINT"),
+    wait: bool = typer.Option(False, "--wait", help="SLURM: wait for the job and report its result"),
+    status: Optional[Path] = typer.Option(None, "--status", help="show the SLURM job of this run directory"),
+    cancel: Optional[Path] = typer.Option(None, "--cancel", help="cancel the SLURM job of this run directory"),
     set_: Optional[List[str]] = SetOpt,
 ):
     """Pretrain a timm model to predict hashtags (locally, N local processes, or SLURM)."""
     from swagcli import recipes, ui
-    from swagcli.launch import run_local
+    from swagcli import launch
     from swagcli.train.engine import train
+
+    if status or cancel:
+        job, info = launch.slurm_job(status or cancel)
+        if cancel:
+            job.cancel(check=False)
+        ui.console.print(ui.kv_table(f"SLURM job {info['job_id']}", [
+            ("state", job.state), ("stdout", info["stdout"]), ("stderr", info["stderr"]),
+            ("action", "cancelled" if cancel else "-")]))
+        return
 
     overrides = list(set_ or [])
     if plan:
@@ -193,8 +205,15 @@ def pretrain(
     if not r.out:
         raise SwagError("pretrain: no run directory (--out DIR or 'out:' in the recipe)")
     if r.launcher.slurm is not None:
-        raise SwagError("pretrain: launcher.slurm is not supported yet in this version")
-    result = run_local(train, r, r.launcher.local.processes, Path(r.out))
+        job = launch.submit_slurm(train, r, Path(r.out), "swag-pretrain")
+        info = {"job_id": job.job_id, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+        ui.console.print(ui.kv_table("Submitted to SLURM", [
+            ("job id", job.job_id), ("stdout", info["stdout"]), ("stderr", info["stderr"]),
+            ("status", f"swag pretrain --status {r.out}"), ("cancel", f"swag pretrain --cancel {r.out}")]))
+        if wait:
+            ui.pretrain_report(launch.wait_slurm(job, info))
+        return
+    result = launch.run_local(train, r, r.launcher.local.processes, Path(r.out))
     ui.pretrain_report(result)
 
 

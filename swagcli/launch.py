@@ -70,3 +70,146 @@ def run_local(fn, recipe, processes: int, scratch: Path) -> dict:
                             f"{errs[0].stem} failed: {first.splitlines()[-1]} (full traceback: {errs[0]})") from None
         raise SwagError(f"a training process died without a message (see {err_dir})") from None
     return json.loads(result_file.read_text())
+
+
+# -- SLURM through submitit ------------------------------------------------------------------------
+class SlurmTask:
+    """What submitit runs on every task of the job: set torch.distributed's environment from
+    SLURM's, run the task function, and on preemption requeue (after the function has written
+    its checkpoint).
+
+    submitit's own USR2 handler calls :meth:`checkpoint` and requeues at once, in the middle of a
+    step. Instead the engine takes USR2 over while it trains (stop after the current update, write
+    a checkpoint on every rank's behalf, return ``status: preempted``); only then does rank 0 hand
+    the signal back to submitit's handler, which calls :meth:`checkpoint`, requeues and exits. The
+    requeued job resumes from that checkpoint (``resume: auto``) with the same data stream.
+    """
+
+    def __init__(self, fn, recipe):
+        self.fn = fn
+        self.recipe = recipe
+
+    def __call__(self):
+        import signal
+        import time
+
+        import submitit
+
+        job = submitit.JobEnvironment()
+        os.environ.update(MASTER_ADDR=job.hostnames[0],
+                          MASTER_PORT=str(20000 + int(str(job.job_id).split("_")[0]) % 20000),
+                          RANK=str(job.global_rank), WORLD_SIZE=str(job.num_tasks),
+                          LOCAL_RANK=str(job.local_rank))
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        try:
+            result = self.fn(self.recipe, dist_env(), progress=False)
+        finally:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        if result.get("status") == "preempted":
+            if job.global_rank == 0 and callable(submitit_handler):
+                submitit_handler(signal.SIGUSR2, None)  # checkpoint() -> scontrol requeue -> exit
+            time.sleep(600)  # other ranks: the requeue ends this job step
+        return result
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SlurmTask(self.fn, self.recipe))
+
+
+def _sinfo() -> list[dict]:
+    import subprocess
+
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%P"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SwagError(f"launcher.slurm: cannot query SLURM (sinfo: {e})") from None
+    nodes = []
+    for line in out.splitlines():
+        name, cpus, mem, gres, part = line.split("|")
+        nodes.append({"name": name, "cpus": int(cpus), "mem_mb": int(mem), "gres": gres,
+                      "partition": part.rstrip("*")})
+    return nodes
+
+
+def check_resources(cfg) -> None:
+    """Refuse requests the cluster cannot meet, before anything is submitted."""
+    nodes = _sinfo()
+    if cfg.partition:
+        nodes = [n for n in nodes if n["partition"] == cfg.partition]
+        if not nodes:
+            raise SwagError(f"launcher.slurm.partition: no partition {cfg.partition!r} on this cluster")
+    if not nodes:
+        raise SwagError("launcher.slurm: the cluster reports no nodes")
+    names = {n["name"] for n in nodes}
+    if cfg.nodes > len(names):
+        raise SwagError(f"launcher.slurm.nodes: {cfg.nodes} requested, the cluster has {len(names)}")
+    if cfg.gpus_per_node and not any("gpu" in n["gres"] for n in nodes):
+        raise SwagError(f"launcher.slurm.gpus_per_node: {cfg.gpus_per_node} GPUs requested, "
+                        "but no node of this cluster has GPUs (GRES)")
+    tasks = cfg.tasks_per_node or max(1, cfg.gpus_per_node)
+    cpus = max(n["cpus"] for n in nodes)
+    if tasks * cfg.cpus_per_task > cpus:
+        raise SwagError(f"launcher.slurm: {tasks} tasks x {cfg.cpus_per_task} CPUs per task do not fit "
+                        f"a node of {cpus} CPUs")
+    mem = max(n["mem_mb"] for n in nodes)
+    if cfg.mem_gb and cfg.mem_gb * 1024 > mem:
+        raise SwagError(f"launcher.slurm.mem_gb: {cfg.mem_gb} GB requested, nodes have {mem // 1024} GB")
+
+
+def submit_slurm(fn, recipe, out: Path, name: str):
+    """Submit ``fn(recipe, env)`` as a SLURM job through submitit; returns the submitit job."""
+    import json
+
+    import submitit
+
+    cfg = recipe.launcher.slurm
+    check_resources(cfg)
+    folder = Path(cfg.folder) if cfg.folder else out / "slurm"
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm",
+                               slurm_max_num_timeout=cfg.max_requeues)
+    tasks = cfg.tasks_per_node or max(1, cfg.gpus_per_node)
+    params = {"nodes": cfg.nodes, "tasks_per_node": tasks, "cpus_per_task": cfg.cpus_per_task,
+              "timeout_min": cfg.time, "name": name, "slurm_partition": cfg.partition,
+              "gpus_per_node": cfg.gpus_per_node or None, "slurm_account": cfg.account,
+              "slurm_qos": cfg.qos, "slurm_constraint": cfg.constraint, "mem_gb": cfg.mem_gb,
+              "slurm_additional_parameters": dict(cfg.extra) or None}
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    job = ex.submit(SlurmTask(fn, recipe))
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"job_id": job.job_id, "folder": str(folder), "stdout": str(job.paths.stdout),
+            "stderr": str(job.paths.stderr), "name": name}
+    (out / "slurm-job.json").write_text(json.dumps(info, indent=1) + "\n")
+    return job
+
+
+def slurm_job(out: Path):
+    """The submitit job recorded in a run directory."""
+    import json
+
+    import submitit
+
+    f = Path(out) / "slurm-job.json"
+    if not f.is_file():
+        raise SwagError(f"{out}: no SLURM job was submitted from this run directory")
+    info = json.loads(f.read_text())
+    return submitit.SlurmJob(folder=info["folder"] + "/%j", job_id=info["job_id"]), info
+
+
+def wait_slurm(job, info: dict) -> dict:
+    """Wait for a submitted job; a failure becomes one line naming the SLURM log."""
+    import submitit
+
+    try:
+        return job.results()[0]  # rank 0's result (every task returns one)
+    except submitit.core.utils.FailedJobError as e:
+        last = [line for line in str(e).splitlines() if line.strip()]
+        why = next((line for line in reversed(last) if "Error" in line), last[-1] if last else "failed")
+        raise SwagError(f"SLURM job {info['job_id']} failed: {why.strip()} (log: {info['stderr']})") from None
+    except submitit.core.utils.UncompletedJobError as e:
+        raise SwagError(f"SLURM job {info['job_id']} did not complete: {str(e).splitlines()[0]} "
+                        f"(log: {info['stderr']})") from None

@@ -190,7 +190,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
 
     recipe_yaml = R.dump(recipe, "pretrain")
     log = RunLog(out, env, recipe, total_steps, progress) if env.is_main else None
-    prev = {s: signal.signal(s, _request_stop) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    prev = {s: signal.signal(s, _request_stop) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
     STOP["requested"] = False
     stream_stats: dict = {}
     status = "finished"

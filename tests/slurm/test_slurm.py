@@ -1,0 +1,120 @@
+"""`swag pretrain` against a real one-node SLURM cluster (scripts/slurm-cluster.sh): a 2-task gloo
+DDP job, a preempted job that checkpoints, requeues and ends with the uninterrupted weights, a
+failing job reported in one line with its log, --status/--cancel, resource checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from swagcli import launch, recipes
+from swagcli.errors import SwagError
+from swagcli.train import checkpoint as ck
+from swagcli.train.dist import DistEnv
+from swagcli.train.engine import train
+from swagcli.train.models import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """Start the local cluster (installing it on first use); stop it afterwards if we started it."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("the local SLURM cluster needs root on Debian")
+    script = ["bash", str(REPO / "scripts/slurm-cluster.sh")]
+    was_up = subprocess.run(script + ["status"], capture_output=True).returncode == 0
+    res = subprocess.run(script + ["start"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    yield True
+    if not was_up:
+        subprocess.run(script + ["stop"], capture_output=True)
+
+
+def slurm_recipe(world, out, steps, **over):
+    sets = [f"data.plan={world['plan']}", "data.shards=[" + ",".join(world["shards"]) + "]",
+            "data.workers=0", "data.shuffle_buffer=200", "log_every=1", "batch_size=32", "micro_batch=16",
+            f"samples={32 * steps}", "checkpoint_every=1000", "eval_samples=64",
+            "launcher.slurm.tasks_per_node=2", "launcher.slurm.time=10"]
+    sets += [f"{k}={v}" for k, v in over.items()]
+    return recipes.load("pretrain", REPO / "recipes/pretrain/test_vit.yaml", flags={"out": str(out)}, overrides=sets)
+
+
+def weights(ckpt) -> dict:
+    m = build_model("test_vit", 66, {"img_size": 32, "patch_size": 8})
+    ck.load_weights(m, Path(ckpt))
+    return m.state_dict()
+
+
+def steps_logged(run) -> int:
+    f = Path(run) / "metrics.jsonl"
+    return sum(1 for line in open(f) if '"loss"' in line) if f.is_file() else 0
+
+
+def test_two_task_job_and_preemption_requeue_resume(cluster, tiny_world, tmp_path):
+    # uninterrupted reference: 1 process, 2 workers, accumulation 2 == 2 tasks x 1 stream each
+    ref = slurm_recipe(tiny_world, tmp_path / "ref", 10, **{"data.workers": 2, "launcher.slurm": "null"})
+    ref_res = train(ref, DistEnv(), progress=False)
+
+    r = slurm_recipe(tiny_world, tmp_path / "job", 10)
+    job = launch.submit_slurm(train, r, tmp_path / "job", "swag-test")
+    deadline = time.time() + 240
+    while steps_logged(tmp_path / "job") < 3:  # let it train a few steps, then preempt it
+        assert time.time() < deadline, "job did not start"
+        assert job.state not in ("FAILED", "CANCELLED", "COMPLETED"), job.state
+        time.sleep(0.5)
+    job._interrupt()  # what SLURM does on preemption: SIGTERM, then USR2
+    info = json.loads((tmp_path / "job" / "slurm-job.json").read_text())
+    res = launch.wait_slurm(job, info)
+    assert res["status"] == "finished" and res["step"] == 10
+    assert res["resumed_from"] is not None  # the requeued job continued from the checkpoint
+    swag_json = json.loads((tmp_path / "job" / "swag.json").read_text())
+    assert swag_json["world_size"] == 2
+    a, b = weights(res["checkpoint"]), weights(ref_res["checkpoint"])
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4), k
+
+
+def test_failed_job_is_one_line_with_log(cluster, tiny_world, tmp_path, swag):
+    rec = tmp_path / "r.yaml"
+    r = slurm_recipe(tiny_world, tmp_path / "bad", 4, **{"data.shards": "['/nonexistent/x.tar']"})
+    rec.write_text(recipes.dump(r, "pretrain"))
+    res = swag("pretrain", "--recipe", rec, "--wait")
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert "SLURM job" in line and "failed" in line and "log: " in line and "no such image shard" in line
+
+
+def test_status_and_cancel(cluster, tiny_world, tmp_path, swag):
+    rec = tmp_path / "r.yaml"
+    rec.write_text(recipes.dump(slurm_recipe(tiny_world, tmp_path / "long", 100000), "pretrain"))
+    res = swag("pretrain", "--recipe", rec, check=True)
+    assert "job id" in res.stdout and "swag pretrain --cancel" in res.stdout
+    assert swag("pretrain", "--status", tmp_path / "long", check=True).returncode == 0
+    swag("pretrain", "--cancel", tmp_path / "long", check=True)
+    job, _ = launch.slurm_job(tmp_path / "long")
+    deadline = time.time() + 60
+    while "CANCELLED" not in job.state and time.time() < deadline:
+        time.sleep(1)
+    assert "CANCELLED" in job.state
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"launcher.slurm.gpus_per_node": 1}, "no node of this cluster has GPUs"),
+    ({"launcher.slurm.tasks_per_node": 4}, "do not fit a node"),
+    ({"launcher.slurm.mem_gb": 100000}, "mem_gb"),
+    ({"launcher.slurm.partition": "nope"}, "no partition"),
+])
+def test_resource_requests_are_checked_before_submission(cluster, tiny_world, tmp_path, over, needle):
+    r = slurm_recipe(tiny_world, tmp_path / "x", 2, **over)
+    with pytest.raises(SwagError, match=needle):
+        launch.submit_slurm(train, r, tmp_path / "x", "swag-test")
+    assert not (tmp_path / "x" / "slurm-job.json").exists()
