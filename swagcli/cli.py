@@ -62,6 +62,17 @@ def _split(values: Optional[List[str]]) -> Optional[List[str]]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+def _prep_mapper(r, name: str) -> dict:
+    """Shards run locally (``workers``), or as SLURM job arrays with ``launcher.slurm``."""
+    if r.launcher.slurm is None:
+        return {}
+    if not r.out:
+        raise SwagError(f"{name}: no output directory (--out DIR or 'out:' in the recipe)")
+    from swagcli.launch import slurm_mapper
+
+    return {"mapper": slurm_mapper(r.launcher.slurm, Path(r.out) / "slurm", name)}
+
+
 # -- vocab ----------------------------------------------------------------------------------------
 @vocab_app.command("build")
 def vocab_build(
@@ -84,7 +95,7 @@ def vocab_build(
         "head_min_images": head_min_images, "countries": _split(countries), "workers": workers,
         "format": format}, overrides=set_)
     with ui.StageProgress() as prog:
-        doc = build(r, prog)
+        doc = build(r, prog, **_prep_mapper(r, "swag-vocab"))
     ui.vocab_report(doc, r.out)
 
 
@@ -154,7 +165,7 @@ def sample_run(
         "out": str(out) if out else None, "samples": samples, "strategy": strategy,
         "alpha": alpha, "label_noise": label_noise, "seed": seed, "workers": workers}, overrides=set_)
     with ui.StageProgress() as prog:
-        summary = build(r, prog)
+        summary = build(r, prog, **_prep_mapper(r, "swag-sample"))
     ui.sample_report(summary, r.out)
 
 

@@ -206,10 +206,48 @@ def wait_slurm(job, info: dict) -> dict:
 
     try:
         return job.results()[0]  # rank 0's result (every task returns one)
-    except submitit.core.utils.FailedJobError as e:
-        last = [line for line in str(e).splitlines() if line.strip()]
-        why = next((line for line in reversed(last) if "Error" in line), last[-1] if last else "failed")
-        raise SwagError(f"SLURM job {info['job_id']} failed: {why.strip()} (log: {info['stderr']})") from None
-    except submitit.core.utils.UncompletedJobError as e:
-        raise SwagError(f"SLURM job {info['job_id']} did not complete: {str(e).splitlines()[0]} "
-                        f"(log: {info['stderr']})") from None
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+        raise _failure(e, info) from None
+
+
+def _failure(e: Exception, info: dict) -> SwagError:
+    """One line: the job, the last error line of its traceback, and where its log is."""
+    last = [line for line in str(e).splitlines() if line.strip()]
+    why = next((line for line in reversed(last) if "Error" in line), last[-1] if last else "failed")
+    return SwagError(f"SLURM job {info['job_id']} failed: {why.strip()} (log: {info['stderr']})")
+
+
+def slurm_mapper(cfg, folder: Path, name: str):
+    """A ``map_shards``-compatible function that runs each shard as one task of a SLURM job
+    array (then the caller merges, as it does locally): results come back in shard order."""
+
+    def mapper(fn, jobs, workers=1, progress=None, stage="shards"):
+        import time
+
+        import submitit
+
+        check_resources(cfg)
+        ex = submitit.AutoExecutor(folder=str(Path(folder) / "%j"), cluster="slurm")
+        params = {"nodes": 1, "tasks_per_node": 1, "cpus_per_task": cfg.cpus_per_task,
+                  "timeout_min": cfg.time, "name": f"{name}-{stage.replace(' ', '-')}",
+                  "slurm_partition": cfg.partition, "slurm_account": cfg.account, "slurm_qos": cfg.qos,
+                  "slurm_constraint": cfg.constraint, "mem_gb": cfg.mem_gb,
+                  "slurm_additional_parameters": dict(cfg.extra) or None}
+        ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        arrays = ex.map_array(fn, *zip(*jobs)) if jobs else []
+        if progress:
+            progress(stage, 0, len(arrays))
+        while True:
+            done = sum(j.done() for j in arrays)
+            if progress:
+                progress(stage, done, len(arrays))
+            if done == len(arrays):
+                break
+            time.sleep(1)
+        for job in arrays:
+            try:
+                yield job.result()
+            except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+                raise _failure(e, {"job_id": job.job_id, "stderr": str(job.paths.stderr)}) from None
+
+    return mapper

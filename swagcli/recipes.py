@@ -37,6 +37,8 @@ class VocabRecipe(Recipe):
     head_min_images: int = Field(5000, ge=1, description="head: canonical hashtags on >= this many images")
     caption_hashtags: bool = Field(True, description="take #tags from the caption of posts without hashtags")
     workers: int = Field(1, ge=1, description="processes counting shards in parallel")
+    launcher: "PrepLauncher" = Field(default_factory=lambda: PrepLauncher(),
+                                     description="slurm: count shards as a SLURM job array")
 
     @field_validator("allowed_senses")
     @classmethod
@@ -69,6 +71,8 @@ class SampleRecipe(Recipe):
                            "written once each to OUT/holdout")
     chunk: int = Field(65536, ge=1, description="images per draw chunk (memory bound)")
     workers: int = Field(1, ge=1, description="processes drawing shards in parallel")
+    launcher: "PrepLauncher" = Field(default_factory=lambda: PrepLauncher(),
+                                     description="slurm: weigh and draw shards as SLURM job arrays")
 
 
 # -- swag pretrain ------------------------------------------------------------------------------
@@ -122,6 +126,12 @@ class SlurmLauncher(Recipe):
     folder: str | None = Field(None, description="submitit logs (default: OUT/slurm)")
     max_requeues: int = Field(10, ge=0)
     extra: dict[str, Any] = Field(default_factory=dict, description="other sbatch options")
+
+
+class PrepLauncher(Recipe):
+    """Data preparation runs locally (``workers`` processes) or as SLURM job arrays over shards."""
+
+    slurm: SlurmLauncher | None = None
 
 
 class LauncherSpec(Recipe):
@@ -185,6 +195,9 @@ class SynthRecipe(Recipe):
     planted_strength: float = Field(0.35, ge=0, le=1, description="extra chance the planted concept is shown for the planted group")
     workers: int = Field(1, ge=1)
 
+
+VocabRecipe.model_rebuild()
+SampleRecipe.model_rebuild()
 
 RECIPES: dict[str, type[Recipe]] = {
     "vocab": VocabRecipe,

@@ -235,7 +235,7 @@ def _allocate(rng, total: int, sums: list[float]) -> list[int]:
     return [int(x) for x in rng.multinomial(total, np.asarray(sums) / s)]
 
 
-def build(recipe, progress=None) -> dict:
+def build(recipe, progress=None, mapper=map_shards) -> dict:
     """Run `swag sample` for a validated :class:`~swagcli.recipes.SampleRecipe`; writes the plan,
     ``summary.json``, a report plot and the stamp into ``recipe.out``; returns the summary."""
     from swagcli.runinfo import atomic_write_text, stamp
@@ -251,7 +251,7 @@ def build(recipe, progress=None) -> dict:
     fmts = [detect_format(Path(p), recipe.format) for p in paths]
     strategy = recipe.strategy
     jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk, recipe.holdout) for p, f in zip(paths, fmts)]
-    sums = list(map_shards(shard_sums, jobs, recipe.workers, progress, "weigh images"))
+    sums = list(mapper(shard_sums, jobs, recipe.workers, progress, "weigh images"))
     split = strategy == "head_tail"
     if split:
         head_w = [s["w_head"] for s in sums]
@@ -285,7 +285,7 @@ def build(recipe, progress=None) -> dict:
               str(out / "plan" / f"part-{i:05d}.npz"), recipe.holdout,
               str(out / "holdout" / "plan" / f"part-{i:05d}.npz") if recipe.holdout else None)
              for i, (p, f) in enumerate(zip(paths, fmts))]
-    parts = list(map_shards(plan_shard, jobs2, recipe.workers, progress, "draw samples"))
+    parts = list(mapper(plan_shard, jobs2, recipe.workers, progress, "draw samples"))
     assert all(p["left"] == (0, 0) for p in parts), "every quota is drawn"
     read = ReadStats()
     for s in sums:

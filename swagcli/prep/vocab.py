@@ -103,7 +103,7 @@ def _canonicalizer(senses: tuple, min_len: int) -> Canonicalizer:
 
 
 # -- the whole build -------------------------------------------------------------------------------
-def build(recipe, progress=None) -> dict:
+def build(recipe, progress=None, mapper=map_shards) -> dict:
     """Run `swag vocab build` for a validated :class:`~swagcli.recipes.VocabRecipe`; returns the
     vocabulary document (also written to ``recipe.out/vocab.json`` with a report and a plot)."""
     from swagcli.runinfo import atomic_write_text, stamp
@@ -115,7 +115,7 @@ def build(recipe, progress=None) -> dict:
     paths = [str(p) for p in expand_dumps(recipe.dumps)]
     fmts = [detect_format(Path(p), recipe.format) for p in paths]
     jobs = [(p, f, recipe.countries, recipe.caption_hashtags) for p, f in zip(paths, fmts)]
-    tag_counts, read = merge_counts(map_shards(count_tags, jobs, recipe.workers, progress, "count tags"))
+    tag_counts, read = merge_counts(mapper(count_tags, jobs, recipe.workers, progress, "count tags"))
     if read.posts == 0:
         raise SwagError(f"{paths[0]}{' ...' if len(paths) > 1 else ''}: no readable posts "
                         f"({read.lines} lines, {read.skipped} skipped)")
@@ -129,7 +129,7 @@ def build(recipe, progress=None) -> dict:
     jobs2 = [(p, tag_to_id, f, recipe.caption_hashtags) for p, f in zip(paths, fmts)]
     canon_counts: Counter = Counter()
     images_in_vocab = 0
-    for counts, n in map_shards(count_canonical, jobs2, recipe.workers, progress, "count hashtags"):
+    for counts, n in mapper(count_canonical, jobs2, recipe.workers, progress, "count hashtags"):
         canon_counts.update(counts)
         images_in_vocab += n
     hashtags = []

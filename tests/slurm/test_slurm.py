@@ -118,3 +118,22 @@ def test_resource_requests_are_checked_before_submission(cluster, tiny_world, tm
     with pytest.raises(SwagError, match=needle):
         launch.submit_slurm(train, r, tmp_path / "x", "swag-test")
     assert not (tmp_path / "x" / "slurm-job.json").exists()
+
+
+def test_vocab_and_sample_as_job_arrays_equal_local(cluster, tiny_world, tmp_path, swag):
+    dumps = str(tiny_world["world"] / "dumps")
+    slurm = ["--set", "launcher.slurm.time=10"]
+    swag("vocab", "build", dumps, "--out", tmp_path / "v_local", "--head-min-images", "60", check=True)
+    res = swag("vocab", "build", dumps, "--out", tmp_path / "v_slurm", "--head-min-images", "60", *slurm, check=True)
+    assert "canonical hashtags" in res.stdout
+    local = json.loads((tmp_path / "v_local" / "vocab.json").read_text())
+    remote = json.loads((tmp_path / "v_slurm" / "vocab.json").read_text())
+    assert remote["hashtags"] == local["hashtags"] and remote["stats"]["posts"] == local["stats"]["posts"]
+    assert any((tmp_path / "v_slurm" / "slurm").iterdir())  # the array jobs' logs
+    for out, extra in (("p_local", []), ("p_slurm", slurm)):
+        swag("sample", "--vocab", tmp_path / "v_local", dumps, "--out", tmp_path / out, "-m", "3000",
+             "--label-noise", "0.1", *extra, check=True)
+    exp = [swag("sample", "export", tmp_path / out, check=True).stdout for out in ("p_local", "p_slurm")]
+    assert exp[0] == exp[1] and exp[0].count("\n") > 500
+    a, b = (json.loads((tmp_path / o / "summary.json").read_text()) for o in ("p_local", "p_slurm"))
+    assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
