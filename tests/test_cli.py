@@ -8,13 +8,13 @@ import pytest
 
 from swagcli import __version__
 
-NOT_BUILT = ["pretrain", "finetune", "probe", "zeroshot", "fairness"]
+NOT_BUILT = ["finetune", "probe", "zeroshot", "fairness"]
 
 
 def test_help_lists_every_subcommand(swag):
     res = swag("--help")
     assert res.returncode == 0
-    for cmd in ["vocab", "sample", "synth", "demo", "recipe", *NOT_BUILT]:
+    for cmd in ["vocab", "sample", "pretrain", "synth", "demo", "recipe", *NOT_BUILT]:
         assert cmd in res.stdout
     assert swag("--version").stdout.strip() == f"swag {__version__}"
 
@@ -56,3 +56,4 @@ def test_vocab_build_canon_show(swag, tmp_path):
     assert "brownbear" in res.stdout and "head (>= 3 images)" in res.stdout
     res = swag("vocab", "show", tmp_path)
     assert res.returncode == 2 and "no vocabulary here" in res.stderr
+
