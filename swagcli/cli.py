@@ -317,7 +317,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, prog_name="swag")
     except SwagError as e:
-        err_console.print(f"error: {e}", highlight=False, soft_wrap=True)
+        msg = str(e)
+        if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the message
+            msg = msg.strip().splitlines()[-1].split("SwagError: ", 1)[-1]
+        err_console.print(f"error: {msg}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
