@@ -64,47 +64,82 @@ def is_held_out(post_id: str, fraction: float) -> bool:
     return fraction > 0 and zlib.crc32(post_id.encode()) % 1_000_000 < fraction * 1_000_000
 
 
+def _post_labels(flat_tags: list, lens: list, tag_to_id: dict):
+    """Map a chunk's raw tags to sorted, distinct hashtag ids per post, all at once in numpy:
+    returns (labels, counts) where post j's ids are the next ``counts[j]`` entries of labels."""
+    get = tag_to_id.get
+    lab = np.fromiter((get(t, -1) for t in flat_tags), dtype=np.int64, count=len(flat_tags))
+    return _sorted_distinct(lab, np.asarray(lens, dtype=np.int64))
+
+
+def _sorted_distinct(lab: np.ndarray, lens: np.ndarray):
+    """Per post (``lens[j]`` consecutive entries each): drop negative ids, sort, drop repeats
+    (``dog`` and ``dogs`` both map to one hashtag). Returns (labels, counts per post)."""
+    post = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+    keep = lab >= 0
+    lab, post = lab[keep], post[keep]
+    if len(lab):
+        key = post * (int(lab.max()) + 1) + lab
+        order = np.argsort(key, kind="stable")
+        key, lab, post = key[order], lab[order], post[order]
+        first = np.ones(len(key), dtype=bool)
+        first[1:] = key[1:] != key[:-1]
+        lab, post = lab[first], post[first]
+    return lab, np.bincount(post, minlength=len(lens))
+
+
 def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chunk: int,
             stats: ReadStats | None = None, drops: list | None = None, holdout: float = 0.0,
             held: list | None = None):
-    """Yield (ids, labels, ptr, weights, tails) per chunk of ``chunk`` images with vocabulary
-    hashtags: ``labels[ptr[j]:ptr[j+1]]`` are image j's sorted hashtag ids; weights and tail
-    flags are computed for the whole chunk at once. Held-out images are left out (and appended
-    as (id, hashtag ids) to ``held`` if given)."""
+    """Yield (ids, labels, ptr, weights, tails) per chunk of up to ``chunk`` read posts, keeping
+    those with vocabulary hashtags: ``ids`` is a numpy str array, ``labels[ptr[j]:ptr[j+1]]`` are
+    image j's sorted hashtag ids; weights and tail flags are computed for the whole chunk at once.
+    Held-out images are left out (and appended as (id, hashtag ids) to ``held`` if given)."""
     ids, flat, lens = [], [], []
 
     def emit():
-        lab = np.asarray(flat, dtype=np.int64)
-        ptr = np.zeros(len(lens) + 1, dtype=np.int64)
-        np.cumsum(lens, out=ptr[1:])
+        lab, cnt = _post_labels(flat, lens, tag_to_id)
+        has = cnt > 0
+        if drops is not None:
+            drops[0] += int((~has).sum())
+        idarr = np.array(ids, dtype=np.str_)
+        if holdout:
+            out_mask = np.fromiter((is_held_out(i, holdout) for i in ids), dtype=bool, count=len(ids)) & has
+            if out_mask.any():
+                ptr = np.zeros(len(cnt) + 1, dtype=np.int64)
+                np.cumsum(cnt, out=ptr[1:])
+                if held is not None:
+                    held.extend((ids[j], lab[ptr[j]:ptr[j + 1]].tolist()) for j in np.flatnonzero(out_mask))
+                lab = lab[np.repeat(~out_mask, cnt)]
+                has &= ~out_mask
+        idarr, cnt = idarr[has], cnt[has]
+        ptr = np.zeros(len(cnt) + 1, dtype=np.int64)
+        np.cumsum(cnt, out=ptr[1:])
+        if not len(cnt):
+            return None
         starts = ptr[:-1]
         tails = np.logical_or.reduceat(w.tail[lab], starts)
         if strategy == "natural":
-            weights = np.ones(len(ids))
+            weights = np.ones(len(cnt))
         elif strategy == "uniform":
             weights = np.add.reduceat(w.uniform[lab], starts)
         else:
             weights = np.maximum.reduceat(w.importance[lab], starts)
-        return ids, lab, ptr, weights, tails
+        return idarr, lab, ptr, weights, tails
 
     for post in iter_posts(Path(path), fmt, stats):
-        hs = sorted({tag_to_id[t] for t in post.tags if t in tag_to_id})
-        if not hs:
-            if drops is not None:
-                drops[0] += 1
-            continue
-        if holdout and is_held_out(post.id, holdout):
-            if held is not None:
-                held.append((post.id, hs))
-            continue
         ids.append(post.id)
-        flat.extend(hs)
-        lens.append(len(hs))
+        flat.extend(post.tags)
+        lens.append(len(post.tags))
         if len(ids) == chunk:
-            yield emit()
+            got = emit()
+            if got is not None:
+                yield got
             ids, flat, lens = [], [], []
     if ids:
-        yield emit()
+        got = emit()
+        if got is not None:
+            yield got
 
 
 # -- pass 1: per-shard sums ------------------------------------------------------------------------
@@ -141,17 +176,27 @@ def _draw_part(rng, remaining: int, w_rest: float, n_rest: int, weights: np.ndar
     return mult, remaining - k, w_rest - total, n_rest
 
 
-def _noisy(labels: list[int], rng, p: float, marginal_cdf: np.ndarray) -> list[int]:
-    out = []
-    for h in labels:
-        if rng.random() < p:
-            new = h
-            while new == h:
-                new = int(np.searchsorted(marginal_cdf, rng.random() * marginal_cdf[-1], side="right"))
-                new = min(new, len(marginal_cdf) - 1)
-            h = new
-        out.append(h)
-    return sorted(set(out))
+def _noisy(labels: np.ndarray, ptr: np.ndarray, rng, p: float, marginal_cdf: np.ndarray):
+    """Replace each label with probability ``p`` by a hashtag drawn from the marginal, redrawn
+    while it equals the one it replaces; returns (labels, ptr) with each image's ids sorted and
+    distinct again, and the number of labels replaced."""
+    labels = labels.copy()
+    hit = np.flatnonzero(rng.random(len(labels)) < p)
+    last = len(marginal_cdf) - 1
+
+    def draw(k):
+        return np.minimum(np.searchsorted(marginal_cdf, rng.random(k) * marginal_cdf[-1], side="right"), last)
+
+    new = draw(len(hit))
+    same = np.flatnonzero(new == labels[hit])
+    while len(same):
+        new[same] = draw(len(same))
+        same = same[new[same] == labels[hit][same]]
+    labels[hit] = new
+    lab, cnt = _sorted_distinct(labels, np.diff(ptr))
+    out = np.zeros(len(cnt) + 1, dtype=np.int64)
+    np.cumsum(cnt, out=out[1:])
+    return lab, out, len(hit)
 
 
 def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str,
@@ -159,7 +204,8 @@ def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, str
                counts: tuple[int, int], seed: int, noise: float, out_path: str,
                holdout: float = 0.0, holdout_path: str | None = None) -> dict:
     """Draw the plan of one dump shard and write it to ``out_path`` (npz). Part 0 is the head
-    (every image, for strategies without a head/tail split), part 1 the tail."""
+    (every image, for strategies without a head/tail split), part 1 the tail. The sampled images
+    are kept as compact numpy arrays per chunk (an id, a count, a tail flag and the labels each)."""
     rng = np.random.default_rng([seed, 1, index])
     noise_rng = np.random.default_rng([seed, 2, index])
     cdf = np.cumsum(w.marginal)
@@ -167,7 +213,7 @@ def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, str
     left = {False: quota[0], True: quota[1]}
     w_left = {False: sums[0], True: sums[1]}
     n_left = {False: counts[0], True: counts[1]}
-    keep_ids, keep_mult, keep_labels, keep_tail = [], [], [], []
+    keep: list[tuple] = []
     hist = np.zeros(len(w.tail), dtype=np.int64)
     replaced = total_labels = 0
     held: list = []
@@ -180,19 +226,27 @@ def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, str
             if sel.any():
                 mult[sel], left[part], w_left[part], n_left[part] = _draw_part(
                     rng, left[part], w_left[part], n_left[part], weights[sel])
-        for j in np.flatnonzero(mult):
-            labs = flat[ptr[j]:ptr[j + 1]].tolist()
-            if noise > 0:
-                new = _noisy(labs, noise_rng, noise, cdf)
-                replaced += len(set(labs) - set(new))
-                total_labels += len(labs)
-                labs = new
-            keep_ids.append(ids[j])
-            keep_mult.append(int(mult[j]))
-            keep_labels.append(labs)
-            keep_tail.append(bool(tails[j]))
-            hist[labs] += int(mult[j])
-    out = write_part(out_path, keep_ids, keep_mult, keep_labels, keep_tail)
+        picked = np.flatnonzero(mult)
+        if not len(picked):
+            continue
+        cnt = np.diff(ptr)[picked]
+        labs = flat[np.repeat(ptr[picked], cnt) + _ranges(cnt)]
+        lptr = np.zeros(len(picked) + 1, dtype=np.int64)
+        np.cumsum(cnt, out=lptr[1:])
+        if noise > 0:
+            total_labels += len(labs)
+            labs, lptr, r = _noisy(labs, lptr, noise_rng, noise, cdf)
+            replaced += r
+        m = mult[picked]
+        hist += np.bincount(labs, weights=np.repeat(m, np.diff(lptr)), minlength=len(hist)).astype(np.int64)
+        keep.append((ids[picked], m, tails[picked], np.diff(lptr), labs))
+    if keep:
+        cat = [np.concatenate(x) for x in zip(*keep)]
+    else:
+        cat = [np.array([], dtype=np.str_), np.zeros(0, np.int64), np.zeros(0, bool),
+               np.zeros(0, np.int64), np.zeros(0, np.int64)]
+    del keep
+    out = write_part_arrays(out_path, *cat)
     out.update(hist_samples=hist, noise_replaced=replaced, noise_labels=total_labels,
                left=(left[False], left[True]))
     if holdout_path:
@@ -201,17 +255,28 @@ def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, str
     return out
 
 
-def write_part(path: str, ids: list, mult: list, labels: list, tails: list) -> dict:
+def _ranges(cnt: np.ndarray) -> np.ndarray:
+    """[0..cnt[0]), [0..cnt[1]), ... concatenated."""
+    total = int(cnt.sum())
+    starts = np.repeat(np.cumsum(cnt) - cnt, cnt)
+    return np.arange(total, dtype=np.int64) - starts
+
+
+def write_part_arrays(path: str, ids: np.ndarray, mult: np.ndarray, tails: np.ndarray,
+                      counts: np.ndarray, labels: np.ndarray) -> dict:
     """Write one plan part (sorted by id) atomically; return its entry for plan.json."""
-    order = sorted(range(len(ids)), key=ids.__getitem__)
+    order = np.argsort(ids, kind="stable")
+    cnt = counts[order]
     ptr = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum([len(labels[i]) for i in order], out=ptr[1:])
+    np.cumsum(cnt, out=ptr[1:])
+    src = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=src[1:])
     arrays = {
-        "ids": np.array([ids[i] for i in order], dtype=np.str_),
-        "mult": np.array([mult[i] for i in order], dtype=np.uint32),
-        "tail": np.array([tails[i] for i in order], dtype=bool),
+        "ids": ids[order].astype(np.str_),
+        "mult": mult[order].astype(np.uint32),
+        "tail": tails[order].astype(bool),
         "label_ptr": ptr,
-        "labels": np.array([h for i in order for h in labels[i]], dtype=np.int32),
+        "labels": labels[np.repeat(src[:-1][order], cnt) + _ranges(cnt)].astype(np.int32),
     }
     tmp = path + ".partial.npz"
     np.savez(tmp, **arrays)
@@ -225,6 +290,14 @@ def write_part(path: str, ids: list, mult: list, labels: list, tails: list) -> d
         "first_id": str(ids_sorted[0]) if len(ids_sorted) else None,
         "last_id": str(ids_sorted[-1]) if len(ids_sorted) else None,
     }
+
+
+def write_part(path: str, ids: list, mult: list, labels: list, tails: list) -> dict:
+    """:func:`write_part_arrays` from Python lists (``labels``: a list of id lists)."""
+    counts = np.array([len(x) for x in labels], dtype=np.int64)
+    flat = np.array([h for x in labels for h in x], dtype=np.int64)
+    return write_part_arrays(path, np.array(ids, dtype=np.str_), np.asarray(mult, dtype=np.int64),
+                             np.asarray(tails, dtype=bool), counts, flat)
 
 
 # -- the whole plan --------------------------------------------------------------------------------
