@@ -84,7 +84,9 @@ class Normalizer(torch.nn.Module):
         self.register_buffer("std", std, persistent=False)
 
     def forward(self, x):
-        return (x.float() - self.mean) / self.std
+        # batches arrive NHWC in memory (see data.collate); made NCHW-contiguous here, on the
+        # device and still uint8, so the model sees the usual layout
+        return (x.contiguous().float() - self.mean) / self.std
 
 
 def _all_mean(value: torch.Tensor, env: DistEnv) -> float:
@@ -307,10 +309,10 @@ def _sum_stats(per_stream: dict) -> dict:
 class RunLog:
     """Rank 0's view: rich progress bar (samples/s, loss, lr, ETA), metrics.jsonl, TensorBoard."""
 
-    def __init__(self, out: Path, env, recipe, total_steps: int, progress: bool):
+    def __init__(self, out: Path, env, recipe, total_steps: int, progress: bool, kind: str = "pretrain"):
         from swagcli.runinfo import stamp
 
-        stamp(out, "pretrain", recipe, {"world_size": env.world})
+        stamp(out, kind, recipe, {"world_size": env.world})
         self.metrics = open(out / "metrics.jsonl", "a")
         self.tb = None
         if recipe.tensorboard:
@@ -327,7 +329,7 @@ class RunLog:
 
             from swagcli.ui import err_console
 
-            self.bar = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn(f"[bold]{kind}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                                 TimeRemainingColumn(), console=err_console)
             self.task = self.bar.add_task("steps", total=total_steps, info="")
