@@ -324,7 +324,11 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     fmts = [detect_format(Path(p), recipe.format) for p in paths]
     strategy = recipe.strategy
     jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk, recipe.holdout) for p, f in zip(paths, fmts)]
-    sums = list(mapper(shard_sums, jobs, recipe.workers, progress, "weigh images"))
+    hist_images = np.zeros(len(vocab), dtype=np.int64)
+    sums = []
+    for s in mapper(shard_sums, jobs, recipe.workers, progress, "weigh images"):
+        hist_images += s.pop("hist_images")  # per-shard histograms are summed as they come
+        sums.append(s)
     split = strategy == "head_tail"
     if split:
         head_w = [s["w_head"] for s in sums]
@@ -358,13 +362,15 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
               str(out / "plan" / f"part-{i:05d}.npz"), recipe.holdout,
               str(out / "holdout" / "plan" / f"part-{i:05d}.npz") if recipe.holdout else None)
              for i, (p, f) in enumerate(zip(paths, fmts))]
-    parts = list(mapper(plan_shard, jobs2, recipe.workers, progress, "draw samples"))
+    hist_samples = np.zeros(len(vocab), dtype=np.int64)
+    parts = []
+    for p in mapper(plan_shard, jobs2, recipe.workers, progress, "draw samples"):
+        hist_samples += p.pop("hist_samples")
+        parts.append(p)
     assert all(p["left"] == (0, 0) for p in parts), "every quota is drawn"
     read = ReadStats()
     for s in sums:
         read.add(s["stats"])
-    hist_images = sum((s["hist_images"] for s in sums), np.zeros(len(vocab), dtype=np.int64))
-    hist_samples = sum((p["hist_samples"] for p in parts), np.zeros(len(vocab), dtype=np.int64))
     total = sum(p["samples"] for p in parts)
     tail_samples = sum(p["tail_samples"] for p in parts)
     noise_labels = sum(p["noise_labels"] for p in parts)
