@@ -296,6 +296,87 @@ def recipe_show(file: Path = typer.Argument(..., help="recipe file"),
     typer.echo(recipes.dump(recipes.load(kind, file, overrides=set_), kind), nl=False)
 
 
+# -- transfer ---------------------------------------------------------------------------------------
+def _transfer_overrides(checkpoint, model, train, val, set_) -> list[str]:
+    overrides = []
+    if checkpoint:
+        overrides.append(f"source.checkpoint='{checkpoint}'")
+    if model:
+        overrides.append(f"source.model={model}")
+    if train:
+        overrides.append("data.train=[" + ",".join(f"'{t}'" for t in train) + "]")
+    if val:
+        overrides.append("data.val=[" + ",".join(f"'{t}'" for t in val) + "]")
+    return overrides + list(set_ or [])
+
+
+CheckpointOpt = typer.Option(None, "--checkpoint", "-c", help="swag run/checkpoint dir, or a timm weight file")
+ModelOpt = typer.Option(None, "--model", help="timm model name (weight files and random init)")
+TrainOpt = typer.Option(None, "--train", help="train split: class folders or webdataset shards")
+ValOpt = typer.Option(None, "--val", help="validation split: class folders or webdataset shards")
+
+
+@app.command("probe")
+def probe(
+    checkpoint: Optional[str] = CheckpointOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory"),
+    train: Optional[List[str]] = TrainOpt,
+    val: Optional[List[str]] = ValOpt,
+    model: Optional[str] = ModelOpt,
+    fraction: Optional[List[float]] = typer.Option(None, "--fraction", "-f",
+                                                   help="low-shot fraction(s) of train, repeatable [1.0]"),
+    seeds: Optional[int] = typer.Option(None, help="subsets per fraction below 1 [3]"),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Linear probe: logistic regression on frozen features (cached), top-1/top-5 by fraction."""
+    from swagcli import recipes, ui
+    from swagcli.evaluate.probe import run
+
+    r = recipes.load("probe", recipe, flags={"out": str(out) if out else None, "seeds": seeds,
+                                             "fractions": list(fraction) if fraction else None},
+                     overrides=_transfer_overrides(checkpoint, model, train, val, set_))
+    with ui.StageProgress() as progress:
+        result = run(r, progress)
+    ui.probe_report(result)
+
+
+@app.command("finetune")
+def finetune(
+    checkpoint: Optional[str] = CheckpointOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory"),
+    train: Optional[List[str]] = TrainOpt,
+    val: Optional[List[str]] = ValOpt,
+    model: Optional[str] = ModelOpt,
+    head_init: Optional[str] = typer.Option(None, "--head-init", help="random | zeroshot"),
+    fraction: Optional[float] = typer.Option(None, "--fraction", "-f", help="class-stratified part of train [1.0]"),
+    lr_grid: Optional[List[float]] = typer.Option(None, "--lr-grid", help="learning rates to try on a held-out split"),
+    resume: Optional[str] = typer.Option(None, help="auto | never | CHECKPOINT"),
+    wait: bool = typer.Option(False, "--wait", help="SLURM: wait for the job and report its result"),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Finetune the whole network with a new head (locally, N local processes, or SLURM)."""
+    from swagcli import launch, recipes, ui
+    from swagcli.evaluate.finetune import run
+
+    r = recipes.load("finetune", recipe, flags={"out": str(out) if out else None, "head_init": head_init,
+                                                "fraction": fraction, "resume": resume,
+                                                "lr_grid": list(lr_grid) if lr_grid else None},
+                     overrides=_transfer_overrides(checkpoint, model, train, val, set_))
+    if not r.out:
+        raise SwagError("finetune: no run directory (--out DIR or 'out:' in the recipe)")
+    if r.launcher.slurm is not None:
+        job = launch.submit_slurm(run, r, Path(r.out), "swag-finetune")
+        info = {"job_id": job.job_id, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+        ui.console.print(ui.kv_table("Submitted to SLURM", [
+            ("job id", job.job_id), ("stdout", info["stdout"]), ("stderr", info["stderr"])]))
+        if wait:
+            ui.finetune_report(launch.wait_slurm(job, info))
+        return
+    ui.finetune_report(launch.run_local(run, r, r.launcher.local.processes, Path(r.out)))
+
+
 # -- stages not built yet -------------------------------------------------------------------------
 def _not_built(name: str, what: str):
     def cmd(args: Optional[List[str]] = typer.Argument(None, hidden=True)):
@@ -305,8 +386,7 @@ def _not_built(name: str, what: str):
     app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(cmd)
 
 
-for _name, _what in [("finetune", "finetuning transfer"),
-                     ("probe", "linear-probe transfer"), ("zeroshot", "zero-shot transfer with Platt scaling"),
+for _name, _what in [("zeroshot", "zero-shot transfer with Platt scaling"),
                      ("fairness", "association and geography analysis")]:
     _not_built(_name, _what)
 

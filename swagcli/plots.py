@@ -70,3 +70,23 @@ def resampling_plot(hist_images, hist_samples, head_mask, path: str | Path) -> P
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def lowshot_plot(summary: list[dict], path: str | Path, title: str, key: str = "top1") -> Path:
+    """Accuracy against the fraction of training labels (log x), mean +- std over seeds."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.6), constrained_layout=True)
+    fr = np.array([s["fraction"] for s in summary])
+    acc = np.array([s[key] for s in summary]) * 100
+    err = np.array([s.get(key + "_std", 0.0) for s in summary]) * 100
+    ax.errorbar(fr, acc, yerr=err, marker="o", capsize=3, color="tab:blue")
+    for f, a in zip(fr, acc):
+        ax.annotate(f"{a:.1f}", (f, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    if len(fr) > 1:
+        ax.set_xscale("log")
+    ax.set_xticks(fr, [f"{f:g}" for f in fr])
+    ax.set(title=title, xlabel="fraction of training labels", ylabel=f"{key} accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

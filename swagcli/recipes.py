@@ -165,6 +165,96 @@ class PretrainRecipe(Recipe):
     launcher: LauncherSpec = Field(default_factory=LauncherSpec)
 
 
+# -- transfer: swag probe / swag finetune ---------------------------------------------------------
+class SourceSpec(Recipe):
+    """The pretrained model to transfer: a swag run or checkpoint, or a timm weight file."""
+
+    checkpoint: str | None = Field(None, description="swag run dir / step-N dir, or a local timm weight file "
+                                   "(.safetensors, .pth, .bin); null = random init (a baseline)")
+    model: str | None = Field(None, description="timm model name: needed for a weight file or random init")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
+
+
+class DownstreamSpec(Recipe):
+    """A labelled image-classification set: ImageNet-layout folders or webdataset shards."""
+
+    train: list[str] = Field(default_factory=list, description="train split: a folder of class folders, "
+                             "or webdataset shards (KEY.jpg + KEY.cls)")
+    val: list[str] = Field(default_factory=list, description="validation split, same forms")
+    resolution: int | None = Field(None, ge=8, description="default: the model's (pretraining / Table 1)")
+    workers: int = Field(2, ge=0, description="DataLoader workers")
+    batch_size: int = Field(64, ge=1, description="images per forward pass when extracting / evaluating")
+
+    @field_validator("train", "val", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+class ProbeRecipe(Recipe):
+    """`swag probe`: linear probe on frozen features (SPEC.md §5)."""
+
+    out: str | None = Field(None, description="output directory (feature cache, probe.json, plot)")
+    source: SourceSpec = Field(default_factory=SourceSpec)
+    data: DownstreamSpec = Field(default_factory=DownstreamSpec)
+    fractions: list[float] = Field(default_factory=lambda: [1.0], description="low-shot fractions of train (class-stratified)")
+    seeds: int = Field(3, ge=1, description="subsets drawn per fraction below 1")
+    heldout: float = Field(0.2, gt=0, lt=1, description="part of (each subset of) train that chooses the L2 strength")
+    l2_grid: list[float] | None = Field(None, description="L2 strengths searched (default: 1e-1 .. 1e-6)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v):
+        if not v or any(not 0 < f <= 1 for f in v):
+            raise ValueError("fractions must be in (0, 1]")
+        return sorted(set(v))
+
+
+class FinetuneOptim(Recipe):
+    lr: float | None = Field(None, gt=0, description="peak lr at batch 512; null = SWAG Table 8 for the model and table8_dataset")
+    table8_dataset: Literal["in1k", "in5k", "inat", "places", "cub"] = Field(
+        "in1k", description="which Table 8 column gives the default lr")
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = Field(0.0, ge=0, description="the paper uses none")
+    warmup_fraction: float = Field(0.0, ge=0, lt=1)
+
+
+class FinetuneRecipe(Recipe):
+    """`swag finetune`: a new head, the whole network trained (SPEC.md §5)."""
+
+    out: str | None = Field(None, description="run directory")
+    source: SourceSpec = Field(default_factory=SourceSpec)
+    data: DownstreamSpec = Field(default_factory=DownstreamSpec)
+    optim: FinetuneOptim = Field(default_factory=FinetuneOptim)
+    batch_size: int = Field(512, ge=1)
+    micro_batch: int | None = Field(None, ge=1, description="per process per step; the rest is accumulation")
+    updates: int | None = Field(None, ge=1, description="default: 500 / 10,000 / 20,000 by training-set size")
+    mixup: float = Field(0.1, ge=0, description="mixup alpha (0: off)")
+    ema: float = Field(1e-4, ge=0, lt=1, description="EMA weight of the new parameters per update: "
+                       "avg = (1 - ema) * avg + ema * weights (0: off)")
+    head_init: Literal["random", "zeroshot"] = Field(
+        "random", description="zeroshot: start the head from the hashtag head via the class->hashtag map")
+    fraction: float = Field(1.0, gt=0, le=1, description="class-stratified part of train used (low-shot)")
+    lr_grid: list[float] = Field(default_factory=list, description="lrs tried on a held-out split first")
+    heldout: float = Field(0.1, gt=0, lt=1, description="held-out part of train for lr_grid")
+    grid_updates: int | None = Field(None, ge=1, description="updates per lr_grid trial (default: updates / 4)")
+    sync_bn: bool = Field(True, description="synchronous batch norm across processes")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    tensorboard: bool = False
+    resume: str = Field("auto", description="auto | never | a checkpoint path")
+    launcher: LauncherSpec = Field(default_factory=LauncherSpec)
+
+
 # -- swag synth ---------------------------------------------------------------------------------
 class SynthRecipe(Recipe):
     """`swag synth`: the built-in synthetic hashtag world."""
@@ -203,6 +293,8 @@ RECIPES: dict[str, type[Recipe]] = {
     "vocab": VocabRecipe,
     "sample": SampleRecipe,
     "pretrain": PretrainRecipe,
+    "probe": ProbeRecipe,
+    "finetune": FinetuneRecipe,
     "synth": SynthRecipe,
 }
 

@@ -122,3 +122,33 @@ def pretrain_report(r: dict) -> None:
 
 def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def probe_report(r: dict) -> None:
+    t = Table(title=f"Linear probe: {r['source']['model']} ({r['source']['kind']}), "
+                    f"{r['classes']} classes, {r['feature_dim']}-d features at {r['resolution']} px",
+              title_justify="left")
+    for col in ("fraction", "train images", "fits", "top-1", "top-5"):
+        t.add_column(col, justify="right")
+    for s in r["summary"]:
+        pm = lambda k: f"{s[k]:.2%}" + (f" ± {s[k + '_std']:.2%}" if s["fits"] > 1 else "")  # noqa: E731
+        t.add_row(f"{s['fraction']:g}", f"{s['images']:,}", str(s["fits"]), pm("top1"), pm("top5"))
+    console.print(t)
+    unconverged = sum(not f["converged"] for f in r["fits"])
+    if unconverged:
+        console.print(f"[yellow]note:[/] {unconverged} fit(s) stopped at the iteration cap before converging")
+    console.print(f"wrote [bold]{r['out']}/probe.json[/], {r['out']}/probe.png")
+
+
+def finetune_report(r: dict) -> None:
+    rows = [("status", r["status"]), ("updates", f"{r['step']:,} of {r['updates']:,}"),
+            ("learning rate", f"{r['lr']:g} (batch 512)"), ("resolution", f"{r['resolution']} px"),
+            ("train images / classes", f"{r['train_images']:,} / {r['classes']}")]
+    for g in r.get("lr_grid") or []:
+        rows.append((f"lr grid {g['lr']:g}", f"held-out top-1 {g['heldout_top1']:.2%}"))
+    if "top1" in r:
+        rows += [("val top-1", f"{r['top1']:.2%}"), ("val top-5", f"{r['top5']:.2%}")]
+    if "ema_top1" in r:
+        rows += [("val top-1 (EMA weights)", f"{r['ema_top1']:.2%}"), ("val top-5 (EMA)", f"{r['ema_top5']:.2%}")]
+    rows += [("checkpoint", r.get("checkpoint") or "-"), ("resumed from", r.get("resumed_from") or "-")]
+    console.print(kv_table(f"Finetuning run {r['run_dir']}", rows))

@@ -60,3 +60,19 @@ def tiny_world(tmp_path_factory):
                                                "holdout": 0.1}))
     return {"root": root, "world": world, "vocab": root / "vocab", "plan": root / "plan",
             "shards": sorted(str(p) for p in (world / "images").glob("*.tar"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tiny_world, tmp_path_factory):
+    """test_vit pretrained on the tiny world's plan for 150 steps (the recipe the pretraining
+    test checks): the checkpoint the transfer tests start from. Returns the run's result."""
+    from swagcli import recipes
+    from swagcli.train.dist import DistEnv
+    from swagcli.train.engine import train
+
+    out = tmp_path_factory.mktemp("tiny-pretrained") / "run"
+    sets = [f"data.plan={tiny_world['plan']}", "data.shards=[" + ",".join(tiny_world["shards"]) + "]",
+            "data.workers=1", "data.shuffle_buffer=200", "log_every=1", "batch_size=64",
+            "checkpoint_every=1000", "samples=9600", "optim.lr=0.003"]
+    r = recipes.load("pretrain", REPO / "recipes/pretrain/test_vit.yaml", flags={"out": str(out)}, overrides=sets)
+    return train(r, DistEnv(), progress=False)

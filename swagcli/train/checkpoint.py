@@ -26,8 +26,8 @@ from swagcli.errors import SwagError
 CKPT_FORMAT = "swag-checkpoint/1"
 
 
-def save(root: str | Path, step: int, model: torch.nn.Module, train_state: dict, vocab_doc: dict,
-         recipe_yaml: str, meta: dict, keep: int = 2) -> Path:
+def save(root: str | Path, step: int, model: torch.nn.Module, train_state: dict, vocab_doc: dict | None,
+         recipe_yaml: str, meta: dict, keep: int = 2, files: dict[str, str] | None = None) -> Path:
     from safetensors.torch import save_model
 
     from swagcli.runinfo import atomic_write_text
@@ -40,7 +40,10 @@ def save(root: str | Path, step: int, model: torch.nn.Module, train_state: dict,
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"), metadata={"format": CKPT_FORMAT, "step": str(step)})
     torch.save(train_state, tmp / "train_state.pt")
-    (tmp / "vocab.json").write_text(json.dumps(vocab_doc, ensure_ascii=False) + "\n")
+    if vocab_doc is not None:
+        (tmp / "vocab.json").write_text(json.dumps(vocab_doc, ensure_ascii=False) + "\n")
+    for fname, text in (files or {}).items():
+        (tmp / fname).write_text(text)
     (tmp / "recipe.yaml").write_text(recipe_yaml)
     (tmp / "meta.json").write_text(json.dumps({"format": CKPT_FORMAT, "step": step, **meta}, indent=1) + "\n")
     final = root / name

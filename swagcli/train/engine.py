@@ -309,7 +309,8 @@ def _sum_stats(per_stream: dict) -> dict:
 class RunLog:
     """Rank 0's view: rich progress bar (samples/s, loss, lr, ETA), metrics.jsonl, TensorBoard."""
 
-    def __init__(self, out: Path, env, recipe, total_steps: int, progress: bool, kind: str = "pretrain"):
+    def __init__(self, out: Path, env, recipe, total_steps: int, progress: bool, kind: str = "pretrain",
+                 label: str | None = None):
         from swagcli.runinfo import stamp
 
         stamp(out, kind, recipe, {"world_size": env.world})
@@ -329,7 +330,7 @@ class RunLog:
 
             from swagcli.ui import err_console
 
-            self.bar = Progress(TextColumn(f"[bold]{kind}"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn(f"[bold]{label or kind}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                                 TimeRemainingColumn(), console=err_console)
             self.task = self.bar.add_task("steps", total=total_steps, info="")

@@ -35,11 +35,9 @@ def losses(run_dir) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
-def test_tiny_vit_learns_the_world(tiny_world, tmp_path):
-    r = tiny_recipe(tiny_world, tmp_path / "run", samples=9600, batch_size=64,
-                    **{"optim.lr": 0.003, "data.workers": 1})
-    res = train(r, DistEnv(), progress=False)
-    ls = losses(tmp_path / "run")
+def test_tiny_vit_learns_the_world(tiny_pretrained):
+    res = tiny_pretrained  # 150 steps of 64 samples, lr 0.003 (tests/conftest.py)
+    ls = losses(res["run_dir"])
     assert res["status"] == "finished" and res["step"] == 150
     assert sum(ls[-10:]) / 10 < 0.6 * sum(ls[:5]) / 5  # loss falls clearly
     chance = 1 / 66

@@ -1,0 +1,355 @@
+"""`swag finetune`: a new classifier head, the whole network trained (SWAG §4.1, SPEC.md §5).
+
+SGD with Nesterov momentum 0.9, no weight decay, batch 512 (``micro_batch`` per process, the rest
+accumulated), a half-cosine schedule over an update budget set by the training-set size (500 if
+N <= 20k, 10,000 if N <= 500k, else 20,000), mixup (alpha 0.1), synchronous batch norm across GPU
+processes, and an EMA of the weights in the paper's sense: ``avg = (1 - ema) * avg + ema * w``
+after every update (with ``ema = 1e-4`` the average moves slowly: the paper used it for 20k-update
+ImageNet runs; results report the raw and the averaged weights side by side).
+
+The learning rate defaults to SWAG Table 8 for the model and dataset (a base lr at batch 512,
+scaled linearly); ``lr_grid`` first trains each candidate on a held-out split of train and keeps
+the best. ``head_init: zeroshot`` starts the head from the hashtag head (Table 2): class c's row is
+the mean of the hashtag-head rows its zero-shot mapping selects, so its logit is the mean of those
+hashtags' logits (a linear head cannot hold the mean of probabilities, the no-Platt aggregation).
+
+Training samples come from an endless index stream: epoch e is a seeded permutation of the
+training set, and process r takes every world-th index. A step's samples and its augmentation
+and mixup draws depend only on (seed, step), so a resumed run continues the same stream without
+reading anything it skips.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from swagcli.errors import SwagError
+
+# SWAG Table 8 (IG 3.6B rows): base lr at batch 512 by model and transfer dataset
+TABLE8 = {
+    "regnety_160": {"in1k": 6e-3, "in5k": 2.4e-2, "inat": 1.2e-2, "places": 3e-3, "cub": 6e-3},
+    "regnety_320": {"in1k": 6e-3, "in5k": 2.4e-2, "inat": 1.2e-2, "places": 3e-3, "cub": 3e-3},
+    "regnety_1280": {"in1k": 6e-3, "in5k": 2.4e-2, "inat": 1.2e-2, "places": 3e-3, "cub": 3e-3},
+    "vit_base_patch16": {"in1k": 6e-3, "in5k": 2.4e-2, "inat": 1.2e-2, "places": 6e-3, "cub": 3e-3},
+    "vit_large_patch16": {"in1k": 6e-3, "in5k": 1.2e-2, "inat": 1.2e-2, "places": 1.2e-2, "cub": 6e-3},
+    "vit_huge_patch14": {"in1k": 6e-3, "in5k": 1.2e-2, "inat": 1.2e-2, "places": 1.2e-2, "cub": 6e-3},
+}
+# SWAG Table 1 finetuning resolutions
+RESOLUTION = {"regnety_": 384, "vit_base_": 384, "vit_large_": 512, "vit_huge_": 518}
+
+
+def default_lr(model: str, dataset: str) -> float:
+    for prefix, row in TABLE8.items():
+        if model.startswith(prefix):
+            return row[dataset]
+    raise SwagError(f"optim.lr: SWAG Table 8 has no learning rate for {model}; set optim.lr (or lr_grid)")
+
+
+def default_resolution(model: str, pretrained_at: int) -> int:
+    return next((r for prefix, r in RESOLUTION.items() if model.startswith(prefix)), pretrained_at)
+
+
+def update_budget(n: int) -> int:
+    return 500 if n <= 20_000 else 10_000 if n <= 500_000 else 20_000
+
+
+# -- the model ---------------------------------------------------------------------------------------
+def prepare_model(source, classes: list[str], recipe, resolution: int) -> torch.nn.Module:
+    """The source model with a new head over ``classes`` (random or zero-shot initialized), at
+    ``resolution`` (ViT position embeddings resampled when it differs)."""
+    from swagcli.evaluate.transfer import class_synsets
+
+    model = source.model
+    old = model.head
+    torch.manual_seed(recipe.seed)
+    head = torch.nn.Linear(model.num_features, len(classes))
+    torch.nn.init.trunc_normal_(head.weight, std=0.01)
+    torch.nn.init.zeros_(head.bias)
+    if recipe.head_init == "zeroshot":
+        if source.vocab is None:
+            raise SwagError("head_init: zeroshot needs a swag checkpoint (with its hashtag head and vocabulary)")
+        from swagcli.evaluate.zeromap import class_hashtags, mapping_matrix
+
+        syns = class_synsets(classes)
+        if not any(syns):
+            raise SwagError("head_init: zeroshot needs WordNet classes (ImageNet wnids such as n01440764 "
+                            "or synset names such as dog.n.01)")
+        m = torch.from_numpy(mapping_matrix(class_hashtags(syns, [h["synsets"] for h in source.vocab.hashtags]),
+                                            len(source.vocab)))
+        mapped = m.sum(1) > 0
+        with torch.no_grad():
+            w = (m @ old.weight) / m.sum(1, keepdim=True).clamp(min=1)
+            b = (m @ old.bias) / m.sum(1).clamp(min=1)
+            head.weight[mapped] = w[mapped]
+            head.bias[mapped] = b[mapped]
+    model.head = head
+    bb = model.backbone
+    size = getattr(getattr(bb, "patch_embed", None), "img_size", None)
+    if size and tuple(size) != (resolution, resolution):
+        if not hasattr(bb, "set_input_size"):
+            raise SwagError(f"data.resolution: {source.name} is fixed at {size[0]} px")
+        bb.set_input_size(img_size=resolution)
+    return model
+
+
+# -- the index stream --------------------------------------------------------------------------------
+class StepSampler(torch.utils.data.Sampler):
+    """Endless (index, position) pairs for one process, starting at ``start`` (its position)."""
+
+    def __init__(self, n: int, seed: int, rank: int, world: int, start: int = 0):
+        self.n, self.seed, self.rank, self.world, self.start = n, seed, rank, world, start
+
+    def __iter__(self):
+        pos = self.start  # this process's sample count so far
+        while True:
+            g = pos * self.world + self.rank  # the global position
+            epoch, i = divmod(g, self.n)
+            perm = np.random.default_rng([self.seed, 23, epoch]).permutation(self.n)
+            while i < self.n:
+                yield int(perm[i]), g
+                pos += 1
+                g += self.world
+                i += self.world
+            # the epoch is exhausted for this rank: continue in the next one
+
+
+class TrainSet(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __getitem__(self, key):
+        i, g = key  # the augmentation is keyed by the global position g
+        return self.images.item(i, g)
+
+    def __len__(self):
+        return len(self.images)
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, classes: int, alpha: float, gen: torch.Generator):
+    """Mixup within the micro-batch; returns mixed images and soft targets."""
+    target = F.one_hot(y, classes).float()
+    if alpha <= 0:
+        return x, target
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen))).beta(alpha, alpha))
+    perm = torch.randperm(len(x), generator=gen)
+    return lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
+
+
+# -- evaluation ----------------------------------------------------------------------------------------
+def evaluate(model, norm, split, resolution, batch_size, workers, env, device, dtype) -> dict:
+    from swagcli.evaluate.transfer import ImageSet, loader
+
+    part = split.subset(np.arange(env.rank, len(split), env.world))
+    tot = torch.zeros(3, dtype=torch.float64)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for x, y in loader(ImageSet(part, resolution, train=False), batch_size, workers):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = model(norm(x.to(device))).float()
+            top = logits.topk(min(5, logits.shape[1]), 1).indices.cpu()
+            tot += torch.tensor([len(y), (top[:, 0] == y).sum().item(), (top == y[:, None]).any(1).sum().item()],
+                                dtype=torch.float64)
+    model.train(was)
+    if env.distributed:
+        dist.all_reduce(tot)
+    n = max(tot[0].item(), 1)
+    return {"images": int(tot[0]), "top1": tot[1].item() / n, "top5": tot[2].item() / n}
+
+
+# -- one training run ------------------------------------------------------------------------------------
+def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Path, resolution: int,
+              progress: bool = True, on_step=None, label: str = "finetune") -> dict:
+    from swagcli import recipes as R
+    from swagcli.evaluate.transfer import ImageSet, collate
+    from swagcli.train import checkpoint as ckpt_io
+    from swagcli.train.engine import (STOP, Normalizer, RunLog, _all_mean, _any_rank, _request_stop,
+                                      amp_dtype, pick_device, plan_layout)
+    from swagcli.train.optim import lr_factor
+
+    device = pick_device(recipe.device, env)
+    dtype = amp_dtype(recipe.precision, device)
+    source = copy.copy(source)
+    source.model = copy.deepcopy(source.model)
+    model = prepare_model(source, train.classes, recipe, resolution).to(device)
+    model.train()
+    if env.distributed and recipe.sync_bn and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    norm = Normalizer(model.backbone).to(device)
+    layout = plan_layout(recipe, env)
+    opt = torch.optim.SGD(model.parameters(), lr=lr * recipe.batch_size / 512, momentum=recipe.optim.momentum,
+                          nesterov=recipe.optim.nesterov, weight_decay=recipe.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, updates, recipe.optim.warmup_fraction, 0.1 if recipe.optim.warmup_fraction else 1.0))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = copy.deepcopy(model).eval() if recipe.ema > 0 else None
+    for p in (ema.parameters() if ema else []):
+        p.requires_grad_(False)
+
+    step, resume_from = 0, None
+    if recipe.resume != "never":
+        resume_from = (ckpt_io.latest(out / "checkpoints") if recipe.resume == "auto"
+                       else ckpt_io.resolve(recipe.resume))
+    if resume_from is not None:
+        ckpt_io.load_weights(model, resume_from)
+        st = ckpt_io.load_train_state(resume_from)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        scaler.load_state_dict(st["scaler"])
+        if ema is not None:
+            ema.load_state_dict(st["ema"])
+        step = st["step"]
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model
+    per_step = layout["micro"] * layout["accum"]
+    sampler = StepSampler(len(train), recipe.seed, env.rank, env.world, start=step * per_step)
+    dl = torch.utils.data.DataLoader(TrainSet(ImageSet(train, resolution, train=True, seed=recipe.seed)),
+                                     batch_size=layout["micro"], sampler=sampler, collate_fn=collate,
+                                     num_workers=recipe.data.workers)
+    it = iter(dl)
+    log = RunLog(out, env, recipe, updates, progress, kind="finetune", label=label) if env.is_main else None
+    prev = {s: signal.signal(s, _request_stop) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
+    STOP["requested"] = False
+    recipe_yaml = R.dump(recipe, "finetune")
+    last_ckpt, status, t0, loss_val = resume_from, "finished", time.time(), None
+    classes_json = json.dumps({"format": "swag-classes/1", "classes": train.classes}) + "\n"
+
+    def save():
+        nonlocal last_ckpt
+        if env.is_main:
+            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                     "step": step, "ema": ema.state_dict() if ema is not None else {}}
+            last_ckpt = ckpt_io.save(out / "checkpoints", step, model, state, None, recipe_yaml,
+                                     {"model": source.name, "classes": len(train.classes), "lr": lr,
+                                      "updates": updates, "resolution": resolution, "kind": "finetune"},
+                                     keep=recipe.keep_checkpoints, files={"classes.json": classes_json})
+        if env.distributed:
+            dist.barrier()
+
+    def run_eval(prefix: str = "") -> dict:
+        kw = (val, resolution, recipe.data.batch_size, recipe.data.workers, env, device, dtype)
+        m = {f"{prefix}{k}": v for k, v in evaluate(model, norm, *kw).items()}
+        if ema is not None:
+            m.update({f"{prefix}ema_{k}": v for k, v in evaluate(ema, norm, *kw).items() if k != "images"})
+        return m
+
+    try:
+        while step < updates:
+            opt.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(layout["accum"]):
+                x, y = next(it)
+                gen = torch.Generator().manual_seed(hash((recipe.seed, 29, step, env.rank, micro)) & (2**62 - 1))
+                x = norm(x.to(device, non_blocking=True))
+                x, target = mixup(x, y.to(device), len(train.classes), recipe.mixup, gen)
+                sync = micro == layout["accum"] - 1 or not env.distributed
+                with (ddp.no_sync() if not sync else _null()), torch.autocast(
+                        device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss = torch.sum(-target * F.log_softmax(ddp(x).float(), 1), 1).mean()
+                scaler.scale(loss / layout["accum"]).backward()
+                loss_sum += loss.detach()
+            loss_val = _all_mean(loss_sum / layout["accum"], env)
+            if not math.isfinite(loss_val):
+                where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else ""
+                raise SwagError(f"finetune: non-finite loss ({loss_val}) at step {step + 1}; lower optim.lr{where}")
+            scaler.step(opt)
+            scaler.update()
+            cur_lr = opt.param_groups[0]["lr"]
+            sched.step()
+            step += 1
+            if ema is not None:
+                with torch.no_grad():
+                    for a, w in zip(ema.state_dict().values(), model.state_dict().values()):
+                        if a.dtype.is_floating_point:
+                            a.mul_(1 - recipe.ema).add_(w, alpha=recipe.ema)
+                        else:
+                            a.copy_(w)
+            metrics = {"step": step, "loss": loss_val, "lr": cur_lr,
+                       "samples_per_s": step * recipe.batch_size / max(time.time() - t0, 1e-9)}
+            if recipe.eval_every and step % recipe.eval_every == 0 and step < updates:
+                metrics.update(run_eval("val_"))
+            if log:
+                log.step(metrics, {})
+            if on_step:
+                on_step(step)
+            stop = _any_rank(STOP["requested"], env, device)
+            if step % recipe.checkpoint_every == 0 or step == updates or stop:
+                save()
+            if stop:
+                status = "preempted"
+                break
+        final = run_eval() if status == "finished" else {}
+        result = {"status": status, "step": step, "updates": updates, "lr": lr, "resolution": resolution,
+                  "classes": len(train.classes), "train_images": len(train), "last_loss": loss_val,
+                  "checkpoint": str(last_ckpt) if last_ckpt else None, "run_dir": str(out),
+                  "resumed_from": str(resume_from) if resume_from else None, **final}
+        if log:
+            log.event({"step": step, **final})
+            log.close(result)
+        return result
+    finally:
+        for s, h in prev.items():
+            signal.signal(s, h)
+        if log:
+            log.stop()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# -- the command -------------------------------------------------------------------------------------------
+def run(recipe, env, progress: bool = True, on_step=None) -> dict:
+    """`swag finetune` for a validated :class:`~swagcli.recipes.FinetuneRecipe` in one process of
+    ``env`` (launch.run_local / submit_slurm start the processes)."""
+    from swagcli.evaluate.logreg import stratified_split, stratified_subset
+    from swagcli.evaluate.transfer import load_source, load_split
+    from swagcli.runinfo import atomic_write_text
+
+    if not recipe.out:
+        raise SwagError("finetune: no run directory (--out DIR or 'out:' in the recipe)")
+    out = Path(recipe.out)
+    train = load_split(recipe.data.train, "train")
+    val = load_split(recipe.data.val, "val", train.classes)
+    if recipe.fraction < 1:
+        train = train.subset(stratified_subset(train.labels, recipe.fraction, recipe.seed))
+    source = load_source(recipe.source, recipe.seed)
+    resolution = recipe.data.resolution or default_resolution(source.name, source.resolution)
+    updates = recipe.updates or update_budget(len(train))
+    if env.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and recipe.device != "cpu" else "gloo")
+    grid = []
+    lr = recipe.optim.lr
+    if recipe.lr_grid:
+        fit_i, held_i = stratified_split(train.labels, recipe.heldout, recipe.seed)
+        fit, held = train.subset(fit_i), train.subset(held_i)
+        trial_updates = recipe.grid_updates or max(1, updates // 4)
+        for cand in recipe.lr_grid:
+            r = train_run(recipe, env, source, fit, held, cand, trial_updates, out / "lr_grid" / f"lr-{cand:g}",
+                          resolution, progress, label=f"lr {cand:g}")
+            grid.append({"lr": cand, "heldout_top1": r.get("top1"), "heldout_images": r.get("images"),
+                         "status": r["status"]})
+            if r["status"] != "finished":
+                return {**r, "lr_grid": grid}
+        lr = max(grid, key=lambda g: (g["heldout_top1"], -g["lr"]))["lr"]
+    if lr is None:
+        lr = default_lr(source.name, recipe.optim.table8_dataset)
+    result = train_run(recipe, env, source, train, val, lr, updates, out, resolution, progress, on_step)
+    result.update(lr_grid=grid, head_init=recipe.head_init, fraction=recipe.fraction,
+                  source={"kind": source.kind, "model": source.name, "path": source.path})
+    if env.is_main:
+        atomic_write_text(out / "finetune.json", json.dumps(result, indent=1) + "\n")
+    return result
