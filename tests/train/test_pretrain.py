@@ -48,7 +48,7 @@ def test_tiny_vit_learns_the_world(tiny_pretrained):
     ck.load_weights(model, Path(res["checkpoint"]))  # weights + hashtag head load back
     st = ck.load_train_state(Path(res["checkpoint"]))  # weights_only
     assert set(st) >= {"optimizer", "scheduler", "scaler", "step", "samples", "streams", "rng"}
-    assert (Path(res["checkpoint"]) / "vocab.json").is_file() and (tmp_path / "run" / "recipe.yaml").is_file()
+    assert (Path(res["checkpoint"]) / "vocab.json").is_file() and (Path(res["run_dir"]) / "recipe.yaml").is_file()
 
 
 def test_two_process_ddp_equals_one_process(tiny_world, tmp_path):
