@@ -199,33 +199,33 @@ def _folder_split(root: Path, what: str, classes: list[str] | None) -> Split:
 
 
 def _shard_split(shards: list[str], what: str, classes: list[str] | None) -> Split:
-    from swagcli.train.data import IMAGE_EXTS, _BadTar, _tar_members
+    from swagcli.train.data import IMAGE_EXTS, BadTar, tar_members, member_key
 
     items, raw = [], []
-    for url in shards:
-        cur: dict = {}
 
-        def flush():
-            if "cls" in cur and any(e in cur for e in IMAGE_EXTS):
-                items.append(next(cur[e] for e in IMAGE_EXTS if e in cur))
-                raw.append(cur["cls"])
+    def add(sample: dict) -> None:
+        image = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+        if image is not None and "cls" in sample:
+            items.append(image)
+            raw.append(sample["cls"])
 
+    for url in shards:  # samples grouped as the training stream groups them (data.member_key)
+        cur, key = {}, None
         try:
             with open(url, "rb") as f:
-                key = None
-                for name, data in _tar_members(f):
-                    pad = -len(data) % 512
-                    offset = f.tell() - pad - len(data)
-                    stem, _, ext = name.partition(".")
-                    if stem != key:
-                        flush()
-                        cur, key = {}, stem
-                    if ext.lower() in IMAGE_EXTS:
-                        cur[ext.lower()] = (url, offset, len(data))
-                    elif ext.lower() == "cls":
+                for name, data, offset in tar_members(f):
+                    split = member_key(name)
+                    if split is None:
+                        continue
+                    if split[0] != key:
+                        add(cur)
+                        cur, key = {}, split[0]
+                    if split[1] in IMAGE_EXTS:
+                        cur[split[1]] = (url, offset, len(data))
+                    elif split[1] == "cls":
                         cur["cls"] = data.decode("utf-8", "replace").strip()
-                flush()
-        except (_BadTar, OSError) as e:
+            add(cur)
+        except (BadTar, OSError) as e:
             raise SwagError(f"data.{what}: {url}: unreadable shard ({e})") from None
     if not items:
         raise SwagError(f"data.{what}: no samples with an image and a .cls label in {len(shards)} shard(s)")

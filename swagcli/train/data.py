@@ -212,21 +212,23 @@ class StreamConfig:
     rotate: int = 0
 
 
-class _BadTar(Exception):
+class BadTar(Exception):
     pass
 
 
-def _tar_members(f):
-    """(name, bytes) of the regular files of a tar stream, in order: a lean reader of the subset of
-    tar that webdataset shards use (ustar/GNU/pax headers, long names), ~6x less overhead per member
-    than ``tarfile``. Raises :class:`_BadTar` on a bad header checksum or a truncated member."""
+def tar_members(f):
+    """(name, bytes, offset of the bytes in the file) of the regular files of a tar stream, in
+    order: a lean reader of the subset of tar that webdataset shards use (ustar/GNU/pax headers,
+    long names), ~6x less overhead per member than ``tarfile``. Raises :class:`BadTar` on a bad
+    header checksum or a truncated member."""
     read = f.read
     long_name = None
+    pos = 0
     while True:
         hdr = read(512)
         if len(hdr) < 512:
             if hdr:
-                raise _BadTar("truncated header")
+                raise BadTar("truncated header")
             return  # EOF without the end-of-archive blocks: tolerated, as tarfile does
         if hdr.count(0) == 512:
             return
@@ -234,15 +236,16 @@ def _tar_members(f):
             size = int(hdr[124:136].rstrip(b"\0 ") or b"0", 8)
             chk = int(hdr[148:156].rstrip(b"\0 ") or b"0", 8)
         except ValueError:
-            raise _BadTar("bad header") from None
+            raise BadTar("bad header") from None
         if chk != sum(hdr[:148]) + 256 + sum(hdr[156:]):
-            raise _BadTar("bad checksum")
+            raise BadTar("bad checksum")
         data = read(size)
         if len(data) < size:
-            raise _BadTar("truncated member")
+            raise BadTar("truncated member")
         pad = -size % 512
         if pad and len(read(pad)) < pad:
-            raise _BadTar("truncated member")
+            raise BadTar("truncated member")
+        offset, pos = pos + 512, pos + 512 + size + pad
         kind = hdr[156:157]
         if kind == b"L":  # GNU long name for the next member
             long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
@@ -259,7 +262,17 @@ def _tar_members(f):
             name = hdr[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             if hdr[257:262] == b"ustar" and hdr[345] != 0:
                 name = hdr[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
-        yield name, data
+        yield name, data, offset
+
+
+def member_key(name: str) -> tuple[str, str] | None:
+    """webdataset's grouping rule: ``dir/KEY.EXT`` -> (``dir/KEY``, lower-case ``EXT``), split at
+    the first dot of the file name; None for names without one and for ``__*__`` metadata."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot < 0 or (slash == 0 and name.startswith("__") and name.endswith("__")):
+        return None
+    return name[:dot], name[dot + 1:].lower()
 
 
 def _pax_path(data: bytes):
@@ -283,20 +296,17 @@ def _samples(url: str, stats: StreamStats):
     cur = None
     try:
         with open(url, "rb", buffering=1 << 20) as f:
-            for name, data in _tar_members(f):
-                slash = name.rfind("/") + 1
-                dot = name.find(".", slash)
-                if dot < 0:
+            for name, data, _ in tar_members(f):
+                split = member_key(name)
+                if split is None:
                     continue
-                if slash == 0 and name.startswith("__") and name.endswith("__"):
-                    continue
-                key, ext = name[:dot], name[dot + 1:].lower()
+                key, ext = split
                 if cur is None or cur["__key__"] != key:
                     if cur is not None:
                         yield cur
                     cur = {"__key__": key, "__url__": url}
                 cur[ext] = data
-    except (_BadTar, OSError, ValueError):
+    except (BadTar, OSError, ValueError):
         stats.bad_shards += 1  # the sample being read when the shard broke is lost with it
         return
     if cur is not None:
@@ -417,8 +427,13 @@ def collate(batch):
     wts[mask] = np.repeat(np.float32(1.0) / lens, lens)
     infos = [b[2] for b in batch]
     return {"image": imgs, "target_idx": torch.from_numpy(idx), "target_w": torch.from_numpy(wts),
-            "keys": [i[3] for i in infos],
-            "streams": {k: (e, o, st.as_dict()) for k, (e, o, st) in {i[0]: i[1:3] + (i[4],) for i in infos}.items()}}
+            "keys": [i[3] for i in infos], "streams": _latest_per_stream(infos)}
+
+
+def _latest_per_stream(infos) -> dict:
+    """stream -> (epoch, offset, stats) of its last sample in the batch."""
+    last = {i[0]: i for i in infos}
+    return {k: (i[1], i[2], i[4].as_dict()) for k, i in last.items()}
 
 
 def make_loader(cfg: StreamConfig, batch_size: int, workers: int = 2, rank: int = 0,
