@@ -27,6 +27,7 @@ the parts with their id ranges so the training stream can join image-shard keys 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import zlib
@@ -64,6 +65,13 @@ def is_held_out(post_id: str, fraction: float) -> bool:
     return fraction > 0 and zlib.crc32(post_id.encode()) % 1_000_000 < fraction * 1_000_000
 
 
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """CSR row pointers: ``[0, c0, c0+c1, ...]``."""
+    ptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    return ptr
+
+
 def _post_labels(flat_tags: list, lens: list, tag_to_id: dict):
     """Map a chunk's raw tags to sorted, distinct hashtag ids per post, all at once in numpy:
     returns (labels, counts) where post j's ids are the next ``counts[j]`` entries of labels."""
@@ -95,9 +103,8 @@ def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chu
     those with vocabulary hashtags: ``ids`` is a numpy str array, ``labels[ptr[j]:ptr[j+1]]`` are
     image j's sorted hashtag ids; weights and tail flags are computed for the whole chunk at once.
     Held-out images are left out (and appended as (id, hashtag ids) to ``held`` if given)."""
-    ids, flat, lens = [], [], []
 
-    def emit():
+    def emit(ids: list, flat: list, lens: list):
         lab, cnt = _post_labels(flat, lens, tag_to_id)
         has = cnt > 0
         if drops is not None:
@@ -106,15 +113,13 @@ def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chu
         if holdout:
             out_mask = np.fromiter((is_held_out(i, holdout) for i in ids), dtype=bool, count=len(ids)) & has
             if out_mask.any():
-                ptr = np.zeros(len(cnt) + 1, dtype=np.int64)
-                np.cumsum(cnt, out=ptr[1:])
+                ptr = _offsets(cnt)
                 if held is not None:
                     held.extend((ids[j], lab[ptr[j]:ptr[j + 1]].tolist()) for j in np.flatnonzero(out_mask))
                 lab = lab[np.repeat(~out_mask, cnt)]
                 has &= ~out_mask
         idarr, cnt = idarr[has], cnt[has]
-        ptr = np.zeros(len(cnt) + 1, dtype=np.int64)
-        np.cumsum(cnt, out=ptr[1:])
+        ptr = _offsets(cnt)
         if not len(cnt):
             return None
         starts = ptr[:-1]
@@ -127,17 +132,16 @@ def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chu
             weights = np.maximum.reduceat(w.importance[lab], starts)
         return idarr, lab, ptr, weights, tails
 
-    for post in iter_posts(Path(path), fmt, stats):
-        ids.append(post.id)
-        flat.extend(post.tags)
-        lens.append(len(post.tags))
-        if len(ids) == chunk:
-            got = emit()
-            if got is not None:
-                yield got
-            ids, flat, lens = [], [], []
-    if ids:
-        got = emit()
+    posts = iter_posts(Path(path), fmt, stats)
+    while True:
+        ids, flat, lens = [], [], []
+        for post in itertools.islice(posts, chunk):
+            ids.append(post.id)
+            flat.extend(post.tags)
+            lens.append(len(post.tags))
+        if not ids:
+            return
+        got = emit(ids, flat, lens)
         if got is not None:
             yield got
 
@@ -194,9 +198,7 @@ def _noisy(labels: np.ndarray, ptr: np.ndarray, rng, p: float, marginal_cdf: np.
         same = same[new[same] == labels[hit][same]]
     labels[hit] = new
     lab, cnt = _sorted_distinct(labels, np.diff(ptr))
-    out = np.zeros(len(cnt) + 1, dtype=np.int64)
-    np.cumsum(cnt, out=out[1:])
-    return lab, out, len(hit)
+    return lab, _offsets(cnt), len(hit)
 
 
 def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str,
@@ -231,8 +233,7 @@ def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, str
             continue
         cnt = np.diff(ptr)[picked]
         labs = flat[np.repeat(ptr[picked], cnt) + _ranges(cnt)]
-        lptr = np.zeros(len(picked) + 1, dtype=np.int64)
-        np.cumsum(cnt, out=lptr[1:])
+        lptr = _offsets(cnt)
         if noise > 0:
             total_labels += len(labs)
             labs, lptr, r = _noisy(labs, lptr, noise_rng, noise, cdf)
@@ -267,10 +268,8 @@ def write_part_arrays(path: str, ids: np.ndarray, mult: np.ndarray, tails: np.nd
     """Write one plan part (sorted by id) atomically; return its entry for plan.json."""
     order = np.argsort(ids, kind="stable")
     cnt = counts[order]
-    ptr = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(cnt, out=ptr[1:])
-    src = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=src[1:])
+    ptr = _offsets(cnt)
+    src = _offsets(counts)
     arrays = {
         "ids": ids[order].astype(np.str_),
         "mult": mult[order].astype(np.uint32),
