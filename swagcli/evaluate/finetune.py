@@ -21,10 +21,10 @@ reading anything it skips.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -173,8 +173,8 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
     from swagcli import recipes as R
     from swagcli.evaluate.transfer import ImageSet, collate
     from swagcli.train import checkpoint as ckpt_io
-    from swagcli.train.engine import (STOP, Normalizer, RunLog, _all_mean, _any_rank, _request_stop,
-                                      amp_dtype, pick_device, plan_layout)
+    from swagcli.train.engine import (Normalizer, RunLog, _all_mean, amp_dtype, end_of_update, pick_device,
+                                      plan_layout, restore_signals, take_signals)
     from swagcli.train.optim import lr_factor
 
     device = pick_device(recipe.device, env)
@@ -217,8 +217,7 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
                                      num_workers=recipe.data.workers)
     it = iter(dl)
     log = RunLog(out, env, recipe, updates, progress, kind="finetune", label=label) if env.is_main else None
-    prev = {s: signal.signal(s, _request_stop) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
-    STOP["requested"] = False
+    prev = take_signals()
     recipe_yaml = R.dump(recipe, "finetune")
     last_ckpt, status, t0, loss_val = resume_from, "finished", time.time(), None
     classes_json = json.dumps({"format": "swag-classes/1", "classes": train.classes}) + "\n"
@@ -252,7 +251,7 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
                 x = norm(x.to(device, non_blocking=True))
                 x, target = mixup(x, y.to(device), len(train.classes), recipe.mixup, gen)
                 sync = micro == layout["accum"] - 1 or not env.distributed
-                with (ddp.no_sync() if not sync else _null()), torch.autocast(
+                with (ddp.no_sync() if not sync else contextlib.nullcontext()), torch.autocast(
                         device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     loss = torch.sum(-target * F.log_softmax(ddp(x).float(), 1), 1).mean()
                 scaler.scale(loss / layout["accum"]).backward()
@@ -279,12 +278,7 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
                 metrics.update(run_eval("val_"))
             if log:
                 log.step(metrics, {})
-            if on_step:
-                on_step(step)
-            stop = _any_rank(STOP["requested"], env, device)
-            if step % recipe.checkpoint_every == 0 or step == updates or stop:
-                save()
-            if stop:
+            if end_of_update(step, updates, recipe.checkpoint_every, env, device, on_step, save):
                 status = "preempted"
                 break
         final = run_eval() if status == "finished" else {}
@@ -297,18 +291,9 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
             log.close(result)
         return result
     finally:
-        for s, h in prev.items():
-            signal.signal(s, h)
+        restore_signals(prev)
         if log:
             log.stop()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # -- the command -------------------------------------------------------------------------------------------
@@ -318,6 +303,7 @@ def run(recipe, env, progress: bool = True, on_step=None) -> dict:
     from swagcli.evaluate.logreg import stratified_split, stratified_subset
     from swagcli.evaluate.transfer import load_source, load_split
     from swagcli.runinfo import atomic_write_text
+    from swagcli.train.engine import init_distributed, pick_device
 
     if not recipe.out:
         raise SwagError("finetune: no run directory (--out DIR or 'out:' in the recipe)")
@@ -329,8 +315,7 @@ def run(recipe, env, progress: bool = True, on_step=None) -> dict:
     source = load_source(recipe.source, recipe.seed)
     resolution = recipe.data.resolution or default_resolution(source.name, source.resolution)
     updates = recipe.updates or update_budget(len(train))
-    if env.distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and recipe.device != "cpu" else "gloo")
+    init_distributed(env, pick_device(recipe.device, env))
     grid = []
     lr = recipe.optim.lr
     if recipe.lr_grid:

@@ -40,6 +40,31 @@ def request_stop() -> None:
     STOP["requested"] = True
 
 
+def take_signals() -> dict:
+    """Make SIGUSR1/SIGUSR2/SIGTERM request a stop after the current update (and clear any earlier
+    request); returns the previous handlers for :func:`restore_signals`."""
+    prev = {s: signal.signal(s, _request_stop) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
+    STOP["requested"] = False
+    return prev
+
+
+def restore_signals(prev: dict) -> None:
+    for s, h in prev.items():
+        signal.signal(s, h)
+
+
+def end_of_update(step: int, total: int, checkpoint_every: int, env, device, on_step, save) -> bool:
+    """What every training loop does after an update: tell ``on_step``, agree across ranks whether
+    a stop was requested, checkpoint (every ``checkpoint_every`` steps, at the end, or to stop);
+    returns True when the loop must stop (preempted)."""
+    if on_step:
+        on_step(step)
+    stop = _any_rank(STOP["requested"], env, device)
+    if step % checkpoint_every == 0 or step == total or stop:
+        save()
+    return stop
+
+
 def pick_device(name: str, env: DistEnv) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -47,6 +72,12 @@ def pick_device(name: str, env: DistEnv) -> torch.device:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
         return torch.device("cuda", env.local_rank % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def init_distributed(env: DistEnv, device: torch.device) -> None:
+    """Join the process group of ``env`` (once): NCCL on CUDA, gloo on the CPU."""
+    if env.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def amp_dtype(precision: str, device: torch.device):
@@ -153,8 +184,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     vocab = Vocab.load(plan["vocab"])
     shards = expand_shards(recipe.data.shards)
     device = pick_device(recipe.device, env)
-    if env.distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    init_distributed(env, device)
     layout = plan_layout(recipe, env)
     total_samples = recipe.samples or int(plan["summary"]["total_samples"] * recipe.epochs)
     total_steps = max(1, math.ceil(total_samples / recipe.batch_size))
@@ -192,8 +222,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
 
     recipe_yaml = R.dump(recipe, "pretrain")
     log = RunLog(out, env, recipe, total_steps, progress) if env.is_main else None
-    prev = {s: signal.signal(s, _request_stop) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
-    STOP["requested"] = False
+    prev = take_signals()
     stream_stats: dict = {}
     status = "finished"
     last_ckpt = resume_from
@@ -256,12 +285,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                 metrics.update(_eval(model, norm, recipe, plan, shards, env, device))
             if log:
                 log.step(metrics, stream_stats)
-            if on_step:
-                on_step(step)
-            stop = _any_rank(STOP["requested"], env, device)
-            if step % recipe.checkpoint_every == 0 or step == total_steps or stop:
-                save_checkpoint()
-            if stop:
+            if end_of_update(step, total_steps, recipe.checkpoint_every, env, device, on_step, save_checkpoint):
                 status = "preempted"
                 break
         final = {}
@@ -277,8 +301,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             log.close(result)
         return result
     finally:
-        for s, h in prev.items():
-            signal.signal(s, h)
+        restore_signals(prev)
         if log:
             log.stop()
 
