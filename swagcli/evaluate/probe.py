@@ -56,7 +56,7 @@ def run(recipe, progress=None) -> dict:
         if len(held_i):
             l2, path = logreg.select_l2(xtr[fit_i], ytr[fit_i], xtr[held_i], ytr[held_i], classes,
                                         recipe.l2_grid)
-        else:  # too few images to hold any out: the grid's middle
+        else:  # one image per class, none to hold out: the middle of the recipe's grid, else 1e-3
             grid = recipe.l2_grid or [1e-3]
             l2, path = grid[len(grid) // 2], []
         clf = logreg.fit(xtr[idx], ytr[idx], classes, l2)

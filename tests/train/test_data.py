@@ -4,7 +4,6 @@ ranks x workers, resume reproduces the stream, corrupt data skipped and counted.
 from __future__ import annotations
 
 import io
-import shutil
 import tarfile
 from collections import Counter
 
