@@ -139,3 +139,31 @@ def test_probe_cli_reports_and_fails_in_one_line(swag, tiny_world, tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
     nosrc = swag("probe", "--train", down / "train", "--val", down / "val", "--out", tmp_path / "r")
     assert nosrc.returncode == 2 and "source.model" in nosrc.stderr
+
+
+def test_shard_split_groups_like_the_training_stream(tmp_path):
+    """Keys split at the first dot of the file name (not of a dotted directory), metadata skipped,
+    samples without an image or a label left out; a broken shard is a one-line error."""
+    p = tmp_path / "s.tar"
+    members = [("__meta__", b"{}"), ("v1.0/a.jpg", b"AAA"), ("v1.0/a.cls", b"dog"), ("b.JPG", b"BB"),
+               ("b.cls", b"cat"), ("c.jpg", b"C"), ("d.cls", b"dog")]
+    with tarfile.open(p, "w") as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    s = load_split([str(p)], "train")
+    assert s.classes == ["cat", "dog"] and s.labels.tolist() == [1, 0]
+    assert [s.read(i) for i in range(len(s))] == [b"AAA", b"BB"]
+    p.write_bytes(p.read_bytes()[:1600])
+    with pytest.raises(SwagError, match="unreadable shard"):
+        load_split([str(p)], "train")
+
+
+def test_finetune_cli_bad_input_is_one_line(swag, tmp_path):
+    for args, msg in [(["--head-init", "bogus"], "head_init"),
+                      (["--model", "test_vit", "--train", "/nonexistent", "--val", "/nonexistent"], "data.train")]:
+        res = swag("finetune", "-o", tmp_path / "x", *args)
+        assert res.returncode == 2 and res.stderr.startswith("error: ") and msg in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # nothing written for a refused recipe
