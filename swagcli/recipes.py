@@ -201,6 +201,9 @@ class ProbeRecipe(Recipe):
     seeds: int = Field(3, ge=1, description="subsets drawn per fraction below 1")
     heldout: float = Field(0.2, gt=0, lt=1, description="part of (each subset of) train that chooses the L2 strength")
     l2_grid: list[float] | None = Field(None, description="L2 strengths searched (default: 1e-1 .. 1e-6)")
+    tol: float = Field(1e-4, gt=0, description="converged when the max-abs gradient of the mean objective "
+                       "is below this (scikit-learn's lbfgs criterion and default)")
+    max_iter: int = Field(10000, ge=1, description="L-BFGS iteration cap per fit")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0

@@ -136,7 +136,7 @@ def probe_report(r: dict) -> None:
     console.print(t)
     unconverged = sum(not f["converged"] for f in r["fits"])
     if unconverged:
-        console.print(f"[yellow]note:[/] {unconverged} fit(s) stopped at the iteration cap before converging")
+        console.print(f"[yellow]note:[/] {unconverged} fit(s) stopped at the iteration cap before converging (raise max_iter or tol in the recipe)")
     console.print(f"wrote [bold]{r['out']}/probe.json[/], {r['out']}/probe.png")
 
 

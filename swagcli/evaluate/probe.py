@@ -47,6 +47,7 @@ def run(recipe, progress=None) -> dict:
     classes = len(train.classes)
 
     rows = []
+    solver = {"tol": recipe.tol, "max_iter": recipe.max_iter}
     fits = [(f, s) for f in recipe.fractions for s in (range(recipe.seeds) if f < 1 else [0])]
     for n, (fraction, seed) in enumerate(fits):
         idx = (np.arange(len(train)) if fraction >= 1 else
@@ -55,11 +56,11 @@ def run(recipe, progress=None) -> dict:
         fit_i, held_i = idx[fit_i], idx[held_i]
         if len(held_i):
             l2, path = logreg.select_l2(xtr[fit_i], ytr[fit_i], xtr[held_i], ytr[held_i], classes,
-                                        recipe.l2_grid)
+                                        recipe.l2_grid, **solver)
         else:  # one image per class, none to hold out: the middle of the recipe's grid, else 1e-3
             grid = recipe.l2_grid or [1e-3]
             l2, path = grid[len(grid) // 2], []
-        clf = logreg.fit(xtr[idx], ytr[idx], classes, l2)
+        clf = logreg.fit(xtr[idx], ytr[idx], classes, l2, **solver)
         acc = logreg.topk_accuracy(clf.logits(xva), yva)
         rows.append({"fraction": fraction, "seed": seed, "images": int(len(idx)), "l2": l2,
                      "top1": acc["top1"], "top5": acc["top5"], "iterations": clf.iterations,

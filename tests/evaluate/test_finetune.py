@@ -1,5 +1,5 @@
-"""`swag finetune` on the tiny world: it beats the linear probe; zero-shot head initialization
-beats a random head with one image per class; 2-process gloo DDP equals one process on the same
+"""`swag finetune` on the tiny world: it beats the linear probe; the zero-shot initialized head
+starts far above chance; 2-process gloo DDP equals one process on the same
 global batch; stop-and-resume reproduces the uninterrupted run; the paper's defaults."""
 
 from __future__ import annotations
@@ -38,13 +38,20 @@ def test_paper_defaults():
     assert (r.batch_size, r.mixup, r.ema, r.optim.weight_decay, r.optim.nesterov) == (512, 0.1, 1e-4, 0.0, True)
 
 
-def test_finetuning_learns_the_downstream_task(tiny_world, tiny_pretrained, tmp_path):
-    """Full finetuning reaches a high accuracy (the tiny world's linear probe, measured at 96%,
-    is not beaten at this scale: see the issue note)."""
-    r = run(ft_recipe(tiny_world, tiny_pretrained["run_dir"], tmp_path / "ft", updates=60, **{"optim.lr": 0.8}),
+def test_finetuning_beats_the_probe(tiny_world, tiny_pretrained, tmp_path):
+    """From the same checkpoint, finetuning the whole network with the paper's recipe (SGD,
+    half-cosine, mixup 0.1) beats the tuned linear probe on frozen features: 100% vs 96% when
+    measured (200 updates of 32 = 64 epochs of the 100 training images; 60 updates were not
+    enough and stayed below the probe)."""
+    from swagcli.evaluate.probe import run as probe
+
+    p = probe(recipes.load("probe", flags={"out": str(tmp_path / "probe")}, overrides=[
+        f"source.checkpoint={tiny_pretrained['run_dir']}", f"data.train=[{tiny_world['world']}/downstream/train]",
+        f"data.val=[{tiny_world['world']}/downstream/val]", "data.workers=0"]))
+    r = run(ft_recipe(tiny_world, tiny_pretrained["run_dir"], tmp_path / "ft", updates=200, **{"optim.lr": 0.8}),
             DistEnv(), progress=False)
-    assert r["status"] == "finished" and r["step"] == 60
-    assert r["top1"] >= 0.8, r
+    assert r["status"] == "finished" and r["step"] == 200
+    assert r["top1"] >= p["summary"][0]["top1"] + 0.02, (r["top1"], p["summary"])
     doc = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert doc["top1"] == r["top1"] and doc["source"]["kind"] == "swag"
     ckpt = Path(r["checkpoint"])
