@@ -38,6 +38,8 @@ sample_app = typer.Typer(cls=DefaultGroup, no_args_is_help=True,
 app.add_typer(vocab_app, name="vocab")
 app.add_typer(sample_app, name="sample")
 app.add_typer(recipe_app, name="recipe")
+zeroshot_app = typer.Typer(cls=DefaultGroup, no_args_is_help=True,
+                           help="Zero-shot transfer through the hashtag head, with Platt scaling (SPEC §6).")
 
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="YAML recipe (defaults are SPEC.md's)")
 SetOpt = typer.Option(None, "--set", "-s", help="dotted override key=value, repeatable")
@@ -377,6 +379,68 @@ def finetune(
     ui.finetune_report(launch.run_local(run, r, r.launcher.local.processes, Path(r.out)))
 
 
+# -- zeroshot ---------------------------------------------------------------------------------------
+ZsCheckpoint = typer.Argument(None, help="swag run or checkpoint directory (with its hashtag head)")
+ZsData = typer.Argument(None, help="labelled set: a folder of class folders, or webdataset shards")
+ClassesOpt = typer.Option(None, "--classes", help="class list file (one wnid or synset per line, label "
+                          "order), or 'imagenet'; default: the class names themselves")
+
+
+def _zeroshot_recipe(checkpoint, data, out, classes, recipe, set_, **flags):
+    from swagcli import recipes
+
+    overrides = _transfer_overrides(checkpoint, None, None, data, None)
+    if classes:
+        overrides.append(f"data.classes='{classes}'")
+    return recipes.load("zeroshot", recipe, flags={"out": str(out) if out else None, **flags},
+                        overrides=overrides + list(set_ or []))
+
+
+@zeroshot_app.command("run")
+def zeroshot_run(
+    checkpoint: Optional[str] = ZsCheckpoint,
+    data: Optional[List[str]] = ZsData,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory"),
+    platt: Optional[bool] = typer.Option(None, "--platt/--no-platt", help="also fit Platt scaling [on]"),
+    aggregation: Optional[str] = typer.Option(None, "--aggregation", "-a", help="auto | sum | mean | max"),
+    classes: Optional[str] = ClassesOpt,
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Classify DATA with CHECKPOINT's hashtag head: top-1/top-5, calibration, class histogram."""
+    from swagcli import ui
+    from swagcli.evaluate.zeroshot import run
+
+    r = _zeroshot_recipe(checkpoint, data, out, classes, recipe, set_, aggregation=aggregation)
+    if platt is not None:
+        r = r.model_copy(update={"platt": r.platt.model_copy(update={"enabled": platt})})
+    with ui.StageProgress() as progress:
+        result = run(r, progress)
+    ui.zeroshot_report(result)
+
+
+@zeroshot_app.command("map")
+def zeroshot_map(
+    checkpoint: Optional[str] = ZsCheckpoint,
+    data: Optional[List[str]] = ZsData,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write mapping.json and mapping.tsv here"),
+    classes: Optional[str] = ClassesOpt,
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Print (and with --out save) the class -> hashtag map, its path similarities, and the classes
+    no hashtag reaches."""
+    from swagcli import ui
+    from swagcli.evaluate.zeroshot import load, write_mapping
+
+    r = _zeroshot_recipe(checkpoint, data, out, classes, recipe, set_)
+    _, _, _, mapping = load(r)
+    ui.mapping_report(mapping)
+    if r.out:
+        write_mapping(mapping, Path(r.out))
+        ui.console.print(f"wrote [bold]{r.out}/mapping.json[/], {r.out}/mapping.tsv")
+
+
 # -- stages not built yet -------------------------------------------------------------------------
 def _not_built(name: str, what: str):
     def cmd(args: Optional[List[str]] = typer.Argument(None, hidden=True)):
@@ -386,8 +450,8 @@ def _not_built(name: str, what: str):
     app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(cmd)
 
 
-for _name, _what in [("zeroshot", "zero-shot transfer with Platt scaling"),
-                     ("fairness", "association and geography analysis")]:
+app.add_typer(zeroshot_app, name="zeroshot")
+for _name, _what in [("fairness", "association and geography analysis")]:
     _not_built(_name, _what)
 
 

@@ -90,3 +90,25 @@ def lowshot_plot(summary: list[dict], path: str | Path, title: str, key: str = "
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def class_histogram_plot(series: dict[str, list[int]], path: str | Path, title: str) -> Path:
+    """Predicted images per class (classes sorted by the first series, most predicted first), one
+    line per series, against the uniform count: how skewed the predictions are before and after a
+    correction such as Platt scaling."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    first = np.asarray(next(iter(series.values())))
+    order = np.argsort(-first, kind="stable")
+    x = np.arange(1, len(first) + 1)
+    for (name, counts), color in zip(series.items(), ("tab:red", "tab:blue", "tab:green")):
+        ax.step(x, np.asarray(counts)[order], where="mid", label=name, color=color)
+    ax.axhline(first.sum() / len(first), color="gray", ls="--", lw=1, label="uniform")
+    ax.set(title=title, xlabel="class (by predictions without correction)", ylabel="images predicted")
+    if len(first) > 50:
+        ax.set_xscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

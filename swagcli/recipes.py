@@ -258,6 +258,53 @@ class FinetuneRecipe(Recipe):
     launcher: LauncherSpec = Field(default_factory=LauncherSpec)
 
 
+# -- swag zeroshot ------------------------------------------------------------------------------
+class ZeroshotData(Recipe):
+    """The labelled set classified zero-shot (labels are used only to score the result)."""
+
+    val: list[str] = Field(default_factory=list, description="a folder of class folders, or webdataset "
+                           "shards (KEY.jpg + KEY.cls)")
+    classes: str | None = Field(None, description="what the classes are in WordNet: null = the class "
+                                "names themselves (wnids such as n01440764 or synsets such as dog.n.01); "
+                                "a file with one wnid or synset name per line in label order; "
+                                "'imagenet' = the 1000 ImageNet-1k wnids timm ships")
+    resolution: int | None = Field(None, ge=8, description="default: the model's pretraining resolution")
+    workers: int = Field(2, ge=0, description="DataLoader workers")
+    batch_size: int = Field(64, ge=1, description="images per forward pass")
+
+    @field_validator("val", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+class PlattSpec(Recipe):
+    """Transductive Platt scaling (SPEC.md §6): p' = softmax(w * x + b), per-class w and b, fitted
+    on the unlabelled predictions so that the mean p' is uniform over the classes."""
+
+    enabled: bool = Field(True, description="fit and report Platt scaling (the paper: essential)")
+    form: Literal["log", "prob"] = Field("log", description="x = log of the class score (default: cannot "
+                                          "collapse, see SPEC §6) | prob = the score as printed (literal)")
+    w_penalty: float = Field(1.0, ge=0, description="lambda of lambda * mean_c (w_c - 1)^2, which keeps w "
+                             "near 1 (0: w free)")
+    max_iter: int = Field(200, ge=1, description="L-BFGS iteration cap (after the bias fixed point)")
+
+
+class ZeroshotRecipe(Recipe):
+    """`swag zeroshot`: classify with the hashtag head through the WordNet class map (SPEC.md §6)."""
+
+    out: str | None = Field(None, description="output directory (prediction cache, zeroshot.json, plots)")
+    source: SourceSpec = Field(default_factory=SourceSpec)
+    data: ZeroshotData = Field(default_factory=ZeroshotData)
+    aggregation: Literal["auto", "sum", "mean", "max"] = Field(
+        "auto", description="class score from its hashtags: sum / mean of p_h, or max of p_h / N_h; "
+        "auto = the paper's best per family (RegNetY: mean, sum with Platt; ViT and others: max)")
+    platt: PlattSpec = Field(default_factory=PlattSpec)
+    ece_bins: int = Field(15, ge=2, description="equal-width confidence bins of the calibration error")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
 # -- swag synth ---------------------------------------------------------------------------------
 class SynthRecipe(Recipe):
     """`swag synth`: the built-in synthetic hashtag world."""
@@ -297,6 +344,7 @@ RECIPES: dict[str, type[Recipe]] = {
     "sample": SampleRecipe,
     "pretrain": PretrainRecipe,
     "probe": ProbeRecipe,
+    "zeroshot": ZeroshotRecipe,
     "finetune": FinetuneRecipe,
     "synth": SynthRecipe,
 }

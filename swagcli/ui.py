@@ -136,7 +136,8 @@ def probe_report(r: dict) -> None:
     console.print(t)
     unconverged = sum(not f["converged"] for f in r["fits"])
     if unconverged:
-        console.print(f"[yellow]note:[/] {unconverged} fit(s) stopped at the iteration cap before converging (raise max_iter or tol in the recipe)")
+        console.print(f"[yellow]note:[/] {unconverged} fit(s) stopped at the iteration cap before converging "
+                      "(raise max_iter or tol in the recipe)")
     console.print(f"wrote [bold]{r['out']}/probe.json[/], {r['out']}/probe.png")
 
 
@@ -152,3 +153,45 @@ def finetune_report(r: dict) -> None:
         rows += [("val top-1 (EMA weights)", f"{r['ema_top1']:.2%}"), ("val top-5 (EMA)", f"{r['ema_top5']:.2%}")]
     rows += [("checkpoint", r.get("checkpoint") or "-"), ("resumed from", r.get("resumed_from") or "-")]
     console.print(kv_table(f"Finetuning run {r['run_dir']}", rows))
+
+
+def zeroshot_report(r: dict) -> None:
+    res = r["results"]
+    t = Table(title=f"Zero-shot: {r['source']['model']} ({r['source']['kind']}), {r['images']:,} images, "
+                    f"{r['classes']} classes (chance {r['chance_top1']:.2%}), {r['mapped_hashtags']} hashtags",
+              title_justify="left")
+    for col in ("", "aggregation", "top-1", "top-5", "ECE", "mean max p", "classes hit"):
+        t.add_column(col, justify="right")
+    for key, label in (("no_platt", "without Platt"), ("platt", "with Platt")):
+        if key in res:
+            v = res[key]
+            t.add_row(label, v["aggregation"], f"{v['top1']:.2%}", f"{v['top5']:.2%}", f"{v['ece']:.3f}",
+                      f"{v['mean_top_prob']:.3f}", f"{v['predicted_classes']} of {r['classes']}")
+    console.print(t)
+    if r["unreached_classes"]:
+        u = r["unreached_classes"]
+        console.print(f"[yellow]note:[/] {len(u)} class(es) no hashtag reaches (always wrong): "
+                      f"{', '.join(u[:8])}{' ...' if len(u) > 8 else ''}")
+    console.print(f"wrote [bold]{r['out']}/zeroshot.json[/], {r['out']}/histogram.png, {r['out']}/mapping.tsv")
+
+
+def mapping_report(mapping: list[dict], limit: int = 60) -> None:
+    t = Table(title=f"Class -> hashtag map ({len(mapping)} classes)", title_justify="left")
+    for col, j in (("class", "left"), ("synset", "left"), ("similarity", "right"), ("hashtags", "left")):
+        t.add_column(col, justify=j)
+    for m in mapping[:limit]:
+        tags = " ".join("#" + h for h in m["hashtags"]) or "[yellow]none[/]"
+        t.add_row(m["class"], m["synset"] or "[yellow]not in WordNet[/]", f"{m['similarity']:.3f}", _clip(tags, 70))
+    console.print(t)
+    if len(mapping) > limit:
+        console.print(f"... {len(mapping) - limit} more classes (all in mapping.tsv with --out)")
+    unreached = [m["class"] for m in mapping if not m["hashtag_ids"]]
+    fan = {}
+    for m in mapping:
+        for h in m["hashtags"]:
+            fan[h] = fan.get(h, 0) + 1
+    shared = sum(1 for v in fan.values() if v > 1)
+    console.print(f"{len(mapping) - len(unreached)} of {len(mapping)} classes reach a hashtag; "
+                  f"{len(fan)} hashtags used, {shared} of them by several classes")
+    if unreached:
+        console.print(f"[yellow]unreached:[/] {', '.join(unreached[:20])}{' ...' if len(unreached) > 20 else ''}")

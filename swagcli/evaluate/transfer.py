@@ -303,16 +303,18 @@ def loader(ds: ImageSet, batch_size: int, workers: int, sampler=None, shuffle=Fa
 # -- features ----------------------------------------------------------------------------------------
 def extract(source: Source, split: Split, cache: Path, resolution: int, batch_size: int = 64,
             workers: int = 2, device: torch.device | None = None, dtype=None, progress=None,
-            stage: str = "features") -> np.ndarray:
+            stage: str = "features", fn=None, key_extra: dict | None = None) -> np.ndarray:
     """Features (float32, [N, D]) of every image of ``split`` (eval transform), cached in
-    ``cache/chunk-NNNNN.npy``; ``progress(stage, done, total)`` is told as chunks complete."""
+    ``cache/chunk-NNNNN.npy``; ``progress(stage, done, total)`` is told as chunks complete.
+    ``fn(model, x)`` computes something else per batch (e.g. hashtag log-probabilities); what
+    makes it differ belongs in ``key_extra`` (the cache's identity)."""
     from swagcli.runinfo import atomic_write_text
     from swagcli.train.engine import Normalizer
 
     device = device or torch.device("cpu")
     cache.mkdir(parents=True, exist_ok=True)
     key = {"format": "swag-features/1", "source": source.fingerprint, "split": split.fingerprint(),
-           "images": len(split), "resolution": resolution, "chunk": CHUNK}
+           "images": len(split), "resolution": resolution, "chunk": CHUNK, **(key_extra or {})}
     meta = cache / "meta.json"
     if not meta.is_file() or json.loads(meta.read_text()) != key:
         for old in cache.glob("chunk-*.npy"):
@@ -332,7 +334,8 @@ def extract(source: Source, split: Split, cache: Path, resolution: int, batch_si
         with torch.no_grad():
             for x, _ in loader(ImageSet(part, resolution, train=False), batch_size, workers):
                 with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    feats.append(model.features(norm(x.to(device))).float().cpu().numpy())
+                    xb = norm(x.to(device))
+                    feats.append((fn(model, xb) if fn else model.features(xb)).float().cpu().numpy())
                 done += len(x)
                 if progress:
                     progress(stage, done, len(split))
