@@ -174,7 +174,7 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
     from swagcli.evaluate.transfer import ImageSet, collate
     from swagcli.train import checkpoint as ckpt_io
     from swagcli.train.engine import (Normalizer, RunLog, _all_mean, amp_dtype, end_of_update, pick_device,
-                                      plan_layout, restore_signals, take_signals)
+                                      plan_layout, restore_signals, resume, take_signals)
     from swagcli.train.optim import lr_factor
 
     device = pick_device(recipe.device, env)
@@ -196,16 +196,9 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
     for p in (ema.parameters() if ema else []):
         p.requires_grad_(False)
 
-    step, resume_from = 0, None
-    if recipe.resume != "never":
-        resume_from = (ckpt_io.latest(out / "checkpoints") if recipe.resume == "auto"
-                       else ckpt_io.resolve(recipe.resume))
+    step = 0
+    resume_from, st = resume(recipe.resume, out, model, opt, sched, scaler)
     if resume_from is not None:
-        ckpt_io.load_weights(model, resume_from)
-        st = ckpt_io.load_train_state(resume_from)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        scaler.load_state_dict(st["scaler"])
         if ema is not None:
             ema.load_state_dict(st["ema"])
         step = st["step"]

@@ -168,6 +168,22 @@ def evaluate(model, norm, plan_dir: str, shards: list[str], recipe, env, device,
             "eval_loss": tot[3].item() / n}
 
 
+def resume(how: str, out: Path, model, opt, sched, scaler):
+    """Restore a run (``how``: auto | never | a checkpoint path) into model, optimizer, scheduler and
+    scaler; returns (the checkpoint resumed from, its train state) or (None, None)."""
+    if how == "never":
+        return None, None
+    path = ckpt_io.latest(out / "checkpoints") if how == "auto" else ckpt_io.resolve(how)
+    if path is None:
+        return None, None
+    ckpt_io.load_weights(model, path)
+    st = ckpt_io.load_train_state(path)
+    opt.load_state_dict(st["optimizer"])
+    sched.load_state_dict(st["scheduler"])
+    scaler.load_state_dict(st["scaler"])
+    return path, st
+
+
 def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     """Run (or resume) a pretraining run; ``on_step(step)`` is called after every update (a test
     seam: it may call :func:`request_stop` to act as a preemption signal would)."""
@@ -199,15 +215,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     loss_fn = LOSSES[recipe.loss]
 
     step, samples_seen, positions = 0, 0, {}
-    resume_from = None
-    if recipe.resume != "never":
-        resume_from = ckpt_io.latest(out / "checkpoints") if recipe.resume == "auto" else ckpt_io.resolve(recipe.resume)
+    resume_from, st = resume(recipe.resume, out, model, opt, sched, scaler)
     if resume_from is not None:
-        ckpt_io.load_weights(model, resume_from)
-        st = ckpt_io.load_train_state(resume_from)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        scaler.load_state_dict(st["scaler"])
         step, samples_seen = st["step"], st["samples"]
         positions = {int(k): StreamPosition(*v) for k, v in st["streams"].items()}
         torch.set_rng_state(st["rng"][env.rank % len(st["rng"])])
