@@ -386,12 +386,14 @@ ClassesOpt = typer.Option(None, "--classes", help="class list file (one wnid or 
                           "order), or 'imagenet'; default: the class names themselves")
 
 
-def _zeroshot_recipe(checkpoint, data, out, classes, recipe, set_, **flags):
+def _zeroshot_recipe(checkpoint, data, out, classes, recipe, set_, platt=None, **flags):
     from swagcli import recipes
 
     overrides = _transfer_overrides(checkpoint, None, None, data, None)
     if classes:
         overrides.append(f"data.classes='{classes}'")
+    if platt is not None:  # a nested field: as an override, so --set still comes last
+        overrides.append(f"platt.enabled={str(platt).lower()}")
     return recipes.load("zeroshot", recipe, flags={"out": str(out) if out else None, **flags},
                         overrides=overrides + list(set_ or []))
 
@@ -411,9 +413,7 @@ def zeroshot_run(
     from swagcli import ui
     from swagcli.evaluate.zeroshot import run
 
-    r = _zeroshot_recipe(checkpoint, data, out, classes, recipe, set_, aggregation=aggregation)
-    if platt is not None:
-        r = r.model_copy(update={"platt": r.platt.model_copy(update={"enabled": platt})})
+    r = _zeroshot_recipe(checkpoint, data, out, classes, recipe, set_, platt, aggregation=aggregation)
     with ui.StageProgress() as progress:
         result = run(r, progress)
     ui.zeroshot_report(result)

@@ -50,7 +50,8 @@ def class_names(split, spec: str | None) -> list[str]:
                 raise SwagError(f"data.classes: imagenet has 1000 classes, the data has labels up to "
                                 f"{len(split.classes) - 1}")
             return names[:len(split.classes)]
-        unknown = [c for c in split.classes if c not in set(names)]
+        known = set(names)
+        unknown = [c for c in split.classes if c not in known]
         if unknown:
             raise SwagError(f"data.classes: imagenet: {unknown[0]} is not an ImageNet-1k wnid")
         return list(split.classes)
@@ -112,8 +113,20 @@ def aggregate(logp: np.ndarray, columns: list[int], mapping: list[dict], how: st
     return out
 
 
-def _inputs(x: torch.Tensor, form: str) -> torch.Tensor:
-    return x if form == "log" else x.exp()
+def _reachable(x: torch.Tensor) -> torch.Tensor:
+    """[C] bool: classes with a finite score somewhere (one reduction, no [N, C] mask)."""
+    return x.amax(dim=0) > -float("inf")
+
+
+def _inputs(x: torch.Tensor, reach: torch.Tensor, form: str) -> torch.Tensor:
+    """What Platt's w multiplies, over the reachable classes: the log score (``log``) or the score
+    (``prob``), float64, with stray ``-inf`` made finite (no copy when nothing needs changing)."""
+    X = (x if bool(reach.all()) else x[:, reach]).double()
+    if form != "log":
+        X = X.exp()
+    if float(X.min()) == -float("inf"):
+        X = X.nan_to_num(neginf=torch.finfo(X.dtype).min / 4)
+    return X
 
 
 def _objective(X: torch.Tensor, w: torch.Tensor, b: torch.Tensor, lam: float):
@@ -144,12 +157,10 @@ def platt_fit(x: torch.Tensor, form: str = "log", w_penalty: float = 1.0, max_it
 
     The biases start from the fixed point that makes the mean prediction uniform with w = 1
     (b_c -= log(C * m_c), a few dozen rounds); L-BFGS then polishes (w, b) on the full objective."""
-    reach = x.amax(dim=0) > -float("inf")  # one reduction, no [N, C] mask
+    reach = _reachable(x)
     if int(reach.sum()) < 2:
         raise SwagError("platt: fewer than two classes are reachable through the hashtag map")
-    X = _inputs((x if bool(reach.all()) else x[:, reach]).double(), form)  # no copy when all reachable
-    if float(X.min()) == -float("inf"):
-        X = X.nan_to_num(neginf=torch.finfo(X.dtype).min / 4)
+    X = _inputs(x, reach, form)
     N, C = X.shape
     # bias rounds with w = 1: softmax(X + b) = E e^b / (E e^b) with E = exp(X - row max), so the mean
     # prediction is e^b * E^T (1 / E e^b) / N: two matrix-vector products a round
@@ -188,11 +199,10 @@ def platt_fit(x: torch.Tensor, form: str = "log", w_penalty: float = 1.0, max_it
 
 
 def platt_apply(x: torch.Tensor, fit: dict) -> torch.Tensor:
-    """log p' [N, C]; unreachable classes stay ``-inf``."""
-    reach = x.amax(dim=0) > -float("inf")
-    z = torch.full_like(x, -float("inf"))
-    X = _inputs(x[:, reach], fit["form"]).nan_to_num(neginf=torch.finfo(x.dtype).min / 4)
-    z[:, reach] = X * fit["w"][reach] + fit["b"][reach]
+    """log p' [N, C] (float64); unreachable classes stay ``-inf``."""
+    reach = _reachable(x)
+    z = torch.full(x.shape, -float("inf"), dtype=torch.float64)
+    z[:, reach] = _inputs(x, reach, fit["form"]) * fit["w"][reach] + fit["b"][reach]
     return torch.log_softmax(z, dim=1)
 
 
@@ -286,7 +296,7 @@ def run(recipe, progress=None) -> dict:
             logq = torch.log_softmax(x, dim=1)
         r = report(logq, split.labels, recipe.ece_bins)
         if platt:
-            w = fit["w"][torch.isfinite(x).any(dim=0)]
+            w = fit["w"][_reachable(x)]
             r["platt"] = {"form": fit["form"], "w_penalty": fit["w_penalty"], "bias_rounds": fit["bias_rounds"],
                           "iterations": fit["iterations"],
                           "loss": fit["loss"], "uniform_loss": fit["uniform_loss"],

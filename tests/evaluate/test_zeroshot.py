@@ -140,6 +140,9 @@ def test_cli_zeroshot_and_map(swag, tiny_world, tiny_pretrained, tmp_path):
     p = swag("zeroshot", "--platt", tiny_pretrained["run_dir"], val, "--out", tmp_path / "z", "-s", "data.workers=0",
              check=True)
     assert "with Platt" in p.stdout and "without Platt" in p.stdout
+    n = swag("zeroshot", "--no-platt", tiny_pretrained["run_dir"], val, "--out", tmp_path / "z", "-s", "data.workers=0",
+             check=True)  # the flag turns the recipe's platt.enabled off
+    assert "without Platt" in n.stdout and "with Platt" not in n.stdout.replace("without Platt", "")
     m = swag("zeroshot", "map", tiny_pretrained["run_dir"], val, "--out", tmp_path / "m", check=True)
     assert "10 of 10 classes reach a hashtag" in m.stdout
     rows = (tmp_path / "m" / "mapping.tsv").read_text().splitlines()
