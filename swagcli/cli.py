@@ -441,18 +441,49 @@ def zeroshot_map(
         ui.console.print(f"wrote [bold]{r.out}/mapping.json[/], {r.out}/mapping.tsv")
 
 
-# -- stages not built yet -------------------------------------------------------------------------
-def _not_built(name: str, what: str):
-    def cmd(args: Optional[List[str]] = typer.Argument(None, hidden=True)):
-        raise SwagError(f"`swag {name}` ({what}) is not built yet in swag {__version__}")
+# -- fairness ---------------------------------------------------------------------------------------
+@app.command("fairness")
+def fairness(
+    checkpoint: Optional[str] = typer.Argument(None, help="swag run or checkpoint directory (with its hashtag head)"),
+    manifest: Optional[str] = typer.Argument(None, help="CSV or JSONL manifest: one row per image (path, attributes, "
+                                             "country, label)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory"),
+    attribute: Optional[List[str]] = typer.Option(None, "--attribute", "-a", help="manifest column to group images "
+                                                  "by for the associations (repeatable)"),
+    mapping: Optional[str] = typer.Option(None, "--mapping", help="hashtag -> class file for the geography "
+                                          "(default: WordNet's map of the labels)"),
+    associations: Optional[bool] = typer.Option(None, "--associations/--no-associations",
+                                                help="hashtag associations per group [on]"),
+    geography: Optional[bool] = typer.Option(None, "--geography/--no-geography",
+                                             help="accuracy per country and the 80% rule [on]"),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Associations of the hashtag head with groups of people, and its zero-shot accuracy per country:
+    report.html, fairness.json, CSV tables and figures."""
+    from swagcli import recipes, ui
+    from swagcli.evaluate.fairness import run
 
-    cmd.__doc__ = f"{what} (not built yet)"
-    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(cmd)
+    overrides = []
+    if checkpoint:
+        overrides.append(f"source.checkpoint='{checkpoint}'")
+    if manifest:
+        overrides.append(f"data.manifest='{manifest}'")
+    if attribute:
+        overrides.append("associations.attributes=[" + ",".join(f"'{a}'" for a in _split(attribute)) + "]")
+    if mapping:
+        overrides.append(f"geography.mapping='{mapping}'")
+    for key, value in (("associations", associations), ("geography", geography)):
+        if value is not None:
+            overrides.append(f"{key}.enabled={str(value).lower()}")
+    r = recipes.load("fairness", recipe, flags={"out": str(out) if out else None},
+                     overrides=overrides + list(set_ or []))
+    with ui.StageProgress() as progress:
+        result = run(r, progress)
+    ui.fairness_report(result)
 
 
 app.add_typer(zeroshot_app, name="zeroshot")
-for _name, _what in [("fairness", "association and geography analysis")]:
-    _not_built(_name, _what)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

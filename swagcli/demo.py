@@ -28,29 +28,29 @@ def run_demo(out: Path, posts: int | None = None, workers: int = 2) -> dict:
     out = Path(out)
     t0 = time.time()
     world = out / "world"
-    ui.console.rule("[bold]1/6 swag synth[/]: the synthetic hashtag world")
+    ui.console.rule("[bold]1/7 swag synth[/]: the synthetic hashtag world")
     r = recipes.load("synth", demo_recipe("synth"),
                      flags={"out": str(world), "posts": posts, "workers": workers})
     with ui.StageProgress() as prog:
         synth.run(r, prog)
-    ui.console.rule("[bold]2/6 swag vocab build[/]: canonical hashtag vocabulary")
+    ui.console.rule("[bold]2/7 swag vocab build[/]: canonical hashtag vocabulary")
     v = recipes.load("vocab", demo_recipe("vocab"),
                      flags={"dumps": [str(world / "dumps")], "out": str(out / "vocab"), "workers": workers})
     with ui.StageProgress() as prog:
         doc = build(v, prog)
     ui.vocab_report(doc, v.out)
-    ui.console.rule("[bold]3/6 swag sample[/]: head/tail resampling into a training plan")
+    ui.console.rule("[bold]3/7 swag sample[/]: head/tail resampling into a training plan")
     s = recipes.load("sample", demo_recipe("sample"), flags={
         "vocab": str(out / "vocab"), "dumps": [str(world / "dumps")], "out": str(out / "plan"),
         "workers": workers})
     with ui.StageProgress() as prog:
         summary = sample.build(s, prog)
     ui.sample_report(summary, s.out)
-    ui.console.rule("[bold]4/6 swag pretrain[/]: a tiny ViT learns hashtags (CPU, a few minutes)")
+    ui.console.rule("[bold]4/7 swag pretrain[/]: a tiny ViT learns hashtags (CPU, a few minutes)")
     p = recipes.load("pretrain", demo_recipe("pretrain"), flags={"out": str(out / "pretrain")},
                      overrides=[f"data.plan={out / 'plan'}", f"data.shards=['{world / 'images'}/*.tar']"])
     ui.pretrain_report(train(p, dist_env()))
-    ui.console.rule("[bold]5/6 swag probe[/]: a linear probe on the downstream classes, 1% / 10% / 100% of labels")
+    ui.console.rule("[bold]5/7 swag probe[/]: a linear probe on the downstream classes, 1% / 10% / 100% of labels")
     from swagcli.evaluate.probe import run as probe
 
     pr = recipes.load("probe", demo_recipe("probe"), flags={"out": str(out / "probe")}, overrides=[
@@ -58,13 +58,21 @@ def run_demo(out: Path, posts: int | None = None, workers: int = 2) -> dict:
         f"data.val=['{world / 'downstream' / 'val'}']"])
     with ui.StageProgress() as prog:
         ui.probe_report(probe(pr, prog))
-    ui.console.rule("[bold]6/6 swag zeroshot[/]: the hashtag head alone on the downstream classes, with and without Platt")
+    ui.console.rule("[bold]6/7 swag zeroshot[/]: the hashtag head alone on the downstream classes, with and without Platt")
     from swagcli.evaluate.zeroshot import run as zeroshot
 
     zr = recipes.load("zeroshot", demo_recipe("zeroshot"), flags={"out": str(out / "zeroshot")}, overrides=[
         f"source.checkpoint={out / 'pretrain'}", f"data.val=['{world / 'downstream' / 'val'}']"])
     with ui.StageProgress() as prog:
         ui.zeroshot_report(zeroshot(zr, prog))
+    ui.console.rule("[bold]7/7 swag fairness[/]: planted association by group, zero-shot accuracy by country")
+    from swagcli.evaluate.fairness import run as fairness
+
+    fr = recipes.load("fairness", demo_recipe("fairness"), flags={"out": str(out / "fairness")}, overrides=[
+        f"source.checkpoint={out / 'pretrain'}", f"data.manifest={world / 'groups' / 'manifest.csv'}",
+        f"data.workers={workers}"])
+    with ui.StageProgress() as prog:
+        ui.fairness_report(fairness(fr, prog))
     outputs = {
         "world (dumps, image shards, downstream sets)": world,
         "vocabulary": out / "vocab" / "vocab.json",
@@ -74,6 +82,7 @@ def run_demo(out: Path, posts: int | None = None, workers: int = 2) -> dict:
         "pretraining run (checkpoints, metrics.jsonl)": out / "pretrain",
         "linear probe (probe.json, probe.png)": out / "probe",
         "zero-shot (zeroshot.json, histogram.png, mapping.tsv)": out / "zeroshot",
+        "fairness report (open in a browser)": out / "fairness" / "report.html",
     }
     ui.console.rule(f"demo done in {time.time() - t0:.0f} s")
     ui.console.print(ui.kv_table("Outputs", [(k, str(p)) for k, p in outputs.items()]))

@@ -112,3 +112,89 @@ def class_histogram_plot(series: dict[str, list[int]], path: str | Path, title: 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def association_plot(attribute: str, groups: list[dict], path: str | Path, top_k: int, confidence: float) -> Path:
+    """Like SWAG Fig. 7: per group, its hashtags with the largest difference in top-k prediction rate
+    to the other groups' mean (percentage points, bootstrap interval as whiskers), the relative
+    difference written at the end of each bar."""
+    plt = _plt()
+    cols = min(2, len(groups))
+    rows = (len(groups) + cols - 1) // cols
+    height = max(2.2, 0.22 * max(len(g["top"]) for g in groups) + 1.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, height * rows), constrained_layout=True,
+                             squeeze=False)
+    for ax, g in zip(axes.ravel(), groups):
+        top = g["top"]
+        y = np.arange(len(top))[::-1]
+        d = np.array([r["abs_diff"] for r in top]) * 100
+        faint = [r["significant"] is False for r in top]  # the interval includes 0: drawn faint
+        bars = ax.barh(y, d, color=["tab:blue" if v >= 0 else "tab:red" for v in d], height=0.7)
+        for patch, f in zip(bars, faint):
+            patch.set_alpha(0.4 if f else 1.0)
+        if all(r["ci_low"] is not None for r in top):
+            lo = d - np.array([r["ci_low"] for r in top]) * 100
+            hi = np.array([r["ci_high"] for r in top]) * 100 - d
+            ax.errorbar(d, y, xerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="none", ecolor="0.25", lw=0.8,
+                        capsize=2)
+        for yi, v, r in zip(y, d, top):
+            rel = "new" if r["rel_diff"] is None else f"{r['rel_diff']:+.0%}"
+            ax.annotate(rel, (v, yi), xytext=(3 if v >= 0 else -3, 0), textcoords="offset points", va="center",
+                        ha="left" if v >= 0 else "right", fontsize=7, color="0.3")
+        ax.set_yticks(y, ["#" + r["hashtag"] for r in top], fontsize=8)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set(title=f"{attribute} = {g['group']} ({g['images']:,} images) vs the other groups",
+               xlabel=f"difference in top-{top_k} rate (points; {confidence:.0%} bootstrap interval; "
+                      "faint: includes 0)")
+        ax.margins(x=0.18)
+        ax.grid(True, axis="x", alpha=0.3)
+    for ax in axes.ravel()[len(groups):]:
+        ax.axis("off")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def country_accuracy_plot(geo: dict, path: str | Path) -> Path:
+    """Like SWAG Fig. 5, as bars: zero-shot accuracy per country (Wilson 95% interval), the overall
+    accuracy as a dashed line, the image count under each country."""
+    plt = _plt()
+    cs = sorted(geo["countries"], key=lambda c: -(c["accuracy"] or 0))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(cs) + 2), 3.8), constrained_layout=True)
+    x = np.arange(len(cs))
+    acc = np.array([c["accuracy"] for c in cs]) * 100
+    err = [acc - np.array([c["ci_low"] for c in cs]) * 100, np.array([c["ci_high"] for c in cs]) * 100 - acc]
+    ax.bar(x, acc, color="tab:green", alpha=0.8)
+    ax.errorbar(x, acc, yerr=err, fmt="none", ecolor="0.2", capsize=3, lw=0.9)
+    ax.axhline(geo["overall"] * 100, color="k", ls="--", lw=0.9, label=f"all images {geo['overall']:.1%}")
+    ax.set_xticks(x, [f"{c['country']}\n{c['images']:,}" for c in cs], fontsize=8)
+    ax.set(ylabel="zero-shot top-1 accuracy (%)", ylim=(0, 100),
+           title=f"Zero-shot accuracy per country\n({geo['classes']} classes; 95% Wilson intervals)")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def eighty_rule_plot(geo: dict, path: str | Path) -> Path:
+    """Like SWAG Fig. 6: for row country r and column country c, the share of classes recognised
+    substantially worse in r (accuracy below ratio x that in c)."""
+    plt = _plt()
+    names, m = geo["country_names"], np.array(geo["eighty_rule"]) * 100
+    size = max(3.8, 0.5 * len(names) + 2.2)
+    fig, ax = plt.subplots(figsize=(size + 0.8, size), constrained_layout=True)
+    im = ax.imshow(m, cmap="viridis", vmin=0, vmax=max(1.0, float(m.max())))
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 8 else 0, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    if len(names) <= 20:
+        for r in range(len(names)):
+            for c in range(len(names)):
+                ax.text(c, r, f"{m[r, c]:.0f}", ha="center", va="center", fontsize=7,
+                        color="w" if m[r, c] < 0.6 * max(1.0, m.max()) else "k")
+    ax.set(xlabel="country c (better)", ylabel="country r (worse)",
+           title=f"Classes with accuracy in r < {geo['ratio']:g} x accuracy in c (%)")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="% of classes")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -305,6 +305,70 @@ class ZeroshotRecipe(Recipe):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
+# -- swag fairness ------------------------------------------------------------------------------
+class FairnessData(Recipe):
+    """The images and their attributes: a manifest with one row per image."""
+
+    manifest: str | None = Field(None, description="CSV (with a header row) or JSONL (one object per line) "
+                                 "naming each image and its attribute columns")
+    root: str | None = Field(None, description="where relative image paths start; default: the manifest's folder")
+    path_column: str = Field("path", description="the manifest column with the image path")
+    resolution: int | None = Field(None, ge=8, description="default: the model's pretraining resolution")
+    workers: int = Field(2, ge=0, description="DataLoader workers")
+    batch_size: int = Field(64, ge=1, description="images per forward pass")
+
+
+class AssociationSpec(Recipe):
+    """Which hashtags each group of an attribute is predicted more (or less) often (SWAG App. F.2)."""
+
+    enabled: bool = True
+    attributes: list[str] = Field(default_factory=list, description="manifest columns to group images by "
+                                  "(e.g. skin_tone, age, gender, race)")
+    top_k: int = Field(5, ge=1, le=100, description="hashtags predicted per image (the paper: 5)")
+    top_n: int = Field(20, ge=1, description="hashtags ranked and plotted per group (the paper: 20)")
+    min_group: int = Field(30, ge=1, description="groups with fewer images are reported but not ranked, "
+                           "and left out of the other groups' average")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples (images within each group) for the "
+                           "confidence intervals of the differences; 0 = none")
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the bootstrap intervals")
+    buckets: dict[str, float] = Field(default_factory=lambda: {"age": 10.0}, description="numeric columns "
+                                      "cut into buckets of this width (age 10: 0-10, 10-20, ...)")
+    seed: int = 0
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+class GeographySpec(Recipe):
+    """Per-country zero-shot accuracy and the 80% rule between countries (SWAG App. F.1)."""
+
+    enabled: bool = True
+    country_column: str = "country"
+    label_column: str = Field("label", description="the class of each image")
+    mapping: str | None = Field(None, description="hashtag -> class mapping: a file of lines 'CLASS #tag "
+                                "#tag ...', or JSON {class: [tags]} (or `swag zeroshot map`'s mapping.json); "
+                                "null = WordNet's map (labels must be wnids or synset names)")
+    aggregation: Literal["auto", "sum", "mean", "max"] = Field("auto", description="as in `swag zeroshot`")
+    platt: bool = Field(False, description="Platt-scale the class scores before taking the argmax")
+    ratio: float = Field(0.8, gt=0, le=1, description="a class counts against country r when its accuracy "
+                         "there is below ratio x its accuracy in country c (the 80% rule)")
+    min_images: int = Field(1, ge=1, description="images a class needs in both countries to be compared")
+
+
+class FairnessRecipe(Recipe):
+    """`swag fairness`: associations and geographic accuracy of the hashtag head (SPEC.md §7)."""
+
+    out: str | None = Field(None, description="output directory (report.html, fairness.json, CSVs, figures)")
+    source: SourceSpec = Field(default_factory=SourceSpec)
+    data: FairnessData = Field(default_factory=FairnessData)
+    associations: AssociationSpec = Field(default_factory=AssociationSpec)
+    geography: GeographySpec = Field(default_factory=GeographySpec)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
 # -- swag synth ---------------------------------------------------------------------------------
 class SynthRecipe(Recipe):
     """`swag synth`: the built-in synthetic hashtag world."""
@@ -346,6 +410,7 @@ RECIPES: dict[str, type[Recipe]] = {
     "probe": ProbeRecipe,
     "zeroshot": ZeroshotRecipe,
     "finetune": FinetuneRecipe,
+    "fairness": FairnessRecipe,
     "synth": SynthRecipe,
 }
 

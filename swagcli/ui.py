@@ -175,6 +175,45 @@ def zeroshot_report(r: dict) -> None:
     console.print(f"wrote [bold]{r['out']}/zeroshot.json[/], {r['out']}/histogram.png, {r['out']}/mapping.tsv")
 
 
+def fairness_report(r: dict, per_group: int = 3) -> None:
+    A, G = r.get("associations"), r.get("geography")
+    if A:
+        for col, a in A["attributes"].items():
+            t = Table(title=f"Associations by {col}: top-{A['top_k']} hashtag rate vs the other groups (points, "
+                            f"{A['confidence']:.0%} bootstrap interval)", title_justify="left")
+            for c, j in (("group", "left"), ("images", "right"), ("largest differences", "left")):
+                t.add_column(c, justify=j)
+            for g in a["groups"]:
+                cells = []
+                for row in g["top"][:per_group]:
+                    d = row["abs_diff"] * 100
+                    ci = "" if row["ci_low"] is None else f" [{row['ci_low'] * 100:+.1f}, {row['ci_high'] * 100:+.1f}]"
+                    mark = "*" if row["significant"] else ""
+                    cells.append(f"[{'blue' if d >= 0 else 'red'}]#{row['hashtag']} {d:+.1f}{ci}{mark}[/]")
+                note = "" if g["ranked"] else " [yellow](too small to rank)[/]"
+                t.add_row(str(g["group"]), f"{g['images']:,}", ("  ".join(cells) or "-") + note)
+            console.print(t)
+        console.print("* the interval excludes 0")
+    if G:
+        t = Table(title=f"Zero-shot accuracy per country ({G['classes']} classes, {G['mapping']} map; all images "
+                        f"{G['overall']:.1%})", title_justify="left")
+        for c in ("country", "images", "accuracy", "95% interval", f"classes < {G['ratio']:g}x elsewhere (max)"):
+            t.add_column(c, justify="right")
+        names = G["country_names"]
+        for c in sorted(G["countries"], key=lambda c: -(c["accuracy"] or 0)):
+            i = names.index(c["country"])
+            worst = max(((v, names[j]) for j, v in enumerate(G["eighty_rule"][i]) if j != i), default=None)
+            t.add_row(c["country"], f"{c['images']:,}", f"{c['accuracy']:.1%}",
+                      f"{c['ci_low']:.1%} - {c['ci_high']:.1%}", f"{worst[0]:.0%} vs {worst[1]}" if worst else "-")
+        console.print(t)
+        if G["unreached_classes"]:
+            console.print(f"[yellow]note:[/] {len(G['unreached_classes'])} class(es) no hashtag reaches (always wrong)")
+        if G["unknown_hashtags"]:
+            console.print(f"[yellow]note:[/] mapping hashtags not in the vocabulary: "
+                          f"{', '.join(G['unknown_hashtags'][:10])}")
+    console.print(f"wrote [bold]{r['out']}/report.html[/], {r['out']}/fairness.json and the CSV tables")
+
+
 def mapping_report(mapping: list[dict], limit: int = 60) -> None:
     t = Table(title=f"Class -> hashtag map ({len(mapping)} classes)", title_justify="left")
     for col, j in (("class", "left"), ("synset", "left"), ("similarity", "right"), ("hashtags", "left")):

@@ -8,7 +8,11 @@
   canonical hashtag; raw-tag *variants* (synonyms, plurals, compounds, mixed case) are kept where
   the Canonicalizer maps them to a set holding the concept and no other concept's main synsets;
 * **frequencies**: a seeded Zipf rank per concept (``index == rank - 1``), p ~ rank^-s; the
-  planted concept (the first headdress concept, hat-like) is put at rank 3, in the head;
+  planted concept (the first headdress concept, hat-like) is put at rank 7: in the head, so models
+  learn it, but not among the top few, whose hashtags are in the top 5 of many images whatever they
+  show (at rank 3 the tiny test model put #cap in the top 5 of 30% of the images without a cap), so
+  its rate has room to rise in the planted group; in the fairness set the planted concept is the main
+  object of the image (the class a smaller one);
 * **downstream classes**: concepts at evenly spaced ranks, head to tail; each class is a WordNet
   neighbour of its concept, no world concept or tag, whose nearest world hashtags by path
   similarity (SPEC §6) are its concept's (:func:`_neighbour`).
@@ -58,7 +62,7 @@ JUNK_WORDS = (
     "viral", "trending", "usa", "london", "mumbai", "nyc", "friday", "mood", "aesthetic",
 )
 CONCEPTS_PER_FAMILY = 7      # how many families a world of n concepts starts with: n / this
-PLANTED_RANK = 3             # the planted concept's Zipf rank
+PLANTED_RANK = 7             # the planted concept's Zipf rank: in the head, below the top few (module doc)
 NOISY_COUNTRY_SCALE = 3.0    # pixel-noise factor of the rarest country in the fairness set
 MAX_DEPTH = 3                # concepts lie 1..MAX_DEPTH hyponym levels below their family root
 _WORD = re.compile(r"[a-z]+(?:_[a-z]+)*")

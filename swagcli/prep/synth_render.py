@@ -276,12 +276,17 @@ def _plan_groups(world: dict, recipe):
     groups = np.array(g["groups"])[rng.permutation(np.arange(total) % len(g["groups"]))]
     countries = np.array(list(world["countries"]))[
         _sample(np.cumsum(list(world["countries"].values())), rng.random(total))]
-    labels = rng.integers(len(classes), size=total)
+    labels = np.zeros(total, dtype=np.int64)  # every group gets the same class mix: only the planted
+    for name in g["groups"]:                    # concept tells the groups apart
+        idx = np.flatnonzero(groups == name)
+        labels[idx] = rng.permutation(np.arange(len(idx)) % len(classes))
     planted = (groups == g["planted_group"]) & (rng.random(total) < g["planted_strength"])
     rows = []
     for i, (group, country) in enumerate(zip(groups.tolist(), countries.tolist())):
         cls = classes[labels[i]]
-        shown = [cls["concept"]] + [g["planted_concept"]] * bool(planted[i])
+        # the planted concept is the image's main object (the class a smaller one): the tiny models
+        # see a corner object too faintly for its hashtag to reach their top 5
+        shown = [g["planted_concept"], cls["concept"]] if planted[i] else [cls["concept"]]
         noise = g["noise_scale"] if country == g["noisy_country"] else 1.0
         rows.append((f"images/g{i:06d}.jpg", group, country, cls["wnid"], shown, noise))
     return rows
@@ -342,7 +347,7 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
         "expected_keys": c["expected_keys"], "relation": c["relation"]} for c in down["classes"]},
         indent=1, sort_keys=True) + "\n")
     shown = np.bincount(np.concatenate([primary, extra[extra >= 0]]), minlength=len(looks))
-    planted = Counter(r[1] for r in rows if world["groups"]["planted_concept"] in r[4][1:])
+    planted = Counter(r[1] for r in rows if world["groups"]["planted_concept"] in r[4])
     return {"dumps": dict(sorted(dumps.items())), "concept_posts": shown.tolist(),
             "planted_shown": {g: planted[g] for g in world["groups"]["groups"]},
             "images": recipe.posts, "downstream_images": len(items), "group_images": len(rows),

@@ -1,0 +1,505 @@
+"""`swag fairness`: what the hashtag head associates with groups of people, and how its zero-shot
+accuracy varies across countries (SWAG §5 and App. F; SPEC.md §7).
+
+* **Associations** (App. F.2, Fig. 7). Every image gets its ``top_k`` (5) highest-scoring hashtags
+  over the whole vocabulary. For each group of an attribute (a manifest column; numeric columns
+  such as age are cut into buckets), a hashtag's *rate* is the share of the group's images that
+  have it among their top k. Its *absolute difference* is the rate minus the mean rate of the other
+  groups, its *relative difference* that over the other groups' mean. The ``top_n`` (20) hashtags
+  with the largest absolute difference (either sign) are ranked and plotted per group, each with a
+  bootstrap interval (images resampled within every group). A group with fewer than ``min_group``
+  images is reported but not ranked, and it is left out of the other groups' mean.
+* **Geography** (App. F.1, Figs. 5 and 6). The head predicts, zero-shot, among the hashtags that a
+  user-given (or WordNet) mapping ties to the classes; per country: the accuracy with a Wilson
+  interval; per pair of countries (r, c): the share of the classes seen in both whose accuracy in r
+  is below ``ratio`` (0.8) times their accuracy in c (the 80% rule).
+
+One pass over the images computes both (the top-k hashtags and the mapped hashtags' log
+probabilities), cached in ``predictions/`` like every transfer feature. Outputs: ``report.html``
+(self-contained: figures inline), ``fairness.json`` with every number, CSV tables and PNG figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from swagcli.errors import SwagError
+
+MAX_GROUPS = 50  # more distinct values than this in an attribute column: bucket it or choose another
+MISSING = ("", "na", "n/a", "nan", "none", "null", "unknown", "?")
+
+
+# -- the manifest ------------------------------------------------------------------------------------------
+@dataclass
+class Manifest:
+    rows: list[dict]
+    columns: list[str]
+    path: Path
+    root: Path
+
+    def column(self, name: str, what: str) -> list[str]:
+        if name not in self.columns:
+            raise SwagError(f"{what}: {self.path} has no column {name!r} (it has: {', '.join(self.columns)})")
+        return [("" if r.get(name) is None else str(r.get(name))).strip() for r in self.rows]
+
+
+def read_manifest(path: str | None, root: str | None = None) -> Manifest:
+    """A CSV (header row) or JSONL manifest; a ``.jsonl``/``.json`` suffix or a first character ``{``
+    means JSONL."""
+    if not path:
+        raise SwagError("data.manifest: no manifest given (a CSV or JSONL file with one row per image)")
+    p = Path(path)
+    if not p.is_file():
+        raise SwagError(f"data.manifest: {p}: no such file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise SwagError(f"data.manifest: {p}: not a UTF-8 text file") from None
+    rows: list[dict] = []
+    if p.suffix.lower() in (".jsonl", ".json") or text.lstrip().startswith("{"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise SwagError(f"data.manifest: {p}:{n}: not a JSON object ({e})") from None
+            if not isinstance(row, dict):
+                raise SwagError(f"data.manifest: {p}:{n}: not a JSON object")
+            rows.append(row)
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    else:
+        reader = csv.DictReader(text.splitlines())
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        reader.fieldnames = columns
+        for n, row in enumerate(reader, 2):
+            if None in row:
+                raise SwagError(f"data.manifest: {p}:{n}: more fields than the header's {len(columns)}")
+            rows.append(row)
+    if not rows:
+        raise SwagError(f"data.manifest: {p}: no rows")
+    return Manifest(rows, columns, p, Path(root) if root else p.parent)
+
+
+def manifest_split(man: Manifest, path_column: str, labels: list[str] | None = None):
+    """The manifest's images as a :class:`~swagcli.evaluate.transfer.Split` (every file checked)."""
+    from swagcli.evaluate.transfer import Split
+
+    rel = man.column(path_column, "data.path_column")
+    paths = [str(Path(r) if Path(r).is_absolute() else man.root / r) for r in rel]
+    missing = [(i, q) for i, q in enumerate(paths) if not rel[i] or not Path(q).is_file()]
+    if missing:
+        i, q = missing[0]
+        raise SwagError(f"data.manifest: {len(missing)} of {len(paths)} images not found (row {i + 1}: "
+                        f"{q or 'empty path'}; relative paths start at {man.root}, see data.root)")
+    classes = sorted(set(labels)) if labels is not None else ["-"]
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[v] for v in labels] if labels is not None else [0] * len(paths), dtype=np.int64)
+    return Split(paths, y, classes, str(man.path))
+
+
+def attribute_groups(values: list[str], column: str, width: float | None) -> tuple[np.ndarray, list[str]]:
+    """([N] group index, -1 where the value is missing; group names). With a bucket ``width`` the
+    values are numbers cut into [lo, lo + width) buckets named ``lo-hi``."""
+    missing = np.array([v.lower() in MISSING for v in values])
+    if width:
+        nums = np.full(len(values), np.nan)
+        for i, v in enumerate(values):
+            if missing[i]:
+                continue
+            try:
+                nums[i] = float(v)
+            except ValueError:
+                raise SwagError(f"associations.buckets: column {column!r}: {v!r} (row {i + 1}) is not a "
+                                "number") from None
+        lo = np.floor(nums / width) * width
+        keys = sorted({float(x) for x in lo[~missing]})
+        names = [f"{k:g}-{k + width:g}" for k in keys]
+        index = {k: j for j, k in enumerate(keys)}
+        g = np.array([-1 if m else index[float(x)] for m, x in zip(missing, lo)], dtype=np.int64)
+        return g, names
+    names = sorted({v for v, m in zip(values, missing) if not m}, key=_natural)
+    if len(names) > MAX_GROUPS:
+        numeric = all(_is_number(v) for v in names)
+        hint = f"bucket it (--set associations.buckets.{column}=10)" if numeric else "choose another column"
+        raise SwagError(f"associations: column {column!r} has {len(names)} distinct values (more than "
+                        f"{MAX_GROUPS} groups); {hint}")
+    index = {v: j for j, v in enumerate(names)}
+    return np.array([-1 if m else index[v] for v, m in zip(values, missing)], dtype=np.int64), names
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _natural(v: str):
+    return (0, float(v), "") if _is_number(v) else (1, 0.0, v.lower())
+
+
+# -- associations --------------------------------------------------------------------------------------------
+def associations(topk: np.ndarray, groups: np.ndarray, names: list[str], vocab_size: int, *, top_n: int = 20,
+                 min_group: int = 30, bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> list[dict]:
+    """Per group: its size, whether it is ranked, and its ``top_n`` hashtags by absolute difference
+    (rate, the other groups' mean rate, absolute and relative difference, bootstrap interval).
+
+    ``topk`` [N, k] are hashtag ids per image, ``groups`` [N] group indices (-1: left out)."""
+    G, V = len(names), vocab_size
+    keep = groups >= 0
+    g, tk = groups[keep], topk[keep].astype(np.int64)
+    n = np.bincount(g, minlength=G)
+    count = np.bincount((g[:, None] * V + tk).ravel(), minlength=G * V).reshape(G, V).astype(np.float64)
+    rates = count / np.maximum(n, 1)[:, None]
+    eligible = n >= min_group
+    diff, others = _differences(rates[None], eligible)
+    diff, others = diff[0], others[0]
+    out, cand = [], []
+    for j in range(G):
+        if n[j] == 0 or not np.isfinite(diff[j]).any():
+            cand.append(np.zeros(0, dtype=np.int64))
+            continue
+        d = np.where(np.isfinite(diff[j]), diff[j], 0.0)
+        order = np.lexsort((np.arange(V), -np.abs(d)))  # largest |difference| first, ties by id
+        cand.append(order[:top_n][np.abs(d[order[:top_n]]) > 0])
+    lo = hi = None
+    if bootstrap and any(len(c) for c in cand):
+        cols = np.unique(np.concatenate(cand))
+        lo, hi = _bootstrap(tk, g, n, cols, eligible, bootstrap, confidence, seed)
+        pos = {int(h): i for i, h in enumerate(cols)}
+    for j, name in enumerate(names):
+        rows = []
+        for h in cand[j].tolist():
+            o = float(others[j, h])
+            row = {"hashtag_id": h, "rate": float(rates[j, h]), "others_rate": o, "abs_diff": float(diff[j, h]),
+                   "rel_diff": float(diff[j, h] / o) if o > 0 else None, "ci_low": None, "ci_high": None,
+                   "significant": None}
+            if lo is not None:
+                row["ci_low"], row["ci_high"] = float(lo[j, pos[h]]), float(hi[j, pos[h]])
+                row["significant"] = bool(row["ci_low"] > 0 or row["ci_high"] < 0)
+            rows.append(row)
+        out.append({"group": name, "images": int(n[j]), "ranked": bool(eligible[j]) and int(eligible.sum()) >= 2,
+                    "top": rows})
+    return out
+
+
+def _differences(rates: np.ndarray, eligible: np.ndarray):
+    """[B, G, K] rates -> (rate - mean of the other eligible groups, that mean); NaN where a group has
+    no eligible other group."""
+    E = eligible.astype(np.float64)[None, :, None]
+    total, k = (rates * E).sum(axis=1, keepdims=True), float(eligible.sum())
+    m = k - E  # eligible groups other than g
+    with np.errstate(invalid="ignore", divide="ignore"):
+        others = np.where(m > 0, (total - rates * E) / np.maximum(m, 1), np.nan)
+    return rates - others, others
+
+
+def _bootstrap(tk, g, n, cols, eligible, B, confidence, seed, block=200):
+    """Percentile intervals [G, K] of the differences at hashtag ids ``cols``: images resampled with
+    replacement within every group (multinomial weights), B times."""
+    rng = np.random.default_rng(seed)
+    G, K = len(n), len(cols)
+    col = np.full(int(tk.max()) + 1 if tk.size else 1, -1, dtype=np.int64)
+    col[cols[cols < len(col)]] = np.arange(K)[cols < len(col)]
+    draws = np.zeros((B, G, K))
+    for j in range(G):
+        if n[j] == 0:
+            continue
+        rows = np.flatnonzero(g == j)
+        ind = np.zeros((len(rows), K), dtype=np.float32)
+        c = col[tk[rows]]
+        r_i, k_i = np.nonzero(c >= 0)
+        ind[r_i, c[r_i, k_i]] = 1.0
+        for b0 in range(0, B, block):
+            w = rng.multinomial(len(rows), np.full(len(rows), 1.0 / len(rows)), size=min(block, B - b0))
+            draws[b0:b0 + len(w), j] = w.astype(np.float32) @ ind / len(rows)
+    diff, _ = _differences(draws, eligible)
+    a = (1 - confidence) / 2
+    with warnings.catch_warnings():  # groups without an eligible other group: all NaN, never ranked
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanquantile(diff, a, axis=0), np.nanquantile(diff, 1 - a, axis=0)
+
+
+# -- geography ---------------------------------------------------------------------------------------------
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of k successes in n trials."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def geography(countries: list[str], y: np.ndarray, pred: np.ndarray, classes: list[str], ratio: float = 0.8,
+              min_images: int = 1) -> dict:
+    """Per-country accuracy, per-country-and-class accuracy, and the 80%-rule matrix: entry [r][c] is
+    the share of the classes with at least ``min_images`` images in both r and c whose accuracy in r
+    is below ``ratio`` x their accuracy in c (``compared[r][c]`` of them)."""
+    names = sorted(set(countries), key=_natural)
+    ci = {c: i for i, c in enumerate(names)}
+    cidx = np.array([ci[c] for c in countries], dtype=np.int64)
+    y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    R, C = len(names), len(classes)
+    right = (y == pred).astype(np.int64)
+    n = np.zeros((R, C), dtype=np.int64)
+    k = np.zeros((R, C), dtype=np.int64)
+    np.add.at(n, (cidx, y), 1)
+    np.add.at(k, (cidx, y), right)
+    acc = np.divide(k, n, out=np.zeros((R, C)), where=n > 0)
+    ok = n >= min_images
+    below = np.zeros((R, R))
+    compared = np.zeros((R, R), dtype=np.int64)
+    for r in range(R):
+        for c in range(R):
+            both = ok[r] & ok[c]
+            compared[r, c] = int(both.sum())
+            if r != c and compared[r, c]:
+                below[r, c] = float((acc[r, both] < ratio * acc[c, both]).mean())
+    per_country = []
+    for r, name in enumerate(names):
+        nr, kr = int(n[r].sum()), int(k[r].sum())
+        lo, hi = wilson(kr, nr)
+        per_country.append({"country": name, "images": nr, "correct": kr, "accuracy": kr / nr if nr else None,
+                            "ci_low": lo, "ci_high": hi, "classes": int((n[r] > 0).sum())})
+    return {"countries": per_country, "overall": float(right.mean()) if len(right) else None,
+            "ratio": ratio, "min_images": min_images, "country_names": names,
+            "eighty_rule": below.tolist(), "compared": compared.tolist(),
+            "class_accuracy": [{"country": names[r], "class": classes[c], "images": int(n[r, c]),
+                                "correct": int(k[r, c])} for r in range(R) for c in range(C) if n[r, c]]}
+
+
+def read_mapping(path: str, classes: list[str], vocab) -> tuple[list[dict], list[str]]:
+    """A user's hashtag -> class mapping in the zeroshot map format; (mapping, unknown hashtags).
+
+    Accepted: JSON ``{class: [tags]}`` or ``{"classes": [{"class", "hashtags"}]}`` (``swag zeroshot
+    map``'s mapping.json), or text lines ``CLASS tag tag ...`` (``#`` optional; tabs or spaces;
+    ``zeroshot map``'s mapping.tsv too)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SwagError(f"geography.mapping: {p}: no such file")
+    text = p.read_text(errors="replace")
+    table: dict[str, list[str]] = {}
+    if p.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise SwagError(f"geography.mapping: {p}: not valid JSON ({e})") from None
+        if isinstance(doc, dict) and isinstance(doc.get("classes"), list):
+            doc = {m["class"]: m.get("hashtags", []) for m in doc["classes"] if isinstance(m, dict) and "class" in m}
+        if not isinstance(doc, dict) or not all(isinstance(v, (list, str)) for v in doc.values()):
+            raise SwagError(f"geography.mapping: {p}: expected {{class: [hashtags]}}")
+        table = {str(c): [v] if isinstance(v, str) else [str(t) for t in v] for c, v in doc.items()}
+    else:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        zs = bool(lines) and lines[0].split("\t")[:2] == ["class", "synset"]  # zeroshot map's mapping.tsv
+        for ln in lines[1:] if zs else lines:
+            parts = ln.split("\t") if zs else ln.replace("\t", " ").split()
+            if zs:
+                table.setdefault(parts[0], []).extend(parts[3].split() if len(parts) > 3 else [])
+            elif not ln.lstrip().startswith("//"):
+                table.setdefault(parts[0], []).extend(parts[1:])
+    index = {name: i for i, name in enumerate(vocab.names)}
+    unknown: list[str] = []
+    mapping = []
+    for c in classes:
+        ids = []
+        for t in table.get(c, []):
+            t = t.strip().lstrip("#").lower()
+            h = index.get(t, vocab.tag_to_id.get(t))
+            if h is None:
+                unknown.append(t)
+            elif h not in ids:
+                ids.append(h)
+        mapping.append({"class": c, "synset": None, "hashtag_ids": ids, "hashtags": [vocab.names[h] for h in ids],
+                        "similarity": float("nan")})
+    if not any(m["hashtag_ids"] for m in mapping):
+        raise SwagError(f"geography.mapping: {p}: none of its hashtags is in the model's vocabulary, or none of "
+                        f"its classes is a label of the manifest (labels: {', '.join(classes[:5])} ...)")
+    return mapping, sorted(set(unknown))
+
+
+# -- the command -----------------------------------------------------------------------------------------------
+def predict(source, split, cache: Path, resolution: int, recipe, top_k: int, columns: list[int], progress=None):
+    """([N, top_k] hashtag ids (or None), [N, U] log p of the hashtags ``columns`` (or None)): one pass,
+    cached."""
+    from swagcli.evaluate.transfer import extract
+    from swagcli.train.dist import DistEnv
+    from swagcli.train.engine import amp_dtype, pick_device
+
+    ids = torch.tensor(columns, dtype=torch.long)
+    device = pick_device(recipe.device, DistEnv())
+
+    def fn(model, x):
+        logp = torch.log_softmax(model(x).float(), dim=1)
+        parts = [logp.topk(top_k, dim=1).indices.float()] if top_k else []
+        return torch.cat(parts + [logp[:, ids.to(x.device)]], dim=1)
+
+    key = {"what": "fairness: top-k hashtags and mapped log-probabilities", "top_k": top_k,
+           "hashtags": hashlib.sha1(json.dumps(columns).encode()).hexdigest()}
+    out = extract(source, split, cache, resolution, batch_size=recipe.data.batch_size,
+                  workers=recipe.data.workers, device=device, dtype=amp_dtype(recipe.precision, device),
+                  progress=progress, stage="predictions", fn=fn, key_extra=key)
+    topk = out[:, :top_k].round().astype(np.int64) if top_k else None
+    return topk, (out[:, top_k:] if columns else None)
+
+
+def run(recipe, progress=None) -> dict:
+    from swagcli.evaluate import zeroshot as zs
+    from swagcli.evaluate.transfer import load_source
+    from swagcli.runinfo import stamp
+
+    if not recipe.out:
+        raise SwagError("fairness: no output directory (--out DIR or 'out:' in the recipe)")
+    A, Gs = recipe.associations, recipe.geography
+    if not (A.enabled or Gs.enabled):
+        raise SwagError("fairness: both associations and geography are disabled; nothing to do")
+    if A.enabled and not A.attributes:
+        raise SwagError("associations.attributes: name the manifest columns to group images by "
+                        "(--attribute COLUMN, repeatable), or turn associations off (--no-associations)")
+    if recipe.source.checkpoint is None:
+        raise SwagError("fairness: no checkpoint (a swag run or checkpoint directory with its hashtag head)")
+    t0 = time.time()
+    man = read_manifest(recipe.data.manifest, recipe.data.root)
+    # everything about the manifest is checked before the model is loaded
+    attrs = {}
+    for col in A.attributes if A.enabled else []:
+        attrs[col] = attribute_groups(man.column(col, "associations.attributes"), col, A.buckets.get(col))
+    labels = countries = None
+    if Gs.enabled:
+        hint = " (or --no-geography)"
+        countries = man.column(Gs.country_column, "geography.country_column" + hint)
+        labels = man.column(Gs.label_column, "geography.label_column" + hint)
+        empty = next((i for i, (c, v) in enumerate(zip(countries, labels)) if not c or not v), None)
+        if empty is not None:
+            raise SwagError(f"geography: row {empty + 1} of {man.path} has no country or no label")
+    split = manifest_split(man, recipe.data.path_column, labels)
+    source = load_source(recipe.source)
+    if source.vocab is None:
+        raise SwagError(f"fairness: needs a swag checkpoint (its hashtag head and vocabulary); {source.path} "
+                        "has no hashtag head")
+    vocab = source.vocab
+    mapping, unknown = [], []
+    if Gs.enabled:
+        if Gs.mapping:
+            mapping, unknown = read_mapping(Gs.mapping, split.classes, vocab)
+        else:
+            mapping = zs.class_map(split.classes, vocab)
+            if not any(m["hashtag_ids"] for m in mapping):
+                raise SwagError("geography: no label maps to a hashtag through WordNet (labels must be wnids or "
+                                "synset names); give a hashtag -> class file with geography.mapping")
+    columns = sorted({h for m in mapping for h in m["hashtag_ids"]})
+    out = Path(recipe.out)
+    resolution = recipe.data.resolution or source.resolution
+    stamp(out, "fairness", recipe, {"source": source.fingerprint})
+    topk, logp = predict(source, split, out / "predictions", resolution, recipe, A.top_k if A.enabled else 0,
+                         columns, progress)
+    result = {"source": {"kind": source.kind, "model": source.name, "path": source.path},
+              "manifest": str(man.path), "images": len(split), "resolution": resolution, "out": str(out)}
+    if A.enabled:
+        result["associations"] = {"top_k": A.top_k, "top_n": A.top_n, "min_group": A.min_group,
+                                  "bootstrap": A.bootstrap, "confidence": A.confidence, "attributes": {}}
+        for col, (g, names) in attrs.items():
+            if progress:
+                progress(f"associations: {col}", 0, 1)
+            groups = associations(topk, g, names, len(vocab), top_n=A.top_n, min_group=A.min_group,
+                                  bootstrap=A.bootstrap, confidence=A.confidence, seed=A.seed)
+            for grp in groups:
+                for row in grp["top"]:
+                    row["hashtag"] = vocab.names[row["hashtag_id"]]
+            result["associations"]["attributes"][col] = {
+                "bucket_width": A.buckets.get(col), "missing": int((g < 0).sum()), "groups": groups}
+            if progress:
+                progress(f"associations: {col}", 1, 1)
+    if Gs.enabled:
+        how = Gs.aggregation if Gs.aggregation != "auto" else zs.default_aggregation(source.name, Gs.platt)
+        x = zs.aggregate(logp, columns, mapping, how)
+        if Gs.platt:
+            x = zs.platt_apply(x, zs.platt_fit(x))
+        pred = x.argmax(dim=1).numpy()
+        geo = geography(countries, split.labels, pred, split.classes, Gs.ratio, Gs.min_images)
+        geo.update({"aggregation": how, "platt": Gs.platt, "classes": len(split.classes),
+                    "mapping": "wordnet" if not Gs.mapping else str(Gs.mapping), "unknown_hashtags": unknown,
+                    "unreached_classes": [m["class"] for m in mapping if not m["hashtag_ids"]],
+                    "class_hashtags": {m["class"]: m["hashtags"] for m in mapping}})
+        result["geography"] = geo
+    result["seconds"] = round(time.time() - t0, 2)
+    write_outputs(result, out)
+    return result
+
+
+# -- outputs ------------------------------------------------------------------------------------------------
+def write_outputs(result: dict, out: Path) -> None:
+    """fairness.json, the CSV tables, the figures and report.html."""
+    from swagcli import plots
+    from swagcli.evaluate.fairness_html import html_report
+    from swagcli.runinfo import atomic_write_text
+
+    figures: dict[str, Path] = {}
+    A = result.get("associations")
+    if A:
+        rows = [["attribute", "group", "images", "ranked", "rank", "hashtag", "rate", "others_rate", "abs_diff",
+                 "rel_diff", "ci_low", "ci_high", "significant"]]
+        for col, a in A["attributes"].items():
+            for grp in a["groups"]:
+                for i, r in enumerate(grp["top"], 1):
+                    rows.append([col, grp["group"], grp["images"], grp["ranked"], i, r["hashtag"], r["rate"],
+                                 r["others_rate"], r["abs_diff"], r["rel_diff"], r["ci_low"], r["ci_high"],
+                                 r["significant"]])
+            ranked = [grp for grp in a["groups"] if grp["ranked"] and grp["top"]]
+            if ranked:
+                figures[f"associations: {col}"] = plots.association_plot(
+                    col, ranked, out / f"associations_{_safe(col)}.png", A["top_k"], A["confidence"])
+        _write_csv(out / "associations.csv", rows)
+    G = result.get("geography")
+    if G:
+        _write_csv(out / "countries.csv", [["country", "images", "correct", "accuracy", "ci_low", "ci_high", "classes"]] +
+                   [[c[k] for k in ("country", "images", "correct", "accuracy", "ci_low", "ci_high", "classes")]
+                    for c in G["countries"]])
+        _write_csv(out / "country_class_accuracy.csv", [["country", "class", "images", "correct", "accuracy"]] +
+                   [[r["country"], r["class"], r["images"], r["correct"], r["correct"] / r["images"]]
+                    for r in G["class_accuracy"]])
+        names = G["country_names"]
+        _write_csv(out / "eighty_rule.csv", [["worse \\ better"] + names] +
+                   [[r] + row for r, row in zip(names, G["eighty_rule"])])
+        figures["accuracy per country"] = plots.country_accuracy_plot(G, out / "countries.png")
+        if len(names) > 1:
+            figures["80% rule"] = plots.eighty_rule_plot(G, out / "eighty_rule.png")
+    result["figures"] = {k: str(v) for k, v in figures.items()}
+    atomic_write_text(out / "fairness.json", json.dumps(result, indent=1, default=_json_default) + "\n")
+    html_report(result, figures, out / "report.html")
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def _json_default(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return str(v)
+
+
+def _write_csv(path: Path, rows: list[list]) -> None:
+    import io
+
+    from swagcli.runinfo import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for row in rows:
+        w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in row])
+    atomic_write_text(path, buf.getvalue())
