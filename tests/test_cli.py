@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from swagcli import __version__
+
 
 def test_help_lists_every_subcommand(swag):
     res = swag("--help")
