@@ -20,6 +20,7 @@ demo: setup
 	$(BIN)/swag demo --out $(OUT)
 
 test: setup
+	bash scripts/system-deps.sh --test
 	$(BIN)/python -m pytest -q
 
 bench: setup

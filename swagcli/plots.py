@@ -139,7 +139,8 @@ def association_plot(attribute: str, groups: list[dict], path: str | Path, top_k
                         capsize=2)
         for yi, v, r in zip(y, d, top):
             rel = "new" if r["rel_diff"] is None else f"{r['rel_diff']:+.0%}"
-            ax.annotate(rel, (v, yi), xytext=(3 if v >= 0 else -3, 0), textcoords="offset points", va="center",
+            end = v if r["ci_low"] is None else 100 * (r["ci_high"] if v >= 0 else r["ci_low"])
+            ax.annotate(rel, (end, yi), xytext=(3 if v >= 0 else -3, 0), textcoords="offset points", va="center",
                         ha="left" if v >= 0 else "right", fontsize=7, color="0.3")
         ax.set_yticks(y, ["#" + r["hashtag"] for r in top], fontsize=8)
         ax.axvline(0, color="k", lw=0.8)

@@ -35,6 +35,7 @@ import torch
 
 from swagcli.errors import SwagError
 
+CELLS = 4_000_000  # resample weights held at once (32 MB of int64)
 MAX_GROUPS = 50  # more distinct values than this in an attribute column: bucket it or choose another
 MISSING = ("", "na", "n/a", "nan", "none", "null", "unknown", "?")
 
@@ -172,7 +173,7 @@ def associations(topk: np.ndarray, groups: np.ndarray, names: list[str], vocab_s
             cand.append(np.zeros(0, dtype=np.int64))
             continue
         d = np.where(np.isfinite(diff[j]), diff[j], 0.0)
-        order = np.lexsort((np.arange(V), -np.abs(d)))  # largest |difference| first, ties by id
+        order = np.lexsort((np.arange(V), -np.abs(d)))  # largest |difference| first; ties in vocab order
         cand.append(order[:top_n][np.abs(d[order[:top_n]]) > 0])
     lo = hi = None
     if bootstrap and any(len(c) for c in cand):
@@ -206,9 +207,9 @@ def _differences(rates: np.ndarray, eligible: np.ndarray):
     return rates - others, others
 
 
-def _bootstrap(tk, g, n, cols, eligible, B, confidence, seed, block=200):
+def _bootstrap(tk, g, n, cols, eligible, B, confidence, seed):
     """Percentile intervals [G, K] of the differences at hashtag ids ``cols``: images resampled with
-    replacement within every group (multinomial weights), B times."""
+    replacement within every group, B times."""
     rng = np.random.default_rng(seed)
     G, K = len(n), len(cols)
     col = np.full(int(tk.max()) + 1 if tk.size else 1, -1, dtype=np.int64)
@@ -222,9 +223,13 @@ def _bootstrap(tk, g, n, cols, eligible, B, confidence, seed, block=200):
         c = col[tk[rows]]
         r_i, k_i = np.nonzero(c >= 0)
         ind[r_i, c[r_i, k_i]] = 1.0
-        for b0 in range(0, B, block):
-            w = rng.multinomial(len(rows), np.full(len(rows), 1.0 / len(rows)), size=min(block, B - b0))
-            draws[b0:b0 + len(w), j] = w.astype(np.float32) @ ind / len(rows)
+        m = len(rows)
+        step = max(1, min(B, CELLS // m))
+        for b0 in range(0, B, step):  # how often each image is drawn: a bincount of m picks per resample
+            k = min(step, B - b0)
+            picks = rng.integers(0, m, size=(k, m)) + (np.arange(k) * m)[:, None]
+            w = np.bincount(picks.ravel(), minlength=k * m).reshape(k, m).astype(np.float32)
+            draws[b0:b0 + k, j] = w @ ind / m
     diff, _ = _differences(draws, eligible)
     a = (1 - confidence) / 2
     with warnings.catch_warnings():  # groups without an eligible other group: all NaN, never ranked

@@ -8,6 +8,8 @@ import csv
 import html.parser
 import io
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -290,3 +292,25 @@ def test_cli_fairness_and_its_errors(swag, tiny_world, tiny_pretrained, tmp_path
     r = swag("fairness", ck, tmp_path / "none.csv", "-a", "group", "-o", tmp_path / "e")
     assert r.returncode == 2 and "no such file" in r.stderr
     assert not (tmp_path / "e").exists()  # nothing written for bad input
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (make test installs it)")
+def test_report_renders_in_headless_chromium(planted_run, tmp_path):
+    """A browser draws the report: the page is long, and the inline figures' bar colours are on it."""
+    from PIL import Image
+
+    res, _ = planted_run
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1200,3000", f"--screenshot={shot}", (Path(res["out"]) / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert px.shape[:2] == (3000, 1200)
+
+    def share(rgb):
+        return float((np.abs(px - np.array(rgb)).sum(axis=2) < 30).mean())
+
+    assert share((31, 119, 180)) > 1e-3  # tab:blue: positive differences (associations chart)
+    assert share((214, 39, 40)) > 1e-3  # tab:red: negative differences
+    assert share((44, 160, 44)) > 0 or share((86, 179, 86)) > 0  # the per-country bars (alpha 0.8)
+    assert share((255, 255, 255)) < 0.95  # not a blank page
