@@ -1,6 +1,7 @@
 """`swag finetune` on the tiny world: it beats the linear probe; the zero-shot initialized head
-starts far above chance; 2-process gloo DDP equals one process on the same
-global batch; stop-and-resume reproduces the uninterrupted run; the paper's defaults."""
+starts far above chance and beats a random head with one image per class of a fine-grained set;
+2-process gloo DDP equals one process on the same global batch; stop-and-resume reproduces the
+uninterrupted run; the paper's defaults."""
 
 from __future__ import annotations
 
@@ -69,6 +70,54 @@ def test_zeroshot_head_init_carries_the_hashtag_head(tiny_world, tiny_pretrained
                           updates=1, **{"optim.lr": 1e-12}), DistEnv(), progress=False)
         top1[head] = r["top1"]
     assert top1["zeroshot"] >= top1["random"] + 0.1 and top1["zeroshot"] >= 0.2, top1
+
+
+def _fine_grained_one_shot(world_dir: Path, vocab_path: Path, out: Path, max_rank: int = 30) -> int:
+    """A downstream set where one image per class is not enough: every head concept (Zipf rank <=
+    max_rank) of the families with at least 3 of them, so classes differ by the object's colour and
+    texture, not by the family's background and shape; 1 training image per class, 20 to validate.
+    Classes are the concepts' synsets, so the zero-shot map finds their hashtags."""
+    import numpy as np
+
+    from swagcli.prep.synth_render import jpeg, render
+
+    world = json.loads((world_dir / "world.json").read_text())
+    known = {h["name"] for h in json.loads(vocab_path.read_text())["hashtags"]}
+    fam: dict[int, list[int]] = {}
+    for i, c in enumerate(world["concepts"]):
+        if c["rank"] <= max_rank and c["main_tag"] in known:
+            fam.setdefault(c["family"], []).append(i)
+    picked = [i for members in fam.values() if len(members) >= 3 for i in members]
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 1), ("val", 20)):
+        for i in picked:
+            d = out / split / world["concepts"][i]["synset"]
+            d.mkdir(parents=True)
+            for j in range(n):
+                (d / f"{j}.jpg").write_bytes(jpeg(render(world["concepts"], [i], rng, world["image_size"])))
+    return len(picked)
+
+
+def test_zeroshot_head_init_beats_a_random_head_at_one_shot(tiny_world, tiny_pretrained, tmp_path):
+    """Table 2's claim at small scale: with one labelled image per class of a fine-grained set (27
+    sibling classes) and the same short budget (30 updates of 32, lr 0.03), the head started from
+    the hashtag head through the zero-shot map ends well above a random head: measured 67.4% vs 53.7%
+    (seed 0) and 66.9% vs 55.4% (seed 1). With longer or hotter budgets the random head catches up
+    (100 updates at lr 0.01: 67% vs 61%; 30 at lr 0.1: 73% vs 74%)."""
+    run_dir = Path(tiny_pretrained["run_dir"])
+    classes = _fine_grained_one_shot(tiny_world["world"], run_dir / "checkpoints" / "step-00000600" / "vocab.json",
+                                     tmp_path / "fine")
+    assert classes >= 15
+    world = {"world": tmp_path / "fine-world"}
+    (world["world"] / "downstream").mkdir(parents=True)
+    (world["world"] / "downstream" / "train").symlink_to(tmp_path / "fine" / "train")
+    (world["world"] / "downstream" / "val").symlink_to(tmp_path / "fine" / "val")
+    top1 = {}
+    for head in ("zeroshot", "random"):
+        r = run(ft_recipe(world, run_dir, tmp_path / head, head_init=head, mixup=0, updates=30,
+                          **{"optim.lr": 0.03}), DistEnv(), progress=False)
+        top1[head] = r["top1"]
+    assert top1["zeroshot"] >= top1["random"] + 0.05 and top1["zeroshot"] >= 0.4, top1
 
 
 def test_zeroshot_init_needs_a_hashtag_head(tiny_world, tmp_path):
