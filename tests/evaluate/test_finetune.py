@@ -40,25 +40,28 @@ def test_paper_defaults():
 
 
 def test_finetuning_beats_the_probe(tiny_world, tiny_pretrained, tmp_path):
-    """From the same checkpoint, finetuning the whole network with the paper's recipe (SGD,
-    half-cosine, mixup 0.1) beats the tuned linear probe on frozen features: 100% vs 96% when
-    measured (200 updates of 32 = 64 epochs of the 100 training images; 60 updates were not
-    enough and stayed below the probe). The run's step-150 checkpoint: at step 600 the probe
-    itself reaches 100% on this small val set and leaves nothing to beat."""
+    """From the same checkpoint (the run's step 150), finetuning the whole network with the paper's
+    recipe (SGD, half-cosine, mixup 0.1) beats the tuned linear probe on frozen features, on the
+    fine-grained set (27 sibling classes, 5 training images each, 540 to validate): measured 98.1%
+    vs 85.2% at 400 updates of 32 (200 updates: 92.4%). On the world's own downstream set both are
+    at 98-100% of 100 images, too close to call."""
     from swagcli.evaluate.probe import run as probe
 
-    ckpt = Path(tiny_pretrained["run_dir"]) / "checkpoints" / "step-00000150"
+    run_dir = Path(tiny_pretrained["run_dir"])
+    _fine_grained_set(tiny_world["world"], run_dir / "checkpoints" / "step-00000600" / "vocab.json",
+                           tmp_path / "fine" / "downstream", train_per_class=5)
+    world = {"world": tmp_path / "fine"}
+    ckpt = run_dir / "checkpoints" / "step-00000150"
     p = probe(recipes.load("probe", flags={"out": str(tmp_path / "probe")}, overrides=[
-        f"source.checkpoint={ckpt}", f"data.train=[{tiny_world['world']}/downstream/train]",
-        f"data.val=[{tiny_world['world']}/downstream/val]", "data.workers=0"]))
-    r = run(ft_recipe(tiny_world, ckpt, tmp_path / "ft", updates=200, **{"optim.lr": 0.8}),
-            DistEnv(), progress=False)
-    assert r["status"] == "finished" and r["step"] == 200
-    assert r["top1"] >= p["summary"][0]["top1"] + 0.02, (r["top1"], p["summary"])
+        f"source.checkpoint={ckpt}", f"data.train=[{world['world']}/downstream/train]",
+        f"data.val=[{world['world']}/downstream/val]", "data.workers=0"]))
+    r = run(ft_recipe(world, ckpt, tmp_path / "ft", updates=400, **{"optim.lr": 0.8}), DistEnv(), progress=False)
+    assert r["status"] == "finished" and r["step"] == 400
+    assert r["top1"] >= p["summary"][0]["top1"] + 0.05, (r["top1"], p["summary"])
     doc = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert doc["top1"] == r["top1"] and doc["source"]["kind"] == "swag"
     ckpt = Path(r["checkpoint"])
-    assert json.loads((ckpt / "classes.json").read_text())["classes"][0].startswith("n0")
+    assert json.loads((ckpt / "classes.json").read_text())["classes"][0].endswith(".n.01")
 
 
 def test_zeroshot_head_init_carries_the_hashtag_head(tiny_world, tiny_pretrained, tmp_path):
@@ -72,11 +75,13 @@ def test_zeroshot_head_init_carries_the_hashtag_head(tiny_world, tiny_pretrained
     assert top1["zeroshot"] >= top1["random"] + 0.1 and top1["zeroshot"] >= 0.2, top1
 
 
-def _fine_grained_one_shot(world_dir: Path, vocab_path: Path, out: Path, max_rank: int = 30) -> int:
-    """A downstream set where one image per class is not enough: every head concept (Zipf rank <=
-    max_rank) of the families with at least 3 of them, so classes differ by the object's colour and
-    texture, not by the family's background and shape; 1 training image per class, 20 to validate.
-    Classes are the concepts' synsets, so the zero-shot map finds their hashtags."""
+def _fine_grained_set(world_dir: Path, vocab_path: Path, out: Path, max_rank: int = 30,
+                           train_per_class: int = 1) -> int:
+    """A fine-grained downstream set, where one image per class is not enough: every head concept
+    (Zipf rank <= max_rank) of the families with at least 3 of them, so classes differ by the
+    object's colour and texture, not by the family's background and shape; ``train_per_class``
+    training images per class, 20 to validate. Classes are the concepts' synsets, so the zero-shot
+    map finds their hashtags. Returns the number of classes."""
     import numpy as np
 
     from swagcli.prep.synth_render import jpeg, render
@@ -89,7 +94,7 @@ def _fine_grained_one_shot(world_dir: Path, vocab_path: Path, out: Path, max_ran
             fam.setdefault(c["family"], []).append(i)
     picked = [i for members in fam.values() if len(members) >= 3 for i in members]
     rng = np.random.default_rng(0)
-    for split, n in (("train", 1), ("val", 20)):
+    for split, n in (("train", train_per_class), ("val", 20)):
         for i in picked:
             d = out / split / world["concepts"][i]["synset"]
             d.mkdir(parents=True)
@@ -105,13 +110,10 @@ def test_zeroshot_head_init_beats_a_random_head_at_one_shot(tiny_world, tiny_pre
     (seed 0) and 66.9% vs 55.4% (seed 1). With longer or hotter budgets the random head catches up
     (100 updates at lr 0.01: 67% vs 61%; 30 at lr 0.1: 73% vs 74%)."""
     run_dir = Path(tiny_pretrained["run_dir"])
-    classes = _fine_grained_one_shot(tiny_world["world"], run_dir / "checkpoints" / "step-00000600" / "vocab.json",
-                                     tmp_path / "fine")
+    classes = _fine_grained_set(tiny_world["world"], run_dir / "checkpoints" / "step-00000600" / "vocab.json",
+                                     tmp_path / "fine" / "downstream")
     assert classes >= 15
-    world = {"world": tmp_path / "fine-world"}
-    (world["world"] / "downstream").mkdir(parents=True)
-    (world["world"] / "downstream" / "train").symlink_to(tmp_path / "fine" / "train")
-    (world["world"] / "downstream" / "val").symlink_to(tmp_path / "fine" / "val")
+    world = {"world": tmp_path / "fine"}
     top1 = {}
     for head in ("zeroshot", "random"):
         r = run(ft_recipe(world, run_dir, tmp_path / head, head_init=head, mixup=0, updates=30,
