@@ -197,12 +197,10 @@ def pretrain(
     """Pretrain a timm model to predict hashtags (locally, N local processes, or SLURM)."""
     from swagcli import recipes, ui
     from swagcli import launch
-    from swagcli.train.engine import train
+    from swagcli.train.engine import stage_recipes, train_stages
 
     if status or cancel:
-        job, info = launch.slurm_job(status or cancel)
-        if cancel:
-            job.cancel(check=False)
+        job, info = launch.cancel_slurm(cancel) if cancel else launch.slurm_job(status)
         ui.console.print(ui.kv_table(f"SLURM job {info['job_id']}", [
             ("state", job.state), ("stdout", info["stdout"]), ("stderr", info["stderr"]),
             ("action", "cancelled" if cancel else "-")]))
@@ -217,8 +215,9 @@ def pretrain(
                      overrides=overrides)
     if not r.out:
         raise SwagError("pretrain: no run directory (--out DIR or 'out:' in the recipe)")
+    stage_recipes(r)  # every stage is checked before anything runs
     if r.launcher.slurm is not None:
-        job = launch.submit_slurm(train, r, Path(r.out), "swag-pretrain")
+        job = launch.submit_slurm(train_stages, r, Path(r.out), "swag-pretrain")
         info = {"job_id": job.job_id, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
         ui.console.print(ui.kv_table("Submitted to SLURM", [
             ("job id", job.job_id), ("stdout", info["stdout"]), ("stderr", info["stderr"]),
@@ -226,7 +225,7 @@ def pretrain(
         if wait:
             ui.pretrain_report(launch.wait_slurm(job, info))
         return
-    result = launch.run_local(train, r, r.launcher.local.processes, Path(r.out))
+    result = launch.run_local(train_stages, r, r.launcher.local.processes, Path(r.out))
     ui.pretrain_report(result)
 
 

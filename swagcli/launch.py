@@ -108,6 +108,8 @@ class SlurmTask:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+        if result.get("status") == "preempted" and cancelled(self.recipe.out):
+            result["status"] = "cancelled"  # scancel's SIGTERM looks like a preemption: no requeue
         if result.get("status") == "preempted":
             if job.global_rank == 0 and callable(submitit_handler):
                 submitit_handler(signal.SIGUSR2, None)  # checkpoint() -> scontrol requeue -> exit
@@ -179,12 +181,29 @@ def submit_slurm(fn, recipe, out: Path, name: str):
               "slurm_qos": cfg.qos, "slurm_constraint": cfg.constraint, "mem_gb": cfg.mem_gb,
               "slurm_additional_parameters": dict(cfg.extra) or None}
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    (out / CANCEL_MARK).unlink(missing_ok=True)
     job = ex.submit(SlurmTask(fn, recipe))
     out.mkdir(parents=True, exist_ok=True)
     info = {"job_id": job.job_id, "folder": str(folder), "stdout": str(job.paths.stdout),
             "stderr": str(job.paths.stderr), "name": name}
     (out / "slurm-job.json").write_text(json.dumps(info, indent=1) + "\n")
     return job
+
+
+CANCEL_MARK = "slurm-cancelled"
+
+
+def cancel_slurm(out: Path):
+    """Cancel the run's job for good: the mark is written first, so the SIGTERM scancel sends is not
+    taken for a preemption (which would requeue the job)."""
+    job, info = slurm_job(out)
+    (Path(out) / CANCEL_MARK).write_text(f"{info['job_id']}\n")
+    job.cancel(check=False)
+    return job, info
+
+
+def cancelled(out) -> bool:
+    return bool(out) and (Path(out) / CANCEL_MARK).is_file()
 
 
 def slurm_job(out: Path):

@@ -139,11 +139,37 @@ class LauncherSpec(Recipe):
     slurm: SlurmLauncher | None = None
 
 
+class MaeSpec(Recipe):
+    """Masked autoencoding (MAE; MAWS's pre-pretraining, SPEC.md §4): timm ViTs only."""
+
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="share of patches hidden from the encoder")
+    decoder_dim: int = Field(512, ge=8, description="decoder width (MAE: 512)")
+    decoder_depth: int = Field(8, ge=1, description="decoder blocks (MAE: 8)")
+    decoder_heads: int = Field(16, ge=1)
+    norm_pix_loss: bool = Field(True, description="target: each patch's pixels normalized by their own "
+                                "mean and variance (MAE's better target)")
+
+
+class InitSpec(Recipe):
+    """Where the weights start (a fresh run only; a resumed run restores its checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    from_: str | None = Field(None, alias="from", description="a swag run or checkpoint (e.g. an MAE stage): "
+                              "its encoder (backbone.*) is loaded; decoder and heads are not")
+
+
 class PretrainRecipe(Recipe):
-    """`swag pretrain`: hashtag pretraining (SPEC.md §3)."""
+    """`swag pretrain`: hashtag pretraining (SPEC.md §3), or MAE pre-pretraining (§4)."""
 
     out: str | None = Field(None, description="run directory (checkpoints, metrics, logs)")
-    objective: Literal["wsp"] = "wsp"
+    objective: Literal["wsp", "mae"] = Field("wsp", description="wsp = hashtag pretraining | mae = masked "
+                                             "autoencoding (timm ViTs)")
+    stages: list[dict[str, Any]] | None = Field(None, description="run several stages in OUT/<objective>, each "
+                                                "this recipe with the stage's keys over it, each initialized "
+                                                "from the one before (e.g. [{objective: mae, epochs: 1}, "
+                                                "{objective: wsp}])")
+    mae: MaeSpec = Field(default_factory=MaeSpec)
+    init: InitSpec = Field(default_factory=InitSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -504,7 +530,7 @@ def kind_of(path: str | Path) -> str:
 
 
 def dump(recipe: Recipe, kind: str | None = None) -> str:
-    data = json.loads(recipe.model_dump_json())
+    data = json.loads(recipe.model_dump_json(by_alias=True))
     if kind:
         data = {"kind": kind, **data}
     return yaml.safe_dump(data, sort_keys=False)

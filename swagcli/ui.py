@@ -107,7 +107,11 @@ def sample_report(summary: dict, out_dir: str | Path | None = None) -> None:
 
 
 def pretrain_report(r: dict) -> None:
-    rows = [("status", r["status"]), ("steps", f"{r['step']:,} of {r['total_steps']:,}"),
+    if r.get("stages"):
+        for stage in r["stages"]:
+            pretrain_report(stage)
+        return
+    rows = [("objective", r.get("objective", "wsp")), ("status", r["status"]), ("steps", f"{r['step']:,} of {r['total_steps']:,}"),
             ("samples", r["samples"]), ("last loss", f"{r['last_loss']:.4f}" if r.get("last_loss") is not None else "-")]
     if "eval_top1" in r:
         rows += [("held-out hashtag top-1", f"{r['eval_top1']:.2%}"), ("held-out top-5", f"{r['eval_top5']:.2%}"),
@@ -116,6 +120,14 @@ def pretrain_report(r: dict) -> None:
     if st:
         rows.append(("skipped samples (bad)", f"{st.get('bad', 0):,}: {st.get('undecodable', 0)} undecodable, "
                      f"{st.get('no_image', 0)} without image, {st.get('bad_shards', 0)} truncated shards"))
+    if r.get("objective") == "mae" and "eval_loss" in r:
+        rows.append(("held-out masked-patch loss", f"{r['eval_loss']:.4f} ({r['eval_images']} images)"))
+    if r.get("reconstruction"):
+        rows.append(("reconstructions", r["reconstruction"]))
+    if r.get("init"):
+        i = r["init"]
+        rows.append(("initialized from", f"{i['from']}: {i['loaded']} encoder tensors loaded, "
+                     f"{len(i['missing'])} not found, {len(i['not_loaded'])} of the checkpoint's left out"))
     rows += [("checkpoint", r["checkpoint"] or "-"), ("resumed from", r.get("resumed_from") or "-")]
     console.print(kv_table(f"Pretraining run {r['run_dir']}", rows))
 

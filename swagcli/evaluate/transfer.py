@@ -81,6 +81,13 @@ def _load_swag(path: Path) -> Source:
     ckpt = ckpt_io.resolve(path)
     meta = ckpt_io.load_meta(ckpt)
     rec = recipes.load("pretrain", ckpt / "recipe.yaml")
+    if rec.objective == "mae":  # the encoder alone: no hashtag head, no pre-logits layer
+        from swagcli.train.engine import load_encoder
+
+        model = build_model(rec.model.name, 1, rec.model.kwargs, pre_logits=False)
+        load_encoder(model, str(ckpt))
+        return Source(model.eval(), rec.model.name, "swag-mae", rec.data.resolution, str(ckpt), None,
+                      f"swag:{ckpt.resolve()}:{meta.get('step')}", meta)
     vocab = Vocab(json.loads((ckpt / "vocab.json").read_text()), str(ckpt / "vocab.json"))
     model = build_model(rec.model.name, len(vocab), rec.model.kwargs, rec.model.pre_logits)
     ckpt_io.load_weights(model, ckpt)

@@ -206,7 +206,14 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     total_steps = max(1, math.ceil(total_samples / recipe.batch_size))
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank
-    model = build_model(recipe.model.name, len(vocab), recipe.model.kwargs, recipe.model.pre_logits).to(device)
+    mae = recipe.objective == "mae"
+    if mae:
+        from swagcli.train.mae import MaeModel
+
+        backbone = build_model(recipe.model.name, 1, recipe.model.kwargs, pre_logits=False).backbone
+        model = MaeModel(backbone, **recipe.mae.model_dump()).to(device)
+    else:
+        model = build_model(recipe.model.name, len(vocab), recipe.model.kwargs, recipe.model.pre_logits).to(device)
     norm = Normalizer(model.backbone).to(device)
     opt = build_optimizer(model, recipe.optim, recipe.batch_size)
     sched = build_scheduler(opt, total_steps, recipe.optim)
@@ -216,6 +223,9 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
 
     step, samples_seen, positions = 0, 0, {}
     resume_from, st = resume(recipe.resume, out, model, opt, sched, scaler)
+    init = None
+    if resume_from is None and recipe.init.from_:
+        init = load_encoder(model, recipe.init.from_)
     if resume_from is not None:
         step, samples_seen = st["step"], st["samples"]
         positions = {int(k): StreamPosition(*v) for k, v in st["streams"].items()}
@@ -231,6 +241,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
 
     recipe_yaml = R.dump(recipe, "pretrain")
     log = RunLog(out, env, recipe, total_steps, progress) if env.is_main else None
+    if log and init:
+        log.event({"step": step, "init": init})
     prev = take_signals()
     stream_stats: dict = {}
     status = "finished"
@@ -267,8 +279,12 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                 sync = micro == layout["accum"] - 1 or not env.distributed
                 ctx = contextlib.nullcontext() if sync else ddp.no_sync()
                 with ctx, torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    logits = ddp(norm(batch["image"].to(device, non_blocking=True)))
-                    loss = loss_fn(logits, batch["target_idx"].to(device), batch["target_w"].to(device))
+                    x = norm(batch["image"].to(device, non_blocking=True))
+                    if mae:
+                        loss = ddp(x)[0]
+                    else:
+                        logits = ddp(x)
+                        loss = loss_fn(logits, batch["target_idx"].to(device), batch["target_w"].to(device))
                 scaler.scale(loss / layout["accum"]).backward()
                 loss_sum += loss.detach()
                 for k, (epoch, offset, stats) in batch["streams"].items():
@@ -302,10 +318,16 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             final = _eval(model, norm, recipe, plan, shards, env, device)
             if log:
                 log.event({"step": step, **final})
+            if mae and env.is_main:
+                from swagcli.train.mae import reconstruction_figure
+
+                final["reconstruction"] = str(reconstruction_figure(model, norm, _figure_batch(recipe, plan, shards),
+                                                                    out / "reconstruction.png", device))
         result = {"status": status, "step": step, "total_steps": total_steps, "samples": samples_seen,
                   "checkpoint": str(last_ckpt) if last_ckpt else None, "run_dir": str(out),
                   "resumed_from": str(resume_from) if resume_from else None,
-                  "last_loss": loss_val if step else None, "stream": _sum_stats(stream_stats), **final}
+                  "last_loss": loss_val if step else None, "stream": _sum_stats(stream_stats),
+                  "objective": recipe.objective, **({"init": init} if init else {}), **final}
         if log:
             log.close(result)
         return result
@@ -315,11 +337,108 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             log.stop()
 
 
-def _eval(model, norm, recipe, plan, shards, env, device) -> dict:
+def stage_recipes(recipe) -> list:
+    """The recipes of ``stages``: each the recipe with the stage's keys over it, run in
+    ``OUT/<i>-<objective>`` (or ``OUT/<name>``), initialized from the stage before unless it says
+    otherwise. Every stage is validated before the first one starts."""
+    from swagcli import recipes as R
+
+    base = json.loads(recipe.model_dump_json(by_alias=True))
+    base.pop("stages")
+    out, prev = [], None
+    for i, stage in enumerate(recipe.stages or []):
+        stage = dict(stage)
+        name = stage.pop("name", None) or f"{i + 1}-{stage.get('objective', base['objective'])}"
+        data = _merge(base, stage)
+        data["out"] = str(Path(recipe.out) / name)
+        if prev is not None and not (stage.get("init") or {}).get("from"):
+            data["init"] = {**data.get("init", {}), "from": prev}
+        out.append(R.validate("pretrain", data, f"stages[{i}] ({name})"))
+        prev = data["out"]
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return merged
+
+
+def train_stages(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
+    """:func:`train`, or every stage of ``stages`` in turn (a finished stage is not rerun); the
+    result is the last stage's, with every stage's under ``stages``."""
+    if not recipe.stages:
+        return train(recipe, env, progress, on_step)
+    if not recipe.out:
+        raise SwagError("pretrain: no run directory (--out DIR or 'out:' in the recipe)")
+    results = []
+    for r in stage_recipes(recipe):
+        done = Path(r.out) / "result.json"
+        res = json.loads(done.read_text()) if done.is_file() else None
+        if not (res and res.get("status") == "finished"):
+            res = train(r, env, progress, on_step)
+        results.append(res)
+        if res["status"] != "finished":
+            break
+    return {**results[-1], "stages": results}
+
+
+def _holdout(recipe, plan) -> str | None:
     holdout = recipe.data.holdout or str(Path(plan["dir"]) / "holdout")
-    if not (Path(holdout) / "plan.json").is_file():
+    return holdout if (Path(holdout) / "plan.json").is_file() else None
+
+
+def _eval(model, norm, recipe, plan, shards, env, device) -> dict:
+    holdout = _holdout(recipe, plan)
+    if holdout is None:
         return {}
+    if recipe.objective == "mae":
+        from swagcli.train.mae import evaluate_mae
+
+        cfg = StreamConfig(shards=shards, plan_dir=holdout, resolution=recipe.data.resolution, train=False,
+                           loop=False, shuffle_buffer=1, seed=recipe.seed,
+                           max_bad_fraction=recipe.data.max_bad_fraction)
+        loader = make_loader(cfg, batch_size=recipe.micro_batch or 64, workers=recipe.data.workers,
+                             rank=env.rank, world=env.world)
+        return evaluate_mae(model, norm, loader, env, device, recipe.eval_samples)
     return evaluate(model, norm, holdout, shards, recipe, env, device, recipe.eval_samples)
+
+
+def _figure_batch(recipe, plan, shards, n: int = 8) -> torch.Tensor:
+    """The first n held-out images (training images if there is no holdout), uint8."""
+    cfg = StreamConfig(shards=shards, plan_dir=_holdout(recipe, plan) or recipe.data.plan,
+                       resolution=recipe.data.resolution, train=False, loop=False, shuffle_buffer=1,
+                       seed=recipe.seed, max_bad_fraction=recipe.data.max_bad_fraction)
+    return next(iter(make_loader(cfg, batch_size=n, workers=0, rank=0, world=1)))["image"]
+
+
+def load_encoder(model, source: str) -> dict:
+    """The encoder (``backbone.*``) of a swag run or checkpoint into ``model``: which keys were
+    loaded, which of the model's were not found, which of the checkpoint's were left out."""
+    from safetensors.torch import load_file
+
+    try:
+        ckpt = ckpt_io.resolve(source)
+    except SwagError as e:
+        raise SwagError(f"init.from: {e}") from None
+    weights = load_file(str(ckpt / "model.safetensors"))
+    own = model.state_dict()
+    enc = {k: v for k, v in weights.items() if k.startswith("backbone.")}
+    if not enc:
+        raise SwagError(f"init.from: {ckpt} has no encoder weights (backbone.*)")
+    shape = [k for k, v in enc.items() if k in own and own[k].shape != v.shape]
+    if shape:
+        k = shape[0]
+        raise SwagError(f"init.from: {k} is {tuple(enc[k].shape)} in {ckpt}, {tuple(own[k].shape)} here "
+                        "(another model size or resolution?)")
+    load = {k: v for k, v in enc.items() if k in own}
+    if not load:
+        raise SwagError(f"init.from: none of {ckpt}'s encoder weights fit this model (another architecture?)")
+    model.load_state_dict(load, strict=False)
+    missing = sorted(k for k in own if k.startswith("backbone.") and k not in load)
+    return {"from": str(ckpt), "loaded": len(load), "missing": missing,
+            "not_loaded": sorted(k for k in weights if k not in load)}
 
 
 def _any_rank(flag: bool, env: DistEnv, device) -> bool:
