@@ -74,7 +74,7 @@ def mae_recipe(tiny_world, out, steps, *sets):
 
 @pytest.fixture(scope="module")
 def mae_run(tiny_world, tmp_path_factory):
-    """The tiny MAE recipe for 300 steps (~19k images, about 10 passes over the world)."""
+    """The tiny MAE recipe for 300 steps (~19k images, about 10 passes over the world's 2000)."""
     out = tmp_path_factory.mktemp("mae") / "run"
     return train(mae_recipe(tiny_world, out, 300), DistEnv(), progress=False)
 
@@ -152,3 +152,33 @@ def test_stages_chain_mae_then_hashtags(tiny_world, tmp_path):
                        overrides=["stages=[{objective: mae}, {objective: nope}]"])
     with pytest.raises(SwagError, match=r"stages\[1\] \(2-nope\): objective"):
         stage_recipes(bad)
+
+
+def _losses(run_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in open(Path(run_dir) / "metrics.jsonl")
+            if '"loss"' in line and '"step"' in line]
+
+
+def test_hashtag_pretraining_from_mae_converges_faster(mae_run, tiny_world, tmp_path):
+    """MAWS's claim at small scale: the same hashtag run (same seed, data order and schedule) from
+    the MAE encoder trains to a lower loss along the way and reaches the loss the run from random
+    weights ends at sooner (both smoothed over 20 updates). Measured: step 124 vs 152, mean loss
+    0.054 lower after step 50 (an MAE run of 1000 steps: 0.051 and 0.055 lower on two seeds). The
+    MAE learning rate matters: at 4x this one (0.0015 at batch 64) the gain was gone (151 vs 152)."""
+    import numpy as np
+
+    runs = {}
+    for name, extra in (("random", []), ("mae", [f"init.from={mae_run['run_dir']}"])):
+        r = recipes.load("pretrain", REPO / "recipes/pretrain/test_vit.yaml", flags={"out": str(tmp_path / name)},
+                         overrides=[f"data.plan={tiny_world['plan']}",
+                                    "data.shards=[" + ",".join(tiny_world["shards"]) + "]", "data.workers=1",
+                                    "data.shuffle_buffer=200", "log_every=1", "batch_size=64", "samples=12800",
+                                    "optim.lr=0.003", *extra])
+        train(r, DistEnv(), progress=False)
+        runs[name] = np.convolve(_losses(tmp_path / name), np.ones(20) / 20, "valid")
+    rnd, mae = runs["random"], runs["mae"]
+    target = rnd[-1]
+    first = {k: int(np.argmax(v <= target)) + 20 for k, v in runs.items()}
+    gap = float((rnd[30:] - mae[30:]).mean())
+    assert first["mae"] <= 0.9 * first["random"], first
+    assert gap > 0.02, gap
