@@ -1,0 +1,89 @@
+"""Association statistics at the paper's scale (`swag fairness`): 178,448 images (SWAG App. F's
+skin-tone set), 6 groups, a 27,000-hashtag vocabulary, top-5 per image, 1,000 bootstrap resamples.
+
+    .venv/bin/python bench/bench_fairness.py [--n 178448] [--groups 6] [--vocab 27000] [--bootstrap 1000]
+
+Timed: :func:`swagcli.evaluate.fairness.associations` (rates, differences, ranking and the
+bootstrap intervals of the ranked hashtags). The peer, in the same run, is the point estimate
+alone (``bootstrap=0``): the ratio is what the intervals cost. Also: the same bootstrap with
+numpy's multinomial draws (the first version), and the peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from swagcli.evaluate import fairness as F  # noqa: E402
+
+
+def multinomial_bootstrap(tk, g, n, cols, eligible, B, confidence, seed):
+    """The first version's resampling (numpy multinomial with equal cell probabilities)."""
+    rng = np.random.default_rng(seed)
+    G, K = len(n), len(cols)
+    col = np.full(int(tk.max()) + 1, -1, dtype=np.int64)
+    col[cols] = np.arange(K)
+    draws = np.zeros((B, G, K))
+    for j in range(G):
+        rows = np.flatnonzero(g == j)
+        ind = np.zeros((len(rows), K), dtype=np.float32)
+        c = col[tk[rows]]
+        r_i, k_i = np.nonzero(c >= 0)
+        ind[r_i, c[r_i, k_i]] = 1.0
+        for b0 in range(0, B, 200):
+            w = rng.multinomial(len(rows), np.full(len(rows), 1.0 / len(rows)), size=min(200, B - b0))
+            draws[b0:b0 + len(w), j] = w.astype(np.float32) @ ind / len(rows)
+    diff, _ = F._differences(draws, eligible)
+    a = (1 - confidence) / 2
+    return np.nanquantile(diff, a, axis=0), np.nanquantile(diff, 1 - a, axis=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=178_448)
+    ap.add_argument("--groups", type=int, default=6)
+    ap.add_argument("--vocab", type=int, default=27_000)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    # top-5 lists drawn from 5,000 distinct ones, Zipf-like reuse; group 0 gets one hashtag more often
+    pool = np.stack([rng.choice(a.vocab, size=5, replace=False) for _ in range(5000)])
+    topk = pool[np.minimum(rng.zipf(1.3, a.n), 5000) - 1]
+    groups = rng.integers(0, a.groups, a.n)
+    topk[(groups == 0) & (rng.random(a.n) < 0.2), 4] = a.vocab - 1
+    names = [str(i) for i in range(a.groups)]
+
+    t = time.perf_counter()
+    F.associations(topk, groups, names, a.vocab, bootstrap=0)
+    peer = time.perf_counter() - t
+    t = time.perf_counter()
+    out = F.associations(topk, groups, names, a.vocab, bootstrap=a.bootstrap)
+    full = time.perf_counter() - t
+    orig = F._bootstrap
+    F._bootstrap = multinomial_bootstrap
+    try:
+        t = time.perf_counter()
+        F.associations(topk, groups, names, a.vocab, bootstrap=a.bootstrap)
+        first = time.perf_counter() - t
+    finally:
+        F._bootstrap = orig
+    top = out[0]["top"][0]
+    print(f"{a.n:,} images, {a.groups} groups, {a.vocab:,} hashtags, {a.bootstrap} resamples")
+    print(f"point estimate only (peer)         {peer:7.2f} s   1.0x")
+    print(f"with bootstrap intervals           {full:7.2f} s   {full / peer:.1f}x")
+    print(f"  multinomial resampling (first)   {first:7.2f} s   {first / peer:.1f}x")
+    print(f"group 0's first hashtag: id {top['hashtag_id']} (planted {a.vocab - 1}), "
+          f"{top['abs_diff'] * 100:+.1f} points [{top['ci_low'] * 100:+.1f}, {top['ci_high'] * 100:+.1f}]")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
