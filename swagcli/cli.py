@@ -402,7 +402,7 @@ def zeroshot_run(
     checkpoint: Optional[str] = ZsCheckpoint,
     data: Optional[List[str]] = ZsData,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory"),
-    platt: Optional[bool] = typer.Option(None, "--platt/--no-platt", help="also fit Platt scaling [on]"),
+    platt: Optional[bool] = typer.Option(None, "--platt/--no-platt", help="also fit Platt scaling (default: on)"),
     aggregation: Optional[str] = typer.Option(None, "--aggregation", "-a", help="auto | sum | mean | max"),
     classes: Optional[str] = ClassesOpt,
     recipe: Optional[Path] = RecipeOpt,
@@ -452,9 +452,9 @@ def fairness(
     mapping: Optional[str] = typer.Option(None, "--mapping", help="hashtag -> class file for the geography "
                                           "(default: WordNet's map of the labels)"),
     associations: Optional[bool] = typer.Option(None, "--associations/--no-associations",
-                                                help="hashtag associations per group [on]"),
+                                                help="hashtag associations per group (default: on)"),
     geography: Optional[bool] = typer.Option(None, "--geography/--no-geography",
-                                             help="accuracy per country and the 80% rule [on]"),
+                                             help="accuracy per country and the 80% rule (default: on)"),
     recipe: Optional[Path] = RecipeOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
