@@ -229,7 +229,6 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     if resume_from is not None:
         step, samples_seen = st["step"], st["samples"]
         positions = {int(k): StreamPosition(*v) for k, v in st["streams"].items()}
-        torch.set_rng_state(st["rng"][env.rank % len(st["rng"])])
 
     ddp = torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model
     stream = StreamConfig(shards=shards, plan_dir=recipe.data.plan, resolution=recipe.data.resolution,
@@ -238,6 +237,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                           rotate=(step * layout["accum"]) % max(1, recipe.data.workers))
     loader = make_loader(stream, layout["micro"], recipe.data.workers, env.rank, env.world)
     it = iter(loader)
+    if resume_from is not None:  # after iter(): starting the loader draws from the torch RNG
+        torch.set_rng_state(st["rng"][env.rank % len(st["rng"])])
 
     recipe_yaml = R.dump(recipe, "pretrain")
     log = RunLog(out, env, recipe, total_steps, progress) if env.is_main else None

@@ -117,7 +117,8 @@ class MaeModel(nn.Module):
         """(keep [B, K] patch indices, restore [B, N]: the order that undoes the shuffle)."""
         n = self.grid[0] * self.grid[1]
         k = max(1, int(round(n * (1 - self.mask_ratio))))
-        order = torch.rand(batch, n, device=device).argsort(dim=1)
+        # drawn on the CPU: its RNG state is what checkpoints keep, so a resumed run redraws the same masks
+        order = torch.rand(batch, n).argsort(dim=1).to(device)
         return order[:, :k], order.argsort(dim=1)
 
     def decode(self, z: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
