@@ -3,7 +3,7 @@ skin-tone set), 6 groups, a 27,000-hashtag vocabulary, top-5 per image, 1,000 bo
 
     .venv/bin/python bench/bench_fairness.py [--n 178448] [--groups 6] [--vocab 27000] [--bootstrap 1000]
 
-Timed: :func:`swagcli.evaluate.fairness.associations` (rates, differences, ranking and the
+Timed: :func:`swagcli.evaluate.fairness_stats.associations` (rates, differences, ranking and the
 bootstrap intervals of the ranked hashtags). The peer, in the same run, is the point estimate
 alone (``bootstrap=0``): the ratio is what the intervals cost. Also: the same bootstrap with
 numpy's multinomial draws (the first version), and the peak RSS.
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from swagcli.evaluate import fairness as F  # noqa: E402
+from swagcli.evaluate import fairness_stats as F  # noqa: E402
 
 
 def multinomial_bootstrap(tk, g, n, cols, eligible, B, confidence, seed):

@@ -197,7 +197,7 @@ def pretrain(
     """Pretrain a timm model to predict hashtags (locally, N local processes, or SLURM)."""
     from swagcli import recipes, ui
     from swagcli import launch
-    from swagcli.train.engine import stage_recipes, train_stages
+    from swagcli.train.stages import stage_recipes, train_stages
 
     if status or cancel:
         job, info = launch.cancel_slurm(cancel) if cancel else launch.slurm_job(status)

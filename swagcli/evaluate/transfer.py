@@ -82,7 +82,7 @@ def _load_swag(path: Path) -> Source:
     meta = ckpt_io.load_meta(ckpt)
     rec = recipes.load("pretrain", ckpt / "recipe.yaml")
     if rec.objective == "mae":  # the encoder alone: no hashtag head, no pre-logits layer
-        from swagcli.train.engine import load_encoder
+        from swagcli.train.checkpoint import load_encoder
 
         model = build_model(rec.model.name, 1, rec.model.kwargs, pre_logits=False)
         load_encoder(model, str(ckpt))

@@ -101,3 +101,31 @@ def load_train_state(ckpt: Path) -> dict:
         return torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
         raise SwagError(f"{ckpt}: unreadable train state ({str(e).splitlines()[0]})") from None
+
+
+def load_encoder(model, source: str) -> dict:
+    """The encoder (``backbone.*``) of a swag run or checkpoint into ``model``: which keys were
+    loaded, which of the model's were not found, which of the checkpoint's were left out."""
+    from safetensors.torch import load_file
+
+    try:
+        ckpt = resolve(source)
+    except SwagError as e:
+        raise SwagError(f"init.from: {e}") from None
+    weights = load_file(str(ckpt / "model.safetensors"))
+    own = model.state_dict()
+    enc = {k: v for k, v in weights.items() if k.startswith("backbone.")}
+    if not enc:
+        raise SwagError(f"init.from: {ckpt} has no encoder weights (backbone.*)")
+    shape = [k for k, v in enc.items() if k in own and own[k].shape != v.shape]
+    if shape:
+        k = shape[0]
+        raise SwagError(f"init.from: {k} is {tuple(enc[k].shape)} in {ckpt}, {tuple(own[k].shape)} here "
+                        "(another model size or resolution?)")
+    load = {k: v for k, v in enc.items() if k in own}
+    if not load:
+        raise SwagError(f"init.from: none of {ckpt}'s encoder weights fit this model (another architecture?)")
+    model.load_state_dict(load, strict=False)
+    missing = sorted(k for k in own if k.startswith("backbone.") and k not in load)
+    return {"from": str(ckpt), "loaded": len(load), "missing": missing,
+            "not_loaded": sorted(k for k in weights if k not in load)}

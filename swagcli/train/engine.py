@@ -225,7 +225,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     resume_from, st = resume(recipe.resume, out, model, opt, sched, scaler)
     init = None
     if resume_from is None and recipe.init.from_:
-        init = load_encoder(model, recipe.init.from_)
+        init = ckpt_io.load_encoder(model, recipe.init.from_)
     if resume_from is not None:
         step, samples_seen = st["step"], st["samples"]
         positions = {int(k): StreamPosition(*v) for k, v in st["streams"].items()}
@@ -338,53 +338,6 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             log.stop()
 
 
-def stage_recipes(recipe) -> list:
-    """The recipes of ``stages``: each the recipe with the stage's keys over it, run in
-    ``OUT/<i>-<objective>`` (or ``OUT/<name>``), initialized from the stage before unless it says
-    otherwise. Every stage is validated before the first one starts."""
-    from swagcli import recipes as R
-
-    base = json.loads(recipe.model_dump_json(by_alias=True))
-    base.pop("stages")
-    out, prev = [], None
-    for i, stage in enumerate(recipe.stages or []):
-        stage = dict(stage)
-        name = stage.pop("name", None) or f"{i + 1}-{stage.get('objective', base['objective'])}"
-        data = _merge(base, stage)
-        data["out"] = str(Path(recipe.out) / name)
-        if prev is not None and not (stage.get("init") or {}).get("from"):
-            data["init"] = {**data.get("init", {}), "from": prev}
-        out.append(R.validate("pretrain", data, f"stages[{i}] ({name})"))
-        prev = data["out"]
-    return out
-
-
-def _merge(base: dict, over: dict) -> dict:
-    merged = dict(base)
-    for k, v in over.items():
-        merged[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return merged
-
-
-def train_stages(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
-    """:func:`train`, or every stage of ``stages`` in turn (a finished stage is not rerun); the
-    result is the last stage's, with every stage's under ``stages``."""
-    if not recipe.stages:
-        return train(recipe, env, progress, on_step)
-    if not recipe.out:
-        raise SwagError("pretrain: no run directory (--out DIR or 'out:' in the recipe)")
-    results = []
-    for r in stage_recipes(recipe):
-        done = Path(r.out) / "result.json"
-        res = json.loads(done.read_text()) if done.is_file() else None
-        if not (res and res.get("status") == "finished"):
-            res = train(r, env, progress, on_step)
-        results.append(res)
-        if res["status"] != "finished":
-            break
-    return {**results[-1], "stages": results}
-
-
 def _holdout(recipe, plan) -> str | None:
     holdout = recipe.data.holdout or str(Path(plan["dir"]) / "holdout")
     return holdout if (Path(holdout) / "plan.json").is_file() else None
@@ -412,34 +365,6 @@ def _figure_batch(recipe, plan, shards, n: int = 8) -> torch.Tensor:
                        resolution=recipe.data.resolution, train=False, loop=False, shuffle_buffer=1,
                        seed=recipe.seed, max_bad_fraction=recipe.data.max_bad_fraction)
     return next(iter(make_loader(cfg, batch_size=n, workers=0, rank=0, world=1)))["image"]
-
-
-def load_encoder(model, source: str) -> dict:
-    """The encoder (``backbone.*``) of a swag run or checkpoint into ``model``: which keys were
-    loaded, which of the model's were not found, which of the checkpoint's were left out."""
-    from safetensors.torch import load_file
-
-    try:
-        ckpt = ckpt_io.resolve(source)
-    except SwagError as e:
-        raise SwagError(f"init.from: {e}") from None
-    weights = load_file(str(ckpt / "model.safetensors"))
-    own = model.state_dict()
-    enc = {k: v for k, v in weights.items() if k.startswith("backbone.")}
-    if not enc:
-        raise SwagError(f"init.from: {ckpt} has no encoder weights (backbone.*)")
-    shape = [k for k, v in enc.items() if k in own and own[k].shape != v.shape]
-    if shape:
-        k = shape[0]
-        raise SwagError(f"init.from: {k} is {tuple(enc[k].shape)} in {ckpt}, {tuple(own[k].shape)} here "
-                        "(another model size or resolution?)")
-    load = {k: v for k, v in enc.items() if k in own}
-    if not load:
-        raise SwagError(f"init.from: none of {ckpt}'s encoder weights fit this model (another architecture?)")
-    model.load_state_dict(load, strict=False)
-    missing = sorted(k for k in own if k.startswith("backbone.") and k not in load)
-    return {"from": str(ckpt), "loaded": len(load), "missing": missing,
-            "not_loaded": sorted(k for k in weights if k not in load)}
 
 
 def _any_rank(flag: bool, env: DistEnv, device) -> bool:

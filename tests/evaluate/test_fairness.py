@@ -17,6 +17,7 @@ import pytest
 
 from swagcli.errors import SwagError
 from swagcli.evaluate import fairness as F
+from swagcli.evaluate import fairness_stats as S
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,7 @@ def test_country_accuracy_and_eighty_rule_by_hand():
     countries = [r[0] for r in rows]
     y = np.array([r[1] for r in rows])
     pred = np.where([r[2] for r in rows], y, 1 - y)
-    geo = F.geography(countries, y, pred, ["c0", "c1"], ratio=0.8)
+    geo = S.geography(countries, y, pred, ["c0", "c1"], ratio=0.8)
     assert geo["country_names"] == ["GB", "NG", "US"]
     acc = {c["country"]: (c["correct"], c["images"], c["classes"]) for c in geo["countries"]}
     assert acc == {"US": (5, 6, 2), "GB": (5, 6, 2), "NG": (1, 2, 1)}
@@ -49,10 +50,10 @@ def test_country_accuracy_and_eighty_rule_by_hand():
     comp = dict(zip(geo["country_names"], geo["compared"]))
     assert comp["US"] == [2, 1, 2] and comp["NG"] == [1, 1, 1]
     # min_images 3: NG's class 0 (2 images) and the 2-image class 1 cells drop out
-    geo3 = F.geography(countries, y, pred, ["c0", "c1"], ratio=0.8, min_images=3)
+    geo3 = S.geography(countries, y, pred, ["c0", "c1"], ratio=0.8, min_images=3)
     m3 = dict(zip(geo3["country_names"], geo3["eighty_rule"]))
     assert m3["GB"] == [0.0, 0.0, 1.0] and m3["US"] == [0.0, 0.0, 0.0] and m3["NG"] == [0.0, 0.0, 0.0]
-    lo, hi = F.wilson(5, 6)
+    lo, hi = S.wilson(5, 6)
     assert lo < 5 / 6 < hi and lo == pytest.approx(0.4365, abs=1e-3) and hi == pytest.approx(0.9699, abs=1e-3)
 
 
@@ -67,7 +68,7 @@ def test_association_rates_and_differences_by_hand():
                   [1, 2], [1, 2], [1, 3], [0, 3],      # G1: h0 .25, h1 .75, h2 .5, h3 .5
                   [3, 2], [3, 2]])                     # G2: h3 1.0, h2 1.0
     groups = np.array([0] * 4 + [1] * 4 + [2] * 2)
-    out = F.associations(topk, groups, ["G0", "G1", "G2"], 4, top_n=4, min_group=3, bootstrap=0)
+    out = S.associations(topk, groups, ["G0", "G1", "G2"], 4, top_n=4, min_group=3, bootstrap=0)
     g0, g1, g2 = out
     assert (g0["images"], g0["ranked"], g2["ranked"]) == (4, True, False)
     d0 = {r["hashtag_id"]: r for r in g0["top"]}
@@ -81,7 +82,7 @@ def test_association_rates_and_differences_by_hand():
     assert d2[2]["abs_diff"] == pytest.approx(0.5)
     assert g1["top"][0]["hashtag_id"] == 0 and g1["top"][0]["abs_diff"] == pytest.approx(-0.75)
     # a hashtag nobody else gets has no relative difference
-    only = F.associations(_topk([[0]] * 3 + [[1]] * 3), np.array([0] * 3 + [1] * 3), ["a", "b"], 2,
+    only = S.associations(_topk([[0]] * 3 + [[1]] * 3), np.array([0] * 3 + [1] * 3), ["a", "b"], 2,
                           min_group=1, bootstrap=0)
     assert only[0]["top"][0]["rel_diff"] is None and only[0]["top"][0]["abs_diff"] == 1.0
 
@@ -94,7 +95,7 @@ def test_bootstrap_intervals_cover_the_estimate_and_see_real_effects():
     p0 = np.where(groups == 1, 0.5, 0.2)
     has0, has1 = rng.random(3 * n) < p0, rng.random(3 * n) < 0.3
     topk = np.stack([np.where(has0, 0, 2), np.where(has1, 1, 3)], axis=1)
-    out = F.associations(topk, groups, ["a", "b", "c"], 4, top_n=4, min_group=30, bootstrap=500, seed=1)
+    out = S.associations(topk, groups, ["a", "b", "c"], 4, top_n=4, min_group=30, bootstrap=500, seed=1)
     b = {r["hashtag_id"]: r for r in out[1]["top"]}
     assert b[0]["significant"] and b[0]["ci_low"] > 0.2 and b[0]["ci_low"] < b[0]["abs_diff"] < b[0]["ci_high"]
     assert out[1]["top"][0]["hashtag_id"] == 0
@@ -104,20 +105,20 @@ def test_bootstrap_intervals_cover_the_estimate_and_see_real_effects():
             if r["hashtag_id"] == 1:
                 assert not r["significant"] and r["ci_high"] - r["ci_low"] < 0.15
     # the same seed gives the same intervals
-    again = F.associations(topk, groups, ["a", "b", "c"], 4, top_n=4, min_group=30, bootstrap=500, seed=1)
+    again = S.associations(topk, groups, ["a", "b", "c"], 4, top_n=4, min_group=30, bootstrap=500, seed=1)
     assert again == out
 
 
 def test_attribute_groups_buckets_and_errors():
-    g, names = F.attribute_groups(["3", "17", "", "25.5", "99", "n/a", "10"], "age", 10)
+    g, names = S.attribute_groups(["3", "17", "", "25.5", "99", "n/a", "10"], "age", 10)
     assert names == ["0-10", "10-20", "20-30", "90-100"]
     assert g.tolist() == [0, 1, -1, 2, 3, -1, 1]
-    g, names = F.attribute_groups(["b", "a", "b", "?"], "gender", None)
+    g, names = S.attribute_groups(["b", "a", "b", "?"], "gender", None)
     assert names == ["a", "b"] and g.tolist() == [1, 0, 1, -1]
     with pytest.raises(SwagError, match=r"'abc' \(row 2\) is not a number"):
-        F.attribute_groups(["5", "abc"], "age", 10)
+        S.attribute_groups(["5", "abc"], "age", 10)
     with pytest.raises(SwagError, match="buckets.years=10"):
-        F.attribute_groups([str(i) for i in range(80)], "years", None)
+        S.attribute_groups([str(i) for i in range(80)], "years", None)
 
 
 def test_manifest_csv_and_jsonl_and_their_errors(tmp_path):

@@ -12,7 +12,9 @@ import torch
 from swagcli import recipes
 from swagcli.errors import SwagError
 from swagcli.train.dist import DistEnv
-from swagcli.train.engine import load_encoder, stage_recipes, train, train_stages
+from swagcli.train.checkpoint import load_encoder
+from swagcli.train.engine import train
+from swagcli.train.stages import stage_recipes, train_stages
 from swagcli.train.mae import MaeModel
 
 REPO = Path(__file__).resolve().parents[2]
