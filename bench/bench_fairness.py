@@ -25,25 +25,9 @@ import numpy as np  # noqa: E402
 from swagcli.evaluate import fairness_stats as F  # noqa: E402
 
 
-def multinomial_bootstrap(tk, g, n, cols, eligible, B, confidence, seed):
-    """The first version's resampling (numpy multinomial with equal cell probabilities)."""
-    rng = np.random.default_rng(seed)
-    G, K = len(n), len(cols)
-    col = np.full(int(tk.max()) + 1, -1, dtype=np.int64)
-    col[cols] = np.arange(K)
-    draws = np.zeros((B, G, K))
-    for j in range(G):
-        rows = np.flatnonzero(g == j)
-        ind = np.zeros((len(rows), K), dtype=np.float32)
-        c = col[tk[rows]]
-        r_i, k_i = np.nonzero(c >= 0)
-        ind[r_i, c[r_i, k_i]] = 1.0
-        for b0 in range(0, B, 200):
-            w = rng.multinomial(len(rows), np.full(len(rows), 1.0 / len(rows)), size=min(200, B - b0))
-            draws[b0:b0 + len(w), j] = w.astype(np.float32) @ ind / len(rows)
-    diff, _ = F._differences(draws, eligible)
-    a = (1 - confidence) / 2
-    return np.nanquantile(diff, a, axis=0), np.nanquantile(diff, 1 - a, axis=0)
+def multinomial_weights(rng, m: int, k: int) -> np.ndarray:
+    """The first version's resampling: numpy multinomial draws with equal cell probabilities."""
+    return rng.multinomial(m, np.full(m, 1.0 / m), size=k).astype(np.float32)
 
 
 def main() -> None:
@@ -67,14 +51,14 @@ def main() -> None:
     t = time.perf_counter()
     out = F.associations(topk, groups, names, a.vocab, bootstrap=a.bootstrap)
     full = time.perf_counter() - t
-    orig = F._bootstrap
-    F._bootstrap = multinomial_bootstrap
+    orig = F._resample_weights
+    F._resample_weights = multinomial_weights
     try:
         t = time.perf_counter()
         F.associations(topk, groups, names, a.vocab, bootstrap=a.bootstrap)
         first = time.perf_counter() - t
     finally:
-        F._bootstrap = orig
+        F._resample_weights = orig
     top = out[0]["top"][0]
     print(f"{a.n:,} images, {a.groups} groups, {a.vocab:,} hashtags, {a.bootstrap} resamples")
     print(f"point estimate only (peer)         {peer:7.2f} s   1.0x")

@@ -22,14 +22,12 @@ probabilities), cached in ``predictions/`` like every transfer feature. Outputs:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from swagcli.errors import SwagError
 from swagcli.evaluate.fairness_stats import associations, attribute_groups, geography
@@ -156,30 +154,6 @@ def read_mapping(path: str, classes: list[str], vocab) -> tuple[list[dict], list
 
 
 # -- the command -----------------------------------------------------------------------------------------------
-def predict(source, split, cache: Path, resolution: int, recipe, top_k: int, columns: list[int], progress=None):
-    """([N, top_k] hashtag ids (or None), [N, U] log p of the hashtags ``columns`` (or None)): one pass,
-    cached."""
-    from swagcli.evaluate.transfer import extract
-    from swagcli.train.dist import DistEnv
-    from swagcli.train.engine import amp_dtype, pick_device
-
-    ids = torch.tensor(columns, dtype=torch.long)
-    device = pick_device(recipe.device, DistEnv())
-
-    def fn(model, x):
-        logp = torch.log_softmax(model(x).float(), dim=1)
-        parts = [logp.topk(top_k, dim=1).indices.float()] if top_k else []
-        return torch.cat(parts + [logp[:, ids.to(x.device)]], dim=1)
-
-    key = {"what": "fairness: top-k hashtags and mapped log-probabilities", "top_k": top_k,
-           "hashtags": hashlib.sha1(json.dumps(columns).encode()).hexdigest()}
-    out = extract(source, split, cache, resolution, batch_size=recipe.data.batch_size,
-                  workers=recipe.data.workers, device=device, dtype=amp_dtype(recipe.precision, device),
-                  progress=progress, stage="predictions", fn=fn, key_extra=key)
-    topk = out[:, :top_k].round().astype(np.int64) if top_k else None
-    return topk, (out[:, top_k:] if columns else None)
-
-
 def run(recipe, progress=None) -> dict:
     from swagcli.evaluate import zeroshot as zs
     from swagcli.evaluate.transfer import load_source
@@ -228,8 +202,8 @@ def run(recipe, progress=None) -> dict:
     out = Path(recipe.out)
     resolution = recipe.data.resolution or source.resolution
     stamp(out, "fairness", recipe, {"source": source.fingerprint})
-    topk, logp = predict(source, split, out / "predictions", resolution, recipe, A.top_k if A.enabled else 0,
-                         columns, progress)
+    topk, logp = zs.head_outputs(source, split, out / "predictions", resolution, recipe, columns,
+                                 A.top_k if A.enabled else 0, progress)
     result = {"source": {"kind": source.kind, "model": source.name, "path": source.path},
               "manifest": str(man.path), "images": len(split), "resolution": resolution, "out": str(out)}
     if A.enabled:

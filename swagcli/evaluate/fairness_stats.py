@@ -119,8 +119,8 @@ def _bootstrap(tk, g, n, cols, eligible, B, confidence, seed):
     replacement within every group, B times."""
     rng = np.random.default_rng(seed)
     G, K = len(n), len(cols)
-    col = np.full(int(tk.max()) + 1 if tk.size else 1, -1, dtype=np.int64)
-    col[cols[cols < len(col)]] = np.arange(K)[cols < len(col)]
+    col = np.full(int(tk.max()) + 1, -1, dtype=np.int64)  # cols are hashtags some image has: all <= max
+    col[cols] = np.arange(K)
     draws = np.zeros((B, G, K))
     for j in range(G):
         if n[j] == 0:
@@ -132,11 +132,9 @@ def _bootstrap(tk, g, n, cols, eligible, B, confidence, seed):
         ind[r_i, c[r_i, k_i]] = 1.0
         m = len(rows)
         step = max(1, min(B, CELLS // m))
-        for b0 in range(0, B, step):  # how often each image is drawn: a bincount of m picks per resample
+        for b0 in range(0, B, step):
             k = min(step, B - b0)
-            picks = rng.integers(0, m, size=(k, m)) + (np.arange(k) * m)[:, None]
-            w = np.bincount(picks.ravel(), minlength=k * m).reshape(k, m).astype(np.float32)
-            draws[b0:b0 + k, j] = w @ ind / m
+            draws[b0:b0 + k, j] = _resample_weights(rng, m, k) @ ind / m
     diff, _ = _differences(draws, eligible)
     a = (1 - confidence) / 2
     with warnings.catch_warnings():  # groups without an eligible other group: all NaN, never ranked
@@ -192,3 +190,10 @@ def geography(countries: list[str], y: np.ndarray, pred: np.ndarray, classes: li
             "eighty_rule": below.tolist(), "compared": compared.tolist(),
             "class_accuracy": [{"country": names[r], "class": classes[c], "images": int(n[r, c]),
                                 "correct": int(k[r, c])} for r in range(R) for c in range(C) if n[r, c]]}
+
+
+def _resample_weights(rng, m: int, k: int) -> np.ndarray:
+    """[k, m] float32: how often each of m images is drawn in each of k resamples with replacement
+    (a bincount of m uniform picks per resample)."""
+    picks = rng.integers(0, m, size=(k, m)) + (np.arange(k) * m)[:, None]
+    return np.bincount(picks.ravel(), minlength=k * m).reshape(k, m).astype(np.float32)

@@ -230,27 +230,38 @@ def report(logq: torch.Tensor, y: np.ndarray, bins: int) -> dict:
 
 
 # -- the command -------------------------------------------------------------------------------------------
-def predictions(source, split, mapping: list[dict], cache: Path, resolution: int, recipe, progress=None):
-    """([N, U] float32 log p_h of the mapped hashtags, their ids): computed once, cached in ``cache``."""
+def head_outputs(source, split, cache: Path, resolution: int, recipe, columns: list[int], top_k: int = 0,
+                 progress=None):
+    """One cached pass of the hashtag head over ``split`` (softmax over the whole vocabulary):
+    ([N, top_k] ids of each image's top_k hashtags, or None; [N, len(columns)] float32 log p of the
+    hashtags ``columns``). ``recipe`` gives device, precision and data.batch_size / workers."""
     from swagcli.evaluate.transfer import extract
     from swagcli.train.dist import DistEnv
     from swagcli.train.engine import amp_dtype, pick_device
 
+    ids = torch.tensor(columns, dtype=torch.long)
+    device = pick_device(recipe.device, DistEnv())
+
+    def fn(model, x):
+        logp = torch.log_softmax(model(x).float(), dim=1)
+        top = [logp.topk(top_k, dim=1).indices.float()] if top_k else []  # ids < 2^24: exact in float32
+        return torch.cat(top + [logp[:, ids.to(x.device)]], dim=1)
+
+    key = {"what": "hashtag log-probabilities", "hashtags": hashlib.sha1(json.dumps(columns).encode()).hexdigest(),
+           **({"top_k": top_k} if top_k else {})}
+    out = extract(source, split, cache, resolution, batch_size=recipe.data.batch_size,
+                  workers=recipe.data.workers, device=device, dtype=amp_dtype(recipe.precision, device),
+                  progress=progress, stage="predictions", fn=fn, key_extra=key)
+    return (out[:, :top_k].round().astype(np.int64) if top_k else None), out[:, top_k:]
+
+
+def predictions(source, split, mapping: list[dict], cache: Path, resolution: int, recipe, progress=None):
+    """([N, U] float32 log p_h of the mapped hashtags, their ids): computed once, cached in ``cache``."""
     columns = sorted({h for m in mapping for h in m["hashtag_ids"]})
     if not columns:
         raise SwagError("zeroshot: no class maps to any hashtag of the vocabulary (are the classes WordNet "
                         "wnids or synset names? see `swag zeroshot map`)")
-    ids = torch.tensor(columns)
-    device = pick_device(recipe.device, DistEnv())
-
-    def fn(model, x):
-        return torch.log_softmax(model(x).float(), dim=1)[:, ids.to(x.device)]
-
-    key = {"what": "hashtag log-probabilities",
-           "hashtags": hashlib.sha1(json.dumps(columns).encode()).hexdigest()}
-    logp = extract(source, split, cache, resolution, batch_size=recipe.data.batch_size,
-                   workers=recipe.data.workers, device=device, dtype=amp_dtype(recipe.precision, device),
-                   progress=progress, stage="predictions", fn=fn, key_extra=key)
+    _, logp = head_outputs(source, split, cache, resolution, recipe, columns, progress=progress)
     return logp, columns
 
 

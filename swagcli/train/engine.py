@@ -140,10 +140,7 @@ def plan_layout(recipe, env: DistEnv) -> dict:
 def evaluate(model, norm, plan_dir: str, shards: list[str], recipe, env, device, limit=None) -> dict:
     """Hashtag accuracy on held-out images: top-1 (the top hashtag is one of the image's) and
     top-5, and the loss, summed over ranks."""
-    cfg = StreamConfig(shards=shards, plan_dir=plan_dir, resolution=recipe.data.resolution, train=False,
-                       loop=False, shuffle_buffer=1, seed=recipe.seed, max_bad_fraction=recipe.data.max_bad_fraction)
-    loader = make_loader(cfg, batch_size=recipe.micro_batch or 64, workers=recipe.data.workers,
-                         rank=env.rank, world=env.world)
+    loader = _eval_loader(recipe, plan_dir, shards, env)
     loss_fn = LOSSES[recipe.loss]
     tot = torch.zeros(4, dtype=torch.float64)  # n, top1, top5, loss sum
     model.eval()
@@ -350,21 +347,23 @@ def _eval(model, norm, recipe, plan, shards, env, device) -> dict:
     if recipe.objective == "mae":
         from swagcli.train.mae import evaluate_mae
 
-        cfg = StreamConfig(shards=shards, plan_dir=holdout, resolution=recipe.data.resolution, train=False,
-                           loop=False, shuffle_buffer=1, seed=recipe.seed,
-                           max_bad_fraction=recipe.data.max_bad_fraction)
-        loader = make_loader(cfg, batch_size=recipe.micro_batch or 64, workers=recipe.data.workers,
-                             rank=env.rank, world=env.world)
-        return evaluate_mae(model, norm, loader, env, device, recipe.eval_samples)
+        return evaluate_mae(model, norm, _eval_loader(recipe, holdout, shards, env), env, device, recipe.eval_samples)
     return evaluate(model, norm, holdout, shards, recipe, env, device, recipe.eval_samples)
+
+
+def _eval_loader(recipe, plan_dir: str, shards: list[str], env, batch_size: int | None = None,
+                 workers: int | None = None):
+    """The images of a plan in order, once, without augmentation; split over ranks."""
+    cfg = StreamConfig(shards=shards, plan_dir=plan_dir, resolution=recipe.data.resolution, train=False,
+                       loop=False, shuffle_buffer=1, seed=recipe.seed, max_bad_fraction=recipe.data.max_bad_fraction)
+    return make_loader(cfg, batch_size=batch_size or recipe.micro_batch or 64,
+                       workers=recipe.data.workers if workers is None else workers, rank=env.rank, world=env.world)
 
 
 def _figure_batch(recipe, plan, shards, n: int = 8) -> torch.Tensor:
     """The first n held-out images (training images if there is no holdout), uint8."""
-    cfg = StreamConfig(shards=shards, plan_dir=_holdout(recipe, plan) or recipe.data.plan,
-                       resolution=recipe.data.resolution, train=False, loop=False, shuffle_buffer=1,
-                       seed=recipe.seed, max_bad_fraction=recipe.data.max_bad_fraction)
-    return next(iter(make_loader(cfg, batch_size=n, workers=0, rank=0, world=1)))["image"]
+    loader = _eval_loader(recipe, _holdout(recipe, plan) or recipe.data.plan, shards, DistEnv(), n, 0)
+    return next(iter(loader))["image"]
 
 
 def _any_rank(flag: bool, env: DistEnv, device) -> bool:
