@@ -494,7 +494,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         msg = str(e)
         if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the message
             msg = msg.strip().splitlines()[-1].split("SwagError: ", 1)[-1]
-        err_console.print(f"error: {msg}", highlight=False, soft_wrap=True)
+        err_console.print(f"error: {msg}", highlight=False, soft_wrap=True, markup=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
