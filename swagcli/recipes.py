@@ -417,6 +417,11 @@ class SynthRecipe(Recipe):
     countries: dict[str, float] = Field(
         default_factory=lambda: {"US": 0.5, "GB": 0.15, "IN": 0.15, "BR": 0.1, "NG": 0.1})
     downstream_classes: int = Field(40, ge=2)
+    downstream_families: int | None = Field(None, ge=1, description="classes only from the concepts of this "
+                                            "many families: fine-grained (same shapes and backgrounds)")
+    downstream_noise: float = Field(1.0, ge=0, description="pixel-noise factor of the downstream images")
+    downstream_distractors: float = Field(0.0, ge=0, le=1, description="share of downstream images that also "
+                                          "show a random other concept in a corner")
     downstream_train_per_class: int = Field(30, ge=1)
     downstream_val_per_class: int = Field(20, ge=1)
     group_images: int = Field(1200, ge=0, description="images of the fairness set")

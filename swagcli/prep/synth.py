@@ -235,17 +235,32 @@ def _neighbour(concept: dict, near: dict, world_tags: set, taken: set):
     return tied or (0, concept["synset"], "self", *_mapping(concept["synset"], near))
 
 
-def _downstream(concepts: list, k: int, planted: int) -> list:
+def _downstream(concepts: list, k: int, planted: int, families: int | None = None) -> list:
     """k classes at evenly spaced Zipf ranks (never the planted concept's); among the 8 free
-    concepts nearest a target rank, the first with the best :func:`_neighbour` wins."""
-    if k > len(concepts) - 1:
-        raise SwagError(f"synth: downstream_classes={k} needs more than {k} concepts")
+    concepts nearest a target rank, the first with the best :func:`_neighbour` wins.
+    ``families``: draw only from the concepts of that many families (those with the most
+    concepts): a fine-grained set whose classes share shapes and backgrounds and differ by
+    colour and texture alone."""
+    pool = set(range(len(concepts)))
+    if families:
+        size = {}
+        for c in concepts:
+            size[c["family"]] = size.get(c["family"], 0) + 1
+        keep = sorted(size, key=lambda f: (-size[f], f))[:families]
+        pool = {i for i, c in enumerate(concepts) if c["family"] in keep}
+    if k > len(pool - {planted}):
+        raise SwagError(f"synth: downstream_classes={k} needs more than {k} concepts"
+                        + (f" in {families} families ({len(pool - {planted})})" if families else ""))
     near = _nearest_hashtags(concepts)
     world_tags = {v["tag"].lower() for c in concepts for v in c["variants"]}
     tag_of = {v["key"]: v["tag"] for c in reversed(concepts) for v in reversed(c["variants"])}
     taken, used, classes = {c["synset"] for c in concepts}, {planted}, []
-    for target in np.linspace(0, len(concepts) - 1, k).round().astype(int):
-        free = sorted((i for i in range(len(concepts)) if i not in used),
+    targets = np.linspace(0, len(concepts) - 1, k).round().astype(int)
+    if families:  # evenly spaced over the pool's ranks
+        ranks = sorted(pool - {planted})
+        targets = np.array(ranks)[np.linspace(0, len(ranks) - 1, k).round().astype(int)]
+    for target in targets:
+        free = sorted((i for i in pool if i not in used),
                       key=lambda i: (abs(i - target), i))
         best = None
         for i in free[:8]:
@@ -301,7 +316,8 @@ def build_world(recipe) -> dict:
         "junk_tags": [{"tag": t, "weight": round(float(w / junk_w.sum()), 6)}
                       for t, w in zip(junk, junk_w)],
         "countries": {c: round(w, 6) for c, w in countries.items()},
-        "downstream": {"classes": _downstream(concepts, recipe.downstream_classes, planted),
+        "downstream": {"classes": _downstream(concepts, recipe.downstream_classes, planted,
+                                                  recipe.downstream_families),
                        "train_per_class": recipe.downstream_train_per_class,
                        "val_per_class": recipe.downstream_val_per_class},
         "groups": {"groups": list(recipe.groups), "planted_group": recipe.planted_group,

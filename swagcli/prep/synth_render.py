@@ -322,9 +322,14 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
         image_jobs.append((out / files["images"][-1], a, primary[a:b], extra[a:b], looks, size,
                            seed, s))
     down = world["downstream"]
-    items = [(f"{split}/{c['wnid']}/{c['wnid']}_{i:04d}.jpg", [c["concept"]], 1.0)
+    items = [(f"{split}/{c['wnid']}/{c['wnid']}_{i:04d}.jpg", [c["concept"]], recipe.downstream_noise)
              for split in ("train", "val") for c in down["classes"]
              for i in range(down[f"{split}_per_class"])]
+    if recipe.downstream_distractors:  # a second, random concept in a corner of some images
+        rng, n = rng_for(recipe.seed, 4, 9), len(world["concepts"])
+        has, other = rng.random(len(items)) < recipe.downstream_distractors, rng.integers(1, n, len(items))
+        items = [(rel, shown + [(shown[0] + int(o)) % n] if h else shown, noise)
+                 for (rel, shown, noise), h, o in zip(items, has, other)]
     rows = _plan_groups(world, recipe)
     group_items = [(r[0], r[4], r[5]) for r in rows]
     stages = [

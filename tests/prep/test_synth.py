@@ -155,6 +155,22 @@ def test_classes_map_to_their_concept_by_path_similarity(world, wn):
     assert ranks[0] <= 2 and ranks[-1] >= 35  # head and tail
     assert world["groups"]["planted_concept"] not in ranks
 
+def test_fine_grained_downstream_classes_from_few_families(wn):
+    """downstream_families: 4 draws every class from the 4 largest families, head to tail, each
+    still mapping to its concept's hashtag; asking for more classes than they hold is one line."""
+    w = build_world(SynthRecipe(**{**SMALL, "concepts": 100, "downstream_classes": 20, "downstream_families": 4}))
+    size = Counter(c["family"] for c in w["concepts"])
+    top = sorted(size, key=lambda f: (-size[f], f))[:4]
+    classes = w["downstream"]["classes"]
+    assert {w["concepts"][c["concept"]]["family"] for c in classes} == set(top)
+    ranks = sorted(w["concepts"][c["concept"]]["rank"] for c in classes)
+    assert ranks[0] <= 3 and ranks[-1] >= 80 and len(set(ranks)) == 20
+    assert all(w["concepts"][c["concept"]]["key"] in c["expected_keys"] for c in classes)
+    assert build_world(SynthRecipe(**SMALL))["downstream"] == build_world(
+        SynthRecipe(**SMALL, downstream_families=None))["downstream"]
+    with pytest.raises(SwagError, match="in 1 families"):
+        build_world(SynthRecipe(**{**SMALL, "downstream_classes": 30, "downstream_families": 1}))
+
 
 # -- dumps ----------------------------------------------------------------------------------------
 def test_dumps(world_dir, world):
