@@ -267,6 +267,31 @@ def demo(
     run_demo(out, posts=posts, workers=workers)
 
 
+@app.command("findings")
+def findings(
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r",
+                                          help="a findings suite [recipes/ablations/findings.yaml]"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="working directory (cached: reruns resume)"),
+    study: Optional[List[str]] = typer.Option(None, "--study", help="run only these studies (file stems), repeatable"),
+    seeds: Optional[int] = typer.Option(None, help="seeds per arm [the suite's]"),
+    report: Optional[Path] = typer.Option(None, help="also write findings.md and the PNGs here (e.g. docs/findings)"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+    set_: Optional[List[str]] = SetOpt,
+):
+    """The papers' ablations (sampling, label noise, loss, init, Platt, MAE) on the synthetic world."""
+    from swagcli import recipes, ui
+    from swagcli.demo import RECIPE_DIR
+    from swagcli.findings.runner import run
+
+    path = recipe or RECIPE_DIR / "ablations" / "findings.yaml"
+    r = recipes.load("findings", path, flags={"out": str(out) if out else None, "workers": workers,
+                                              "report": str(report) if report else None}, overrides=set_)
+    with ui.StageProgress() as progress:
+        doc = run(r, Path(path).resolve().parent, only=_split(study), seeds=seeds,
+                  log=ui.console.print, progress=progress)
+    ui.findings_report(doc)
+
+
 # -- recipe ---------------------------------------------------------------------------------------
 @recipe_app.command("validate")
 def recipe_validate(files: List[Path] = typer.Argument(..., help="recipe files")):

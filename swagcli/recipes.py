@@ -431,6 +431,115 @@ class SynthRecipe(Recipe):
     workers: int = Field(1, ge=1)
 
 
+# -- swag findings: the papers' ablations on the synthetic world ---------------------------------
+_SLUG = r"^[a-z0-9][a-z0-9_.-]*$"
+
+
+class ArmSpec(Recipe):
+    """One setting of an ablation: keys over the suite's sample and pretrain recipes."""
+
+    name: str = Field(..., pattern=_SLUG, description="short id, used in `expect` (a-z, 0-9, _ . -)")
+    label: str | None = Field(None, description="how tables and plots name it (default: name)")
+    sample: dict[str, Any] = Field(default_factory=dict, description="keys over the suite's sample recipe")
+    pretrain: dict[str, Any] | None = Field(default_factory=dict, description="keys over the suite's "
+                                            "pretrain recipe; null = no pretraining (random weights)")
+    x: float | None = Field(None, description="position on a line plot's x axis (e.g. the noise level)")
+
+
+class PaperSpec(Recipe):
+    source: str = Field(..., description="where the paper reports it (e.g. 'WSL Fig. 4')")
+    claim: str = Field(..., description="the direction the paper reports, in words")
+    metric: str | None = Field(None, description="what the paper's numbers measure")
+    values: dict[str, float] = Field(default_factory=dict, description="the paper's number per arm")
+
+
+class AblationRecipe(Recipe):
+    """One study of `swag findings`: arms pretrained and evaluated alike, the paper's direction
+    written as comparisons (``"sqrt > natural"``; ``"a[zeroshot_platt] > a[zeroshot]"``)."""
+
+    title: str
+    paper: PaperSpec
+    metrics: list[str] = Field(default_factory=lambda: ["probe"], description="probe (100% of labels), "
+                               "probe@F (a fraction F of them), zeroshot, zeroshot_platt")
+    arms: list[ArmSpec] = Field(..., min_length=1)
+    expect: list[str] = Field(default_factory=list, description="'A > B': A's metric exceeds B's (each "
+                              "metric, or the one in brackets), paired by seed")
+    plot: Literal["bars", "line"] = "bars"
+    seeds: int | None = Field(None, ge=1, description="seeds for this study when the suite has fewer (a "
+                              "small difference needs more); --seeds overrides both")
+    notes: str | None = Field(None, description="what was tried, printed under the study in the report")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v):
+        for m in v:
+            metric_spec(m)
+        return v
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, v):
+        names = [a.name for a in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names repeat: {names}")
+        return v
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, v, info):
+        arms = {a.name for a in info.data.get("arms") or []}
+        for e in v:
+            for side in parse_expect(e):
+                if arms and side[0] not in arms:
+                    raise ValueError(f"{e!r}: no arm named {side[0]!r}")
+        return v
+
+
+def metric_spec(name: str) -> tuple[str, float | None]:
+    """``probe`` -> ("probe", 1.0); ``probe@0.1`` -> ("probe", 0.1); ``zeroshot[_platt]``."""
+    import re
+
+    m = re.fullmatch(r"probe(?:@([0-9.]+))?", name)
+    if m:
+        f = float(m.group(1)) if m.group(1) else 1.0
+        if not 0 < f <= 1:
+            raise ValueError(f"metric {name!r}: the fraction must be in (0, 1]")
+        return "probe", f
+    if name in ("zeroshot", "zeroshot_platt"):
+        return name, None
+    raise ValueError(f"unknown metric {name!r} (probe, probe@F, zeroshot, zeroshot_platt)")
+
+
+def parse_expect(text: str) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+    """``"a > b"`` / ``"a[m] > b[m2]"`` -> ((a, m), (b, m2)); metric None = each of the study's."""
+    import re
+
+    side = r"\s*([a-z0-9][a-z0-9_.-]*)\s*(?:\[\s*([a-z0-9_.@]+)\s*\])?\s*"
+    m = re.fullmatch(side + ">" + side, text)
+    if not m:
+        raise ValueError(f"expect {text!r}: write 'A > B' or 'A[metric] > B[metric]'")
+    for metric in (m.group(2), m.group(4)):
+        if metric:
+            metric_spec(metric)
+    return (m.group(1), m.group(2)), (m.group(3), m.group(4))
+
+
+class FindingsRecipe(Recipe):
+    """`swag findings`: a synthetic world, the base recipes every arm starts from, the studies."""
+
+    out: str | None = Field(None, description="working directory (world, plans, runs, report)")
+    studies: list[str] = Field(..., min_length=1, description="ablation recipes (paths relative to this file)")
+    seeds: int = Field(3, ge=1, description="seeds per arm (sample plan, initial weights, data order)")
+    world: dict[str, Any] = Field(default_factory=dict, description="a synth recipe's keys")
+    vocab: dict[str, Any] = Field(default_factory=dict, description="a vocab recipe's keys")
+    sample: dict[str, Any] = Field(default_factory=dict, description="a sample recipe's keys (every arm's base)")
+    pretrain: dict[str, Any] = Field(default_factory=dict, description="a pretrain recipe's keys (every arm's base)")
+    probe: dict[str, Any] = Field(default_factory=dict, description="a probe recipe's keys")
+    zeroshot: dict[str, Any] = Field(default_factory=dict, description="a zeroshot recipe's keys")
+    workers: int = Field(2, ge=1, description="processes and data-loader workers")
+    report: str | None = Field(None, description="also write the report (markdown + PNGs) into this folder")
+
+
 VocabRecipe.model_rebuild()
 SampleRecipe.model_rebuild()
 
@@ -443,6 +552,8 @@ RECIPES: dict[str, type[Recipe]] = {
     "finetune": FinetuneRecipe,
     "fairness": FairnessRecipe,
     "synth": SynthRecipe,
+    "findings": FindingsRecipe,
+    "ablation": AblationRecipe,
 }
 
 

@@ -153,6 +153,25 @@ def probe_report(r: dict) -> None:
     console.print(f"wrote [bold]{r['out']}/probe.json[/], {r['out']}/probe.png")
 
 
+def findings_report(doc: dict) -> None:
+    from swagcli.findings.report import VERDICT
+
+    t = Table(title="Findings: the papers' directions on the synthetic world",
+              title_justify="left")
+    for col, just in (("study", "left"), ("direction", "left"), ("points", "right"),
+                      ("seeds won", "right"), ("verdict", "left")):
+        t.add_column(col, justify=just)
+    style = {"holds": "green", "weak": "yellow", "fails": "red"}
+    for s in doc["studies"]:
+        for e in s["expect"]:
+            what = (f"{e['a']} > {e['b']} ({e['metric_a']})" if e["metric_a"] == e["metric_b"]
+                    else f"{e['a']}[{e['metric_a']}] > {e['b']}[{e['metric_b']}]")
+            t.add_row(s["name"], what, f"{100 * e['mean']:+.1f} ± {100 * e['std']:.1f}",
+                      f"{e['wins']}/{e['n']}", f"[{style[e['verdict']]}]{VERDICT[e['verdict']]}[/]")
+    console.print(t)
+    console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in doc["report"]))
+
+
 def finetune_report(r: dict) -> None:
     rows = [("status", r["status"]), ("updates", f"{r['step']:,} of {r['updates']:,}"),
             ("learning rate", f"{r['lr']:g} (batch 512)"), ("resolution", f"{r['resolution']} px"),

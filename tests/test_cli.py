@@ -11,7 +11,7 @@ def test_help_lists_every_subcommand(swag):
     res = swag("--help")
     assert res.returncode == 0
     for cmd in ["vocab", "sample", "pretrain", "probe", "finetune", "zeroshot", "fairness", "synth", "demo",
-                "recipe"]:
+                "findings", "recipe"]:
         assert cmd in res.stdout
     assert swag("--version").stdout.strip() == f"swag {__version__}"
 

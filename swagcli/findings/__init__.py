@@ -1,0 +1,1 @@
+"""`swag findings`: the papers' ablations at small scale (runner, report)."""

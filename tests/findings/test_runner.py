@@ -1,0 +1,54 @@
+"""`swag findings` end to end on the CI suite: arms shared between studies run once, a rerun
+recomputes nothing, the report (markdown, PNGs, JSON) says what produced it."""
+
+from __future__ import annotations
+
+import json
+
+from swagcli.findings.runner import run
+from tests.findings.conftest import CI_SUITE
+
+
+def test_shared_arms_run_once_and_the_report_is_complete(ci_findings):
+    suite, root, doc, logs = ci_findings
+    out = root / "out"
+    # softmax (= init's pretrained = zeroshot's pretrained), bce, random weights: 3 runs x 2
+    # seeds; bce shares softmax's sample plan
+    assert len(list((out / "runs").iterdir())) == 6
+    assert len(list((out / "plans").iterdir())) == 2
+    assert sum("· seed" in line for line in logs) == 6
+    runs = {(r["study"], r["arm"], r["seed"]): r for r in doc["runs"]}
+    shared = runs[("loss", "softmax", 1)]
+    assert shared["run"] == runs[("init", "pretrained", 1)]["run"] == runs[("zeroshot", "pretrained", 1)]["run"]
+    assert {"probe", "probe@0.01", "probe@0.1", "zeroshot", "zeroshot_platt"} <= set(shared["metrics"])
+    assert set(runs[("init", "random", 0)]["metrics"]) == {"probe", "probe@0.01", "probe@0.1"}
+    assert all(0 <= v <= 1 for r in doc["runs"] for v in r["metrics"].values())
+    by = {s["name"]: s for s in doc["studies"]}
+    assert [e["expect"] for e in by["init"]["expect"]] == ["pretrained > random"] * 3  # each metric
+    (z,) = by["zeroshot"]["expect"]
+    assert z["diffs"] == [runs[("zeroshot", "pretrained", s)]["metrics"]["zeroshot_platt"]
+                          - runs[("zeroshot", "pretrained", s)]["metrics"]["zeroshot"] for s in (0, 1)]
+
+    for d in (out / "report", root / "docs"):
+        md = (d / "findings.md").read_text()
+        for name in ("loss", "init", "zeroshot", "directions"):
+            assert (d / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+            assert f"({name}.png)" in md
+        assert "WSL §2.3" in md and "SWAG Table 2" in md and "SWAG Table 3" in md
+        assert "| softmax > bce (probe) |" in md and "swag 0.1.0" in md
+        assert "Recipe: `recipes/ablations/loss.yaml`" in md or "Recipe: `/" in md
+        assert json.loads((d / "findings.json").read_text())["runs"] == doc["runs"]
+
+
+def test_rerun_recomputes_nothing(ci_findings):
+    suite, root, doc, _ = ci_findings
+    marks = {p: p.stat().st_mtime_ns for p in (root / "out").glob("**/done.json")}
+    logs: list[str] = []
+    again = run(suite, CI_SUITE.parent, log=logs.append)
+    def strip(runs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
+
+    assert strip(again["runs"]) == strip(doc["runs"])
+    results = [line for line in logs if "probe" in line]
+    assert len(results) == 6 and all(line.endswith("(cached)") for line in results)
+    assert marks == {p: p.stat().st_mtime_ns for p in (root / "out").glob("**/done.json")}
