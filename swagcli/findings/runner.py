@@ -249,13 +249,20 @@ class Runner:
         return metrics
 
     def job(self, job: Job) -> dict:
-        t0 = time.time()
+        """Run what is not cached; ``seconds``: the compute behind the result (summed over the
+        runs that made it, cached or not)."""
+        t0, before = time.time(), self.computed
         if job.pretrain is None:
             metrics = self.evaluate(job, None)
         else:
             metrics = self.evaluate(job, self.pretrain(job, self.plan(job)))
+        spent = self.out / "runs" / job.keys["run"] / "seconds.json"
+        total = json.loads(spent.read_text())["seconds"] if spent.is_file() else 0.0
+        if self.computed != before:
+            total += time.time() - t0
+            atomic_write_text(spent, json.dumps({"seconds": round(total, 1)}) + "\n")
         return {"study": job.study, "arm": job.arm, "seed": job.seed, "run": job.keys["run"],
-                "metrics": metrics, "seconds": round(time.time() - t0, 1)}
+                "metrics": metrics, "seconds": round(total, 1)}
 
 
 def paired(values_a: list, values_b: list) -> dict:
@@ -353,7 +360,8 @@ def run(suite: R.FindingsRecipe, base_dir: Path, only: list[str] | None = None,
         results.append({**cache[job.keys["run"]], "study": job.study, "arm": job.arm, "seed": job.seed})
     n_seeds = {st.name: 1 + max(j.seed for j in jobs if j.study == st.name) for st in studies}
     doc = {"suite": str(suite.out), "seeds": max(n_seeds.values()), "world": suite.world,
-           "seconds": round(time.time() - t0, 1), "studies": []}
+           "seconds": round(time.time() - t0, 1),
+           "compute_seconds": round(sum(r["seconds"] for r in cache.values()), 1), "studies": []}
     for st in studies:
         doc["studies"].append({"name": st.name, "recipe": _shown(st.path), "title": st.recipe.title,
                                "paper": st.recipe.paper.model_dump(), "metrics": st.recipe.metrics,
