@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= demo-out
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench findings clean
 
 setup: $(VENV)/.swag-installed
 
@@ -23,8 +23,11 @@ test: setup
 	bash scripts/system-deps.sh --test
 	$(BIN)/python -m pytest -q
 
+findings: setup
+	$(BIN)/swag findings --out findings-out --report docs/findings
+
 bench: setup
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(OUT) .pytest_cache build *.egg-info
+	rm -rf $(OUT) findings-out .pytest_cache build *.egg-info
