@@ -49,3 +49,12 @@ def test_rerun_recomputes_nothing(ci_findings):
     results = [line for line in logs if "probe" in line]
     assert len(results) == 6 and all(line.endswith("(cached)") for line in results)
     assert marks == {p: p.stat().st_mtime_ns for p in (root / "out").glob("**/done.json")}
+
+
+def test_cli_prints_the_directions(ci_findings, swag):
+    """`swag findings` on the cached suite: the table of directions and where the report went."""
+    _, root, doc, _ = ci_findings
+    res = swag("findings", "-r", CI_SUITE, "-o", root / "out", "--study", "loss", check=True)
+    assert "softmax > bce (probe)" in res.stdout and "holds" in res.stdout
+    assert "init" not in res.stdout.split("Findings:")[1].split("wrote")[0]  # --study loss only
+    assert str(root / "out" / "report" / "findings.md") in res.stdout.replace("\n", "")
