@@ -7,7 +7,9 @@ a :class:`SwagError` naming the file and the field.
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -497,8 +499,6 @@ class AblationRecipe(Recipe):
 
 def metric_spec(name: str) -> tuple[str, float | None]:
     """``probe`` -> ("probe", 1.0); ``probe@0.1`` -> ("probe", 0.1); ``zeroshot[_platt]``."""
-    import re
-
     m = re.fullmatch(r"probe(?:@([0-9.]+))?", name)
     if m:
         f = float(m.group(1)) if m.group(1) else 1.0
@@ -512,8 +512,6 @@ def metric_spec(name: str) -> tuple[str, float | None]:
 
 def parse_expect(text: str) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
     """``"a > b"`` / ``"a[m] > b[m2]"`` -> ((a, m), (b, m2)); metric None = each of the study's."""
-    import re
-
     side = r"\s*([a-z0-9][a-z0-9_.-]*)\s*(?:\[\s*([a-z0-9_.@]+)\s*\])?\s*"
     m = re.fullmatch(side + ">" + side, text)
     if not m:
@@ -567,6 +565,15 @@ def _parse_value(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+def merge(base: dict, over: dict | None) -> dict:
+    """``over``'s keys over a copy of ``base``, nested sections merged key by key (a stage over
+    its recipe, an arm over a suite's base); neither input is changed or shared."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def apply_override(data: dict, dotted: str) -> None:

@@ -154,7 +154,7 @@ def probe_report(r: dict) -> None:
 
 
 def findings_report(doc: dict) -> None:
-    from swagcli.findings.report import VERDICT
+    from swagcli.findings.report import VERDICT, direction_label
 
     t = Table(title="Findings: the papers' directions on the synthetic world",
               title_justify="left")
@@ -164,9 +164,7 @@ def findings_report(doc: dict) -> None:
     style = {"holds": "green", "weak": "yellow", "fails": "red"}
     for s in doc["studies"]:
         for e in s["expect"]:
-            what = (f"{e['a']} > {e['b']} ({e['metric_a']})" if e["metric_a"] == e["metric_b"]
-                    else f"{e['a']}[{e['metric_a']}] > {e['b']}[{e['metric_b']}]")
-            t.add_row(s["name"], what, f"{100 * e['mean']:+.1f} ± {100 * e['std']:.1f}",
+            t.add_row(s["name"], direction_label(e), f"{100 * e['mean']:+.1f} ± {100 * e['std']:.1f}",
                       f"{e['wins']}/{e['n']}", f"[{style[e['verdict']]}]{VERDICT[e['verdict']]}[/]")
     console.print(t)
     console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in doc["report"]))

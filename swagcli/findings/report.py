@@ -96,7 +96,7 @@ def directions_plot(doc: dict, path: Path) -> Path:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("The papers' directions on the synthetic world", fontsize=10)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{n}: {_label(e)}" for n, e in reversed(rows)], fontsize=8)
+    ax.set_yticklabels([f"{n}: {direction_label(e)}" for n, e in reversed(rows)], fontsize=8)
     ax.set_xlabel("A - B (points of top-1), paired by seed; bars: +-2 standard errors")
     ax.grid(True, axis="x", alpha=0.3)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -104,7 +104,8 @@ def directions_plot(doc: dict, path: Path) -> Path:
     return path
 
 
-def _label(e: dict) -> str:
+def direction_label(e: dict) -> str:
+    """``a > b (metric)``, or ``a[m] > b[m2]`` where the metrics differ."""
     if e["metric_a"] == e["metric_b"]:
         return f"{e['a']} > {e['b']} ({e['metric_a']})"
     return f"{e['a']}[{e['metric_a']}] > {e['b']}[{e['metric_b']}]"
@@ -133,7 +134,7 @@ def markdown(doc: dict) -> str:
              "|---|---|---|---|---|---|"]
     for s in doc["studies"]:
         for e in s["expect"]:
-            lines.append(f"| {s['name']} | {s['paper']['source']} | {_label(e)} | "
+            lines.append(f"| {s['name']} | {s['paper']['source']} | {direction_label(e)} | "
                          f"{100 * e['mean']:+.1f} +- {100 * e['std']:.1f} | {e['wins']}/{e['n']} | "
                          f"{VERDICT[e['verdict']]} |")
     for s in doc["studies"]:
@@ -154,7 +155,7 @@ def markdown(doc: dict) -> str:
         if s["expect"]:
             lines += ["", "| direction | measured (points) | per seed | verdict |", "|---|---|---|---|"]
             for e in s["expect"]:
-                lines.append(f"| {_label(e)} | {100 * e['mean']:+.1f} +- {100 * e['std']:.1f} | "
+                lines.append(f"| {direction_label(e)} | {100 * e['mean']:+.1f} +- {100 * e['std']:.1f} | "
                              + " / ".join(f"{100 * d:+.1f}" for d in e["diffs"])
                              + f" | {VERDICT[e['verdict']]} |")
         if s.get("notes"):

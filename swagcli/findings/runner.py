@@ -15,7 +15,6 @@ nothing, and an interrupted run resumes (pretraining from its last checkpoint).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import shutil
@@ -49,13 +48,6 @@ class Job:
     probe: dict
     zeroshot: dict | None
     keys: dict = field(default_factory=dict)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 def _key(*parts) -> str:
@@ -94,10 +86,10 @@ def plan_jobs(suite: R.FindingsRecipe, studies: list[Study], out: Path, seeds: i
         for arm in st.recipe.arms:
             for seed in range(n_seeds):
                 where = f"{st.path}: arms[{arm.name}]"
-                probe = _merge(suite.probe, {"fractions": fractions, "seed": seed,
+                probe = R.merge(suite.probe, {"fractions": fractions, "seed": seed,
                                              "data": {"train": [str(down / "train")], "val": [str(down / "val")],
                                                       "workers": min(suite.workers, 2)}})
-                zeroshot = (_merge(suite.zeroshot, {"data": {"val": [str(down / "val")],
+                zeroshot = (R.merge(suite.zeroshot, {"data": {"val": [str(down / "val")],
                                                              "workers": min(suite.workers, 2)}})
                             if wants_zeroshot else None)
                 if arm.pretrain is None:  # random weights: no sample plan, no pretraining
@@ -108,20 +100,20 @@ def plan_jobs(suite: R.FindingsRecipe, studies: list[Study], out: Path, seeds: i
                     job = Job(st.name, arm.name, seed, None, None, probe, None)
                     job.keys = {"run": _key("random", world_key, _canonical("probe", probe, where))}
                 else:
-                    sample = _merge(suite.sample, _merge(arm.sample, {"seed": seed}))
+                    sample = R.merge(suite.sample, R.merge(arm.sample, {"seed": seed}))
                     sample.update(vocab=str(out / "vocab"), dumps=[str(world / "dumps")],
                                   workers=suite.workers)
                     sample_c = _canonical("sample", sample, where + ".sample")
-                    pretrain = _merge(suite.pretrain, _merge(arm.pretrain, {"seed": seed}))
+                    pretrain = R.merge(suite.pretrain, R.merge(arm.pretrain, {"seed": seed}))
                     pretrain.setdefault("data", {})["shards"] = [str(world / "images" / "*.tar")]
                     pretrain["data"].setdefault("workers", min(suite.workers, 2))
                     pretrain_c = _canonical("pretrain", pretrain, where + ".pretrain")
                     job = Job(st.name, arm.name, seed, sample, pretrain, probe, zeroshot)
                     plan_key = _key("plan", world_key, suite.vocab, sample_c)
                     job.keys = {"plan": plan_key, "run": _key("run", plan_key, pretrain_c)}
-                R.validate("probe", _merge(probe, {"out": "x"}), where + " (probe)")
+                R.validate("probe", R.merge(probe, {"out": "x"}), where + " (probe)")
                 if zeroshot:
-                    R.validate("zeroshot", _merge(zeroshot, {"out": "x"}), where + " (zeroshot)")
+                    R.validate("zeroshot", R.merge(zeroshot, {"out": "x"}), where + " (zeroshot)")
                 jobs.append(job)
     # one evaluation per run, with every fraction and zero-shot any of its studies asks for
     need: dict = {}
@@ -207,7 +199,7 @@ class Runner:
         from swagcli.train.stages import stage_recipes, train_stages
 
         d = self.out / "runs" / job.keys["run"] / "pretrain"
-        data = _merge(job.pretrain, {"out": str(d), "data": {"plan": str(plan)}})
+        data = R.merge(job.pretrain, {"out": str(d), "data": {"plan": str(plan)}})
         r = R.validate("pretrain", data)
         final = Path(stage_recipes(r)[-1].out) if r.stages else d
         if not _done(d, job.keys["run"]):
@@ -215,8 +207,7 @@ class Runner:
             if res["status"] != "finished":
                 raise SwagError(f"{d}: pretraining stopped ({res['status']}); rerun to resume")
             self.computed += 1
-            _mark(d, job.keys["run"], checkpoint=str(final), steps=res.get("steps"),
-                  seconds=res.get("seconds"))
+            _mark(d, job.keys["run"], checkpoint=str(final), steps=res["step"])
         return final
 
     def evaluate(self, job: Job, checkpoint: Path | None) -> dict:
@@ -224,7 +215,7 @@ class Runner:
 
         base = self.out / "runs" / job.keys["run"]
         metrics = {}
-        pdata = _merge(job.probe, {"out": str(base / "probe")})
+        pdata = R.merge(job.probe, {"out": str(base / "probe")})
         if checkpoint is not None:
             pdata["source"] = {"checkpoint": str(checkpoint)}
         pkey = _key(pdata)
@@ -236,7 +227,7 @@ class Runner:
         for s in got["summary"]:
             metrics["probe" if s["fraction"] >= 1 else f"probe@{s['fraction']:g}"] = s["top1"]
         if job.zeroshot is not None:
-            zdata = _merge(job.zeroshot, {"out": str(base / "zeroshot"), "source": {"checkpoint": str(checkpoint)}})
+            zdata = R.merge(job.zeroshot, {"out": str(base / "zeroshot"), "source": {"checkpoint": str(checkpoint)}})
             zkey = _key(zdata)
             got = _done(base / "zeroshot", zkey)
             if not got:

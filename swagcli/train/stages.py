@@ -24,20 +24,13 @@ def stage_recipes(recipe) -> list:
     for i, stage in enumerate(recipe.stages or []):
         stage = dict(stage)
         name = stage.pop("name", None) or f"{i + 1}-{stage.get('objective', base['objective'])}"
-        data = _merge(base, stage)
+        data = R.merge(base, stage)
         data["out"] = str(Path(recipe.out) / name)
         if prev is not None and not (stage.get("init") or {}).get("from"):
             data["init"] = {**data.get("init", {}), "from": prev}
         out.append(R.validate("pretrain", data, f"stages[{i}] ({name})"))
         prev = data["out"]
     return out
-
-
-def _merge(base: dict, over: dict) -> dict:
-    merged = dict(base)
-    for k, v in over.items():
-        merged[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return merged
 
 
 def train_stages(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
