@@ -206,7 +206,8 @@ def _folder_split(root: Path, what: str, classes: list[str] | None) -> Split:
 
 
 def _shard_split(shards: list[str], what: str, classes: list[str] | None) -> Split:
-    from swagcli.train.data import IMAGE_EXTS, BadTar, tar_members, member_key
+    from swagcli.tario import BadTar, member_key, tar_members
+    from swagcli.train.data import IMAGE_EXTS
 
     items, raw = [], []
 

@@ -34,6 +34,7 @@ from PIL import Image
 
 from swagcli.errors import SwagError
 from swagcli.prep.sample import load_part, load_plan
+from swagcli.tario import BadTar, member_key, tar_members, tar_samples  # noqa: F401 (re-exported)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MIN_SEEN_FOR_BAD_CHECK = 50
@@ -212,105 +213,16 @@ class StreamConfig:
     rotate: int = 0
 
 
-class BadTar(Exception):
-    pass
-
-
-def tar_members(f):
-    """(name, bytes, offset of the bytes in the file) of the regular files of a tar stream, in
-    order: a lean reader of the subset of tar that webdataset shards use (ustar/GNU/pax headers,
-    long names), ~6x less overhead per member than ``tarfile``. Raises :class:`BadTar` on a bad
-    header checksum or a truncated member."""
-    read = f.read
-    long_name = None
-    pos = 0
-    while True:
-        hdr = read(512)
-        if len(hdr) < 512:
-            if hdr:
-                raise BadTar("truncated header")
-            return  # EOF without the end-of-archive blocks: tolerated, as tarfile does
-        if hdr.count(0) == 512:
-            return
-        try:
-            size = int(hdr[124:136].rstrip(b"\0 ") or b"0", 8)
-            chk = int(hdr[148:156].rstrip(b"\0 ") or b"0", 8)
-        except ValueError:
-            raise BadTar("bad header") from None
-        if chk != sum(hdr[:148]) + 256 + sum(hdr[156:]):
-            raise BadTar("bad checksum")
-        data = read(size)
-        if len(data) < size:
-            raise BadTar("truncated member")
-        pad = -size % 512
-        if pad and len(read(pad)) < pad:
-            raise BadTar("truncated member")
-        offset, pos = pos + 512, pos + 512 + size + pad
-        kind = hdr[156:157]
-        if kind == b"L":  # GNU long name for the next member
-            long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            continue
-        if kind == b"x":  # pax extended header: the 'path' record names the next member
-            long_name = _pax_path(data) or long_name
-            continue
-        if kind not in (b"0", b"\0", b"7"):
-            long_name = None
-            continue  # directories, links, global pax headers, ...
-        if long_name is not None:
-            name, long_name = long_name, None
-        else:
-            name = hdr[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            if hdr[257:262] == b"ustar" and hdr[345] != 0:
-                name = hdr[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
-        yield name, data, offset
-
-
-def member_key(name: str) -> tuple[str, str] | None:
-    """webdataset's grouping rule: ``dir/KEY.EXT`` -> (``dir/KEY``, lower-case ``EXT``), split at
-    the first dot of the file name; None for names without one and for ``__*__`` metadata."""
-    slash = name.rfind("/") + 1
-    dot = name.find(".", slash)
-    if dot < 0 or (slash == 0 and name.startswith("__") and name.endswith("__")):
-        return None
-    return name[:dot], name[dot + 1:].lower()
-
-
-def _pax_path(data: bytes):
-    path, i = None, 0
-    while i < len(data):
-        sp = data.find(b" ", i)
-        if sp < 0:
-            break
-        n = int(data[i:sp])
-        key, _, value = data[sp + 1:i + n - 1].partition(b"=")
-        if key == b"path":
-            path = value.decode("utf-8", "surrogateescape")
-        i += n
-    return path
-
-
 def _samples(url: str, stats: StreamStats):
-    """The samples of one tar shard as webdataset groups them (members ``KEY.EXT`` with the same
-    key, split at the first dot of the file name, ``__*__`` metadata skipped); a truncated or
-    corrupt shard ends early and is counted."""
-    cur = None
+    """The samples of one tar shard (:func:`~swagcli.tario.tar_samples`); a truncated or corrupt
+    shard ends early and is counted."""
     try:
         with open(url, "rb", buffering=1 << 20) as f:
-            for name, data, _ in tar_members(f):
-                split = member_key(name)
-                if split is None:
-                    continue
-                key, ext = split
-                if cur is None or cur["__key__"] != key:
-                    if cur is not None:
-                        yield cur
-                    cur = {"__key__": key, "__url__": url}
-                cur[ext] = data
+            for s in tar_samples(f):
+                s["__url__"] = url
+                yield s
     except (BadTar, OSError, ValueError):
         stats.bad_shards += 1  # the sample being read when the shard broke is lost with it
-        return
-    if cur is not None:
-        yield cur
 
 
 def stream_shards(shards: list[str], epoch: int, seed: int, index: int, streams: int) -> list[str]:
