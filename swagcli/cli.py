@@ -64,6 +64,16 @@ def _split(values: Optional[List[str]]) -> Optional[List[str]]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+FormatOpt = typer.Option(None, "--format", help="auto | jsonl | tsv | yfcc | img2dataset | parquet [auto]")
+TagsFieldOpt = typer.Option(None, "--tags-field", help="field (column) holding the tags, e.g. usertags "
+                            "(img2dataset, parquet, jsonl); default: the #tags of the caption for img2dataset")
+
+
+def _fields(overrides: Optional[List[str]], tags_field: Optional[str]) -> list:
+    """``--tags-field X`` is ``--set fields.tags=X``, before the other overrides."""
+    return ([f"fields.tags={tags_field}"] if tags_field else []) + list(overrides or [])
+
+
 def _prep_mapper(r, name: str) -> dict:
     """Shards run locally (``workers``), or as SLURM job arrays with ``launcher.slurm``."""
     if r.launcher.slurm is None:
@@ -84,18 +94,22 @@ def vocab_build(
     head_min_images: Optional[int] = typer.Option(None, help="head/tail cut [5000]"),
     countries: Optional[List[str]] = typer.Option(None, help="candidates only from these countries"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel processes [1]"),
-    format: Optional[str] = typer.Option(None, help="auto | jsonl | tsv"),
+    format: Optional[str] = FormatOpt,
+    tags_field: Optional[str] = TagsFieldOpt,
     recipe: Optional[Path] = RecipeOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
-    """Count hashtags in dumps, canonicalize them with WordNet, write DIR/vocab.json."""
+    """Count hashtags in dumps, canonicalize them with WordNet, write DIR/vocab.json.
+
+    Dumps: JSONL/TSV (plain, .gz, .zst, .bz2), YFCC100M metadata files, img2dataset folders or
+    parquet files; the format of each is detected, or set with --format."""
     from swagcli import recipes, ui
     from swagcli.prep.vocab import build
 
     r = recipes.load("vocab", recipe, flags={
         "dumps": dumps or None, "out": str(out) if out else None, "min_count": min_count,
         "head_min_images": head_min_images, "countries": _split(countries), "workers": workers,
-        "format": format}, overrides=set_)
+        "format": format}, overrides=_fields(set_, tags_field))
     with ui.StageProgress() as prog:
         doc = build(r, prog, **_prep_mapper(r, "swag-vocab"))
     ui.vocab_report(doc, r.out)
@@ -155,17 +169,23 @@ def sample_run(
     label_noise: Optional[float] = typer.Option(None, help="share of hashtags replaced [0]"),
     seed: Optional[int] = typer.Option(None, help="random seed [0]"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel processes [1]"),
+    format: Optional[str] = FormatOpt,
+    tags_field: Optional[str] = TagsFieldOpt,
     recipe: Optional[Path] = RecipeOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
-    """Draw M samples (head/tail resampling by default) and write the plan to DIR."""
+    """Draw M samples (head/tail resampling by default) and write the plan to DIR.
+
+    From an img2dataset folder, the plan's ids are the shards' keys: `swag pretrain --plan DIR`
+    then reads that folder's tar shards as they are."""
     from swagcli import recipes, ui
     from swagcli.prep.sample import build
 
     r = recipes.load("sample", recipe, flags={
         "dumps": dumps or None, "vocab": str(vocab) if vocab else None,
         "out": str(out) if out else None, "samples": samples, "strategy": strategy,
-        "alpha": alpha, "label_noise": label_noise, "seed": seed, "workers": workers}, overrides=set_)
+        "alpha": alpha, "label_noise": label_noise, "seed": seed, "workers": workers,
+        "format": format}, overrides=_fields(set_, tags_field))
     with ui.StageProgress() as prog:
         summary = build(r, prog, **_prep_mapper(r, "swag-sample"))
     ui.sample_report(summary, r.out)
@@ -237,6 +257,8 @@ def synth(
     concepts: Optional[int] = typer.Option(None, help="concept synsets [300]"),
     seed: Optional[int] = typer.Option(None, help="random seed [0]"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel processes [1]"),
+    layout: Optional[List[str]] = typer.Option(None, "--layout", help="also write the posts as yfcc "
+                                               "(YFCC100M metadata) and/or img2dataset (a download folder)"),
     recipe: Optional[Path] = RecipeOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
@@ -246,7 +268,7 @@ def synth(
 
     r = recipes.load("synth", recipe, flags={
         "out": str(out) if out else None, "posts": posts, "concepts": concepts, "seed": seed,
-        "workers": workers}, overrides=set_)
+        "workers": workers, "layouts": _split(layout)}, overrides=set_)
     if not r.out:
         raise SwagError("synth: no output directory (--out DIR or 'out:' in the recipe)")
     with ui.StageProgress() as prog:

@@ -24,13 +24,28 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# -- reading sources (vocab, sample) ---------------------------------------------------------------
+SourceFormat = Literal["auto", "jsonl", "tsv", "yfcc", "img2dataset", "parquet"]
+
+
+class FieldsSpec(Recipe):
+    """Where a post's parts are in sources with named fields (jsonl, parquet, img2dataset JSON /
+    parquet metadata); null = the usual names (jsonl: id, hashtags, caption, country)."""
+
+    id: str | None = Field(None, description="id field (img2dataset: always the shard key)")
+    tags: str | None = Field(None, description="tags field: a list, or a comma- or space-separated string")
+    caption: str | None = Field(None, description="caption field whose #tags are read when there are no tags")
+    country: str | None = Field(None, description="country field")
+
+
 # -- swag vocab ---------------------------------------------------------------------------------
 class VocabRecipe(Recipe):
     """`swag vocab build`: hashtag dumps -> canonical hashtag vocabulary (SPEC.md §1)."""
 
     dumps: list[str] = Field(default_factory=list, description="dump files, globs or brace ranges")
     out: str | None = Field(None, description="output directory (vocab.json, report, plot)")
-    format: Literal["auto", "jsonl", "tsv"] = "auto"
+    format: SourceFormat = Field("auto", description="auto | jsonl | tsv | yfcc | img2dataset | parquet")
+    fields: FieldsSpec = Field(default_factory=FieldsSpec)
     min_count: int = Field(2, ge=1, description="keep tags used on at least this many images")
     countries: list[str] | None = Field(
         None, description="candidates only from posts of these countries (paper: [US]); null = all")
@@ -63,7 +78,9 @@ class SampleRecipe(Recipe):
     vocab: str | None = Field(None, description="vocab.json (or its directory) from `swag vocab build`")
     dumps: list[str] = Field(default_factory=list, description="dump files, globs or brace ranges")
     out: str | None = Field(None, description="output directory (plan/, summary.json, plot)")
-    format: Literal["auto", "jsonl", "tsv"] = "auto"
+    format: SourceFormat = Field("auto", description="auto | jsonl | tsv | yfcc | img2dataset | parquet")
+    fields: FieldsSpec = Field(default_factory=FieldsSpec)
+    caption_hashtags: bool = Field(True, description="take #tags from the caption of posts without hashtags")
     samples: int = Field(..., ge=1, description="M: total samples to draw (with replacement)")
     strategy: Literal["head_tail", "sqrt", "natural", "uniform"] = "head_tail"
     alpha: float = Field(0.7, ge=0, le=1, description="head share of the samples (head_tail)")
@@ -430,6 +447,11 @@ class SynthRecipe(Recipe):
     groups: list[str] = Field(default_factory=lambda: ["A", "B", "C"])
     planted_group: str = "B"
     planted_strength: float = Field(0.35, ge=0, le=1, description="extra chance the planted concept is shown for the planted group")
+    layouts: list[Literal["yfcc", "img2dataset"]] = Field(
+        default_factory=list, description="also write the posts as YFCC100M metadata (yfcc/) and/or an "
+        "img2dataset folder (img2dataset/: tar shards, parquet, stats)")
+    video_prob: float = Field(0.02, ge=0, le=1, description="yfcc layout: a video line after this share of posts")
+    failed_download_prob: float = Field(0.05, ge=0, lt=1, description="img2dataset layout: share of failed downloads")
     workers: int = Field(1, ge=1)
 
 

@@ -50,15 +50,37 @@ def kv_table(title: str, rows: list[tuple[str, object]]) -> Table:
     return t
 
 
+def read_table(read: dict, shards: int | None = None) -> Table:
+    """What reading the sources saw: a column per format, a row per skip rule that applies."""
+    from swagcli.prep.dumps import RULE_LABELS, RULES
+
+    by = read.get("by_format") or {"": read}
+    cols = list(by) + (["total"] if len(by) > 1 else [])
+    title = "Sources" + (f" ({shards:,} file{'s' if shards != 1 else ''})" if shards is not None else "")
+    t = Table(title=title, title_justify="left")
+    t.add_column("")
+    for c in cols:
+        t.add_column(c or "count", justify="right")
+    rules = [r for r in RULE_LABELS if any(r in RULES.get(f, RULE_LABELS) for f in by)]
+
+    def row(label: str, key: str, applies=lambda f: True):
+        vals = [f"{by[f].get(key, 0):,}" if applies(f) else "[dim]-[/]" for f in by]
+        if len(by) > 1:
+            vals.append(f"{read.get(key, 0):,}")
+        t.add_row(label, *vals)
+
+    row("lines / records", "lines")
+    row("posts read", "posts")
+    row("tags from captions", "from_caption")
+    for r in rules:
+        row(f"skipped: {RULE_LABELS[r]}", r, lambda f, r=r: r in RULES.get(f, RULE_LABELS))
+    return t
+
+
 def vocab_report(doc: dict, out_dir: str | Path | None = None, top: int = 12) -> None:
     s = doc["stats"]
     p = doc["params"]
-    console.print(kv_table("Dumps", [
-        ("shards", s["dumps"]), ("lines", s["lines"]), ("posts read", s["posts"]),
-        ("tags from captions", s["from_caption"]),
-        ("skipped: invalid JSON", s["bad_json"]), ("skipped: not UTF-8", s["bad_utf8"]),
-        ("skipped: no id", s["no_id"]), ("skipped: no hashtags", s["no_tags"]),
-    ]))
+    console.print(read_table(s, s.get("dumps")))
     countries = ",".join(p["countries"]) if p["countries"] else "all"
     console.print(kv_table("Vocabulary", [
         ("distinct raw tags", s["distinct_tags"]),
@@ -97,6 +119,8 @@ def sample_report(summary: dict, out_dir: str | Path | None = None) -> None:
             ("hashtags sampled", f"{s['hashtags_sampled']:,} of {s['hashtags']:,}")]
     if s["label_noise"]:
         rows.append(("hashtags replaced", f"{s['noise_replaced_fraction']:.2%}"))
+    if "read" in s:
+        console.print(read_table(s["read"]))
     console.print(kv_table("Sample plan", rows))
     for note in s.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")

@@ -78,3 +78,18 @@ def tiny_pretrained(tiny_world, tmp_path_factory):
             "checkpoint_every=150", "keep_checkpoints=4", "samples=38400", "optim.lr=0.003"]
     r = recipes.load("pretrain", REPO / "recipes/pretrain/test_vit.yaml", flags={"out": str(out)}, overrides=sets)
     return train(r, DistEnv(), progress=False)
+
+
+@pytest.fixture(scope="session")
+def layouts(tmp_path_factory):
+    """A small synthetic world written in every layout (swag dumps and shards, YFCC100M metadata,
+    an img2dataset folder): (root, synth summary)."""
+    from swagcli.prep.synth import run
+    from swagcli.recipes import SynthRecipe
+
+    out = tmp_path_factory.mktemp("layouts") / "world"
+    summary = run(SynthRecipe(out=str(out), posts=500, concepts=40, dump_shards=3, image_size=16,
+                              downstream_classes=6, downstream_train_per_class=2, downstream_val_per_class=2,
+                              group_images=0, bad_line_prob=0.02, failed_download_prob=0.1, video_prob=0.05,
+                              layouts=["yfcc", "img2dataset"]))
+    return out, summary

@@ -50,6 +50,7 @@ import os
 import pickle
 import re
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 MIN_LEN = 3
 # Listing 1 as printed drops the comma after "noun.object" (making "noun.objectnoun.plant" one
@@ -75,8 +76,13 @@ _EMPTY: frozenset = frozenset()
 
 
 def normalize_tag(raw: str) -> str:
-    """Lower-case and strip the leading '#' (and surrounding white space)."""
-    return raw.strip().lstrip("#").lower()
+    """A raw tag as a hashtag is written: URL-decoded where it holds ``+`` or ``%`` (YFCC100M's
+    ``brown+bear``, ``caf%C3%A9``; neither character can be part of a hashtag), the leading '#'
+    stripped, lower-cased, and the words of a multi-word tag joined (``new york`` -> ``newyork``,
+    which Listing 1 splits again into ``new_york``). Other characters are kept (``t-shirt``)."""
+    if "+" in raw or "%" in raw:
+        raw = unquote_plus(raw)
+    return "".join(raw.lstrip().lstrip("#").lower().split())
 
 
 def synset_key(synsets) -> str:

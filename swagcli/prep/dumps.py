@@ -1,10 +1,23 @@
-"""Reading hashtag dumps: JSONL or TSV, plain, .gz, .zst or .bz2, one post per line.
+"""Reading hashtag sources, one post (image) at a time, whatever layout they come in.
 
-JSONL: ``{"id": ..., "hashtags": [...], "country": "US"?, "caption": "..."?}``; a post without
-hashtags takes the ``#tags`` of its caption. TSV: ``id<TAB>#tag #tag ...`` with an optional third
-column holding the country. Bad lines (invalid JSON, non-UTF-8 bytes, no id, no tags) are skipped
-and counted in :class:`ReadStats`, never fatal; a missing or unreadable dump is a
-:class:`SwagError`.
+Formats (:data:`FORMATS`; ``auto`` detects each file's from its name and first line or schema):
+
+* ``jsonl``: ``{"id": ..., "hashtags": [...], "country": "US"?, "caption": "..."?}`` per line; a post
+  without hashtags takes the ``#tags`` of its caption;
+* ``tsv``: ``id<TAB>#tag #tag ...`` with an optional third column holding the country;
+* ``yfcc``: YFCC100M's metadata file as distributed (:func:`_parse_yfcc`): 23 tab-separated fields,
+  or 25 with a leading row number and the photo hash (24: the hash only); user tags comma-separated
+  and URL-encoded; machine tags ignored; videos skipped by the marker field;
+* ``img2dataset``: img2dataset output (``NNNNN.tar`` shards with ``KEY.jpg/.txt/.json``, and
+  ``NNNNN.parquet`` beside them): ids are the shards' keys, hashtags the ``#tags`` of the caption or
+  a named field, failed downloads skipped by their status (:mod:`swagcli.prep.columnar`);
+* ``parquet``: an id column and a tags column (list or string) or a caption column.
+
+Line formats are read plain, .gz, .zst or .bz2. Column names can be set per recipe (``fields``).
+Raw tags are normalized as hashtags are written (:func:`~swagcli.prep.canon.normalize_tag`:
+``brown+bear`` -> ``brownbear``). Bad lines or records (invalid JSON, non-UTF-8 bytes, a wrong
+number of fields, a video, a failed download, no id, no tags) are skipped and counted per rule in
+:class:`ReadStats`, never fatal; a missing or unreadable file is a :class:`SwagError`.
 """
 
 from __future__ import annotations
@@ -19,26 +32,48 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import unquote_plus
 
 from braceexpand import braceexpand
 
 from swagcli.errors import SwagError
+from swagcli.prep.canon import normalize_tag
 
-DUMP_SUFFIXES = (".jsonl", ".json", ".ndjson", ".tsv", ".txt")
+FORMATS = ("auto", "jsonl", "tsv", "yfcc", "img2dataset", "parquet")
+DUMP_SUFFIXES = (".jsonl", ".json", ".ndjson", ".tsv", ".txt", ".parquet")
 COMPRESSIONS = (".gz", ".zst", ".zstd", ".bz2")
 HASHTAG_RE = re.compile(r"#(\w+)")
-_TAG_SPLIT_RE = re.compile(r"[\s,]+")
+_SHARD_RE = re.compile(r"^(\d+)\.(tar|parquet)$")  # img2dataset: 00000.tar, 00000.parquet
+YFCC_FIELDS = (23, 24, 25)  # original; with the hash; with the row number and the hash
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+# the skip counters of ReadStats that apply to each format, and how reports name them
+RULES = {
+    "jsonl": ("bad_json", "bad_utf8", "no_id", "no_tags"),
+    "tsv": ("bad_utf8", "no_id", "no_tags"),
+    "yfcc": ("bad_columns", "video", "bad_utf8", "no_id", "no_tags"),
+    "img2dataset": ("failed_download", "bad_json", "bad_utf8", "no_id", "no_tags"),
+    "parquet": ("no_id", "no_tags"),
+}
+RULE_LABELS = {
+    "bad_json": "invalid JSON", "bad_utf8": "not UTF-8", "bad_columns": "wrong number of fields",
+    "video": "videos (marker 1)", "failed_download": "failed downloads (status)",
+    "no_id": "no id", "no_tags": "no hashtags",
+}
 
 
 @dataclass
 class ReadStats:
-    """What reading a dump saw; added up over shards."""
+    """What reading a source saw (lines, or records of a shard); added up over shards."""
 
     lines: int = 0
     posts: int = 0
     blank: int = 0
     bad_json: int = 0
     bad_utf8: int = 0
+    bad_columns: int = 0
+    video: int = 0
+    failed_download: int = 0
     no_id: int = 0
     no_tags: int = 0
     from_caption: int = 0
@@ -50,10 +85,28 @@ class ReadStats:
 
     @property
     def skipped(self) -> int:
-        return self.bad_json + self.bad_utf8 + self.no_id + self.no_tags
+        return sum(getattr(self, r) for r in RULE_LABELS)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"skipped": self.skipped}
+
+
+def read_report(stats: list[ReadStats], fmts: list[str]) -> dict:
+    """Totals over every shard, plus ``by_format``: the same counts per format."""
+    total, by = ReadStats(), {}
+    for st, f in zip(stats, fmts):
+        total.add(st)
+        by.setdefault(f, ReadStats()).add(st)
+    return total.as_dict() | {"by_format": {f: s.as_dict() for f, s in by.items()}}
+
+
+def no_posts_error(paths: list[str], read: dict) -> SwagError:
+    """The error for sources without one readable post: what the lines were skipped for."""
+    why = ", ".join(f"{read[r]:,} {RULE_LABELS[r]}" for r in RULE_LABELS if read.get(r))
+    fmts = ", ".join(read.get("by_format", {}))
+    return SwagError(f"{paths[0]}{' ...' if len(paths) > 1 else ''}: no readable posts "
+                     f"({read['lines']:,} lines{': ' + why if why else ''}); read as {fmts}: "
+                     "is that the format (--format)?")
 
 
 @dataclass
@@ -64,9 +117,30 @@ class Post:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ReadSpec:
+    """How to read one source: its format, and the fields of formats with named fields."""
+
+    fmt: str
+    caption_hashtags: bool = True
+    id: str | None = None
+    tags: str | None = None
+    caption: str | None = None
+    country: str | None = None
+
+
+def read_spec(path: Path, recipe) -> ReadSpec:
+    """The :class:`ReadSpec` of ``path`` under a vocab/sample recipe (format detected if auto)."""
+    f = recipe.fields
+    return ReadSpec(detect_format(path, recipe.format), recipe.caption_hashtags,
+                    f.id, f.tags, f.caption, f.country)
+
+
+# -- which files ---------------------------------------------------------------------------------
 def expand_dumps(specs: list[str] | str) -> list[Path]:
     """Files, globs (``shard-*.jsonl.gz``), brace ranges (``shard-{000..099}.tsv``) and
-    directories (every dump-like file inside) -> sorted, de-duplicated paths."""
+    directories (every dump-like file inside; for an img2dataset folder, each shard's parquet,
+    or its tar where there is no parquet) -> sorted, de-duplicated paths."""
     if isinstance(specs, (str, os.PathLike)):
         specs = [str(specs)]
     out: list[Path] = []
@@ -76,14 +150,11 @@ def expand_dumps(specs: list[str] | str) -> list[Path]:
                 hits = sorted(glob.glob(item))
                 if not hits:
                     raise SwagError(f"{item}: no dump matches this pattern")
-                out.extend(Path(h) for h in hits)
+                out.extend(Path(h) for h in hits if not _is_shard_stats(Path(h)))
                 continue
             p = Path(item)
             if p.is_dir():
-                hits = sorted(q for q in p.iterdir() if q.is_file() and _is_dump_name(q.name))
-                if not hits:
-                    raise SwagError(f"{p}: directory holds no dump files ({', '.join(DUMP_SUFFIXES)})")
-                out.extend(hits)
+                out.extend(_dir_dumps(p))
             elif p.is_file():
                 out.append(p)
             else:
@@ -98,11 +169,38 @@ def expand_dumps(specs: list[str] | str) -> list[Path]:
     return uniq
 
 
-def _is_dump_name(name: str) -> bool:
+def _dir_dumps(p: Path) -> list[Path]:
+    files = sorted(q for q in p.iterdir() if q.is_file())
+    shards: dict[str, Path] = {}
+    for q in files:
+        m = _SHARD_RE.match(q.name)
+        if m and (m.group(1) not in shards or m.group(2) == "parquet"):
+            shards[m.group(1)] = q  # the parquet holds the failed downloads too: it wins
+    if shards:
+        return [shards[k] for k in sorted(shards)]
+    hits = [q for q in files if _is_dump_name(q.name)]
+    if not hits:
+        raise SwagError(f"{p}: directory holds no dump files "
+                        f"({', '.join(DUMP_SUFFIXES)}, yfcc100m_dataset*, img2dataset shards)")
+    return hits
+
+
+def _is_shard_stats(p: Path) -> bool:
+    """img2dataset's ``NNNNN_stats.json`` beside its shard (not a dump)."""
+    return p.name.endswith("_stats.json") and any(
+        p.with_name(p.name[: -len("_stats.json")] + s).exists() for s in (".tar", ".parquet"))
+
+
+def _strip_compression(name: str) -> str:
     for c in COMPRESSIONS:
         if name.endswith(c):
-            name = name[: -len(c)]
-    return name.endswith(DUMP_SUFFIXES)
+            return name[: -len(c)]
+    return name
+
+
+def _is_dump_name(name: str) -> bool:
+    base = _strip_compression(name)
+    return (base.endswith(DUMP_SUFFIXES) or base.startswith("yfcc100m_dataset")) and not name.endswith("_stats.json")
 
 
 def open_binary(path: Path) -> io.BufferedIOBase:
@@ -122,35 +220,101 @@ def open_binary(path: Path) -> io.BufferedIOBase:
         raise SwagError(f"{path}: cannot open ({e.strerror or e})") from None
 
 
+# -- which format ---------------------------------------------------------------------------------
 def detect_format(path: Path, declared: str = "auto") -> str:
+    """The format of one file: the declared one, checked against the file type where it must
+    be (tar shards are img2dataset's), or else from the name, the schema or the first line."""
+    path = Path(path)
+    name = _strip_compression(path.name)
     if declared != "auto":
+        if name.endswith(".tar") and declared != "img2dataset":
+            raise SwagError(f"{path}: a tar shard is read as img2dataset output, not as {declared}")
+        if name.endswith(".parquet") and declared not in ("img2dataset", "parquet"):
+            raise SwagError(f"{path}: a parquet file is read as parquet or img2dataset, not as {declared}")
+        if declared in ("img2dataset", "parquet") and not name.endswith((".tar", ".parquet")):
+            raise SwagError(f"{path}: format {declared} reads .tar or .parquet files")
         return declared
-    name = path.name
-    for c in COMPRESSIONS:
-        if name.endswith(c):
-            name = name[: -len(c)]
+    if name.endswith(".tar"):
+        return "img2dataset"
+    if name.endswith(".parquet"):
+        from swagcli.prep.columnar import parquet_kind
+
+        return parquet_kind(path)
     if name.endswith((".jsonl", ".json", ".ndjson")):
         return "jsonl"
-    if name.endswith(".tsv"):
-        return "tsv"
+    if name.startswith("yfcc100m_dataset"):
+        return "yfcc"
     with open_binary(path) as f:  # sniff the first non-blank line
         try:
-            for raw in f:
+            for raw in _lines(f, 1 << 16):
                 line = raw.strip()
                 if line:
-                    return "jsonl" if line.startswith(b"{") else "tsv"
+                    return sniff_line(line)
         except (OSError, EOFError) as e:
             raise SwagError(f"{path}: cannot read ({e})") from None
-    return "jsonl"
+    return "jsonl" if not name.endswith(".tsv") else "tsv"
+
+
+def sniff_line(line: bytes) -> str:
+    if line.startswith(b"{"):
+        return "jsonl"
+    cols = line.split(b"\t")
+    if len(cols) in YFCC_FIELDS and cols[-1].strip() in (b"0", b"1"):
+        return "yfcc"
+    return "tsv"
+
+
+# -- tags -------------------------------------------------------------------------------------------
+def split_tags(text: str) -> list[str]:
+    """A tag string as sources write them: comma-separated (``brown+bear,new york``; one tag per
+    item, words joined later) or else white-space separated (``#dog #cat``)."""
+    if "," not in text:
+        return text.split()
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if "#" in item[1:]:  # '#a #b' between commas: several hashtags
+            out.extend(item.split())
+        elif item:
+            out.append(item)
+    return out
+
+
+def tag_list(value) -> list[str]:
+    """Raw tags of a field: a list of strings, or a string (:func:`split_tags`)."""
+    if isinstance(value, str):
+        return split_tags(value)
+    if isinstance(value, (list, tuple)):
+        return [t for t in value if type(t) is str]
+    return []
 
 
 def _dedupe(tags) -> list[str]:
     """Normalized (see :func:`normalize_tag`), distinct, non-empty, in first-seen order."""
-    out = dict.fromkeys(t.strip().lstrip("#").lower() for t in tags if type(t) is str)
+    out = dict.fromkeys(normalize_tag(t) for t in tags)
     out.pop("", None)
     return list(out)
 
 
+def make_post(pid, tags, caption, country, stats: ReadStats, spec: ReadSpec) -> Post | None:
+    """A post from its fields (any format), or None, counted: no id, no tags (after the caption's
+    ``#tags`` where there are none and ``caption_hashtags``)."""
+    if pid is None or pid == "" or isinstance(pid, (dict, list, bool, float)):
+        stats.no_id += 1
+        return None
+    tags = tag_list(tags)
+    if not tags and spec.caption_hashtags and isinstance(caption, str):
+        tags = HASHTAG_RE.findall(caption)
+        if tags:
+            stats.from_caption += 1
+    tags = _dedupe(tags)
+    if not tags:
+        stats.no_tags += 1
+        return None
+    return Post(str(pid).strip(), tags, country if isinstance(country, str) and country else None)
+
+
+# -- line formats -----------------------------------------------------------------------------------
 def _lines(f, chunk: int = 1 << 22):
     """The lines of a binary stream, read in large chunks (faster than readline)."""
     rest = b""
@@ -165,7 +329,7 @@ def _lines(f, chunk: int = 1 << 22):
         yield rest
 
 
-def _parse_jsonl(text: str, stats: ReadStats, caption_hashtags: bool) -> Post | None:
+def _parse_jsonl(text: str, stats: ReadStats, spec: ReadSpec) -> Post | None:
     try:
         obj = json.loads(text)
     except ValueError:
@@ -174,45 +338,61 @@ def _parse_jsonl(text: str, stats: ReadStats, caption_hashtags: bool) -> Post | 
     if not isinstance(obj, dict):
         stats.bad_json += 1
         return None
-    pid = obj.get("id")
-    if pid is None or pid == "":
-        stats.no_id += 1
-        return None
-    tags = obj.get("hashtags")
-    if isinstance(tags, str):
-        tags = _TAG_SPLIT_RE.split(tags)
-    if not tags and caption_hashtags and isinstance(obj.get("caption"), str):
-        tags = HASHTAG_RE.findall(obj["caption"])
-        if tags:
-            stats.from_caption += 1
-    tags = _dedupe(tags or ())
-    if not tags:
-        stats.no_tags += 1
-        return None
-    country = obj.get("country")
-    return Post(str(pid), tags, country if isinstance(country, str) else None)
+    return make_post(obj.get(spec.id or "id"), obj.get(spec.tags or "hashtags"),
+                     obj.get(spec.caption or "caption"), obj.get(spec.country or "country"), stats, spec)
 
 
-def _parse_tsv(text: str, stats: ReadStats) -> Post | None:
+def _parse_tsv(text: str, stats: ReadStats, spec: ReadSpec) -> Post | None:
     cols = text.split("\t")
     pid = cols[0].strip()
     if not pid:
         stats.no_id += 1
         return None
-    tags = _dedupe(_TAG_SPLIT_RE.split(cols[1])) if len(cols) > 1 else []
-    if not tags:
-        stats.no_tags += 1
+    return make_post(pid, cols[1] if len(cols) > 1 else None, None,
+                     cols[2].strip() if len(cols) > 2 else None, stats, spec)
+
+
+def _parse_yfcc(text: str, stats: ReadStats, spec: ReadSpec) -> Post | None:
+    """One line of YFCC100M's metadata (``yfcc100m_dataset``). Fields counted from the end are
+    the same in every layout: ..., title (-17), description (-16), user tags (-15), machine
+    tags (-14, ignored), ..., photo/video marker (-1: 0 photo, 1 video). The id is the first
+    field, or the second behind a row number (25 fields; 24 where the second is no hash)."""
+    cols = text.split("\t")
+    n = len(cols)
+    if n not in YFCC_FIELDS:
+        stats.bad_columns += 1
         return None
-    country = cols[2].strip() or None if len(cols) > 2 else None
-    return Post(pid, tags, country)
+    marker = cols[-1].strip()
+    if marker != "0":
+        if marker == "1":
+            stats.video += 1
+        else:
+            stats.bad_columns += 1
+        return None
+    pid = cols[1] if n == 25 or (n == 24 and not _HEX32.match(cols[1])) else cols[0]
+    caption = None
+    if spec.caption_hashtags and not cols[-15]:  # #tags written into the title or description
+        caption = unquote_plus(cols[-17]) + " " + unquote_plus(cols[-16])
+    return make_post(pid.strip(), [t for t in cols[-15].split(",") if t], caption, None, stats, spec)
 
 
-def iter_posts(path: Path, fmt: str = "auto", stats: ReadStats | None = None,
+_LINE_PARSERS = {"jsonl": _parse_jsonl, "tsv": _parse_tsv, "yfcc": _parse_yfcc}
+
+
+def iter_posts(path: Path, fmt: "str | ReadSpec" = "auto", stats: ReadStats | None = None,
                caption_hashtags: bool = True) -> Iterator[Post]:
-    """Yield the good posts of one dump, counting every line into ``stats``."""
+    """Yield the good posts of one source file, counting every line (record) into ``stats``."""
     stats = stats if stats is not None else ReadStats()
-    fmt = detect_format(path, fmt)
-    jsonl = fmt == "jsonl"
+    path = Path(path)
+    spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(detect_format(path, fmt), caption_hashtags)
+    if spec.fmt == "auto":
+        spec = ReadSpec(detect_format(path), spec.caption_hashtags, spec.id, spec.tags, spec.caption, spec.country)
+    if spec.fmt in ("img2dataset", "parquet"):
+        from swagcli.prep.columnar import iter_columnar
+
+        yield from iter_columnar(path, spec, stats)
+        return
+    parse = _LINE_PARSERS[spec.fmt]
     with open_binary(path) as f:
         try:
             for raw in _lines(f):
@@ -225,7 +405,7 @@ def iter_posts(path: Path, fmt: str = "auto", stats: ReadStats | None = None,
                 if not text.strip():
                     stats.blank += 1
                     continue
-                post = _parse_jsonl(text, stats, caption_hashtags) if jsonl else _parse_tsv(text, stats)
+                post = parse(text, stats, spec)
                 if post is not None:
                     stats.posts += 1
                     yield post

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from swagcli.errors import SwagError
-from swagcli.prep.dumps import ReadStats, detect_format, expand_dumps, iter_posts
+from swagcli.prep.dumps import (ReadSpec, ReadStats, expand_dumps, iter_posts, no_posts_error, read_report,
+                                read_spec)
 from swagcli.prep.parallel import map_shards
 from swagcli.prep.vocab import Vocab
 
@@ -96,7 +97,7 @@ def _sorted_distinct(lab: np.ndarray, lens: np.ndarray):
     return lab, np.bincount(post, minlength=len(lens))
 
 
-def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chunk: int,
+def _chunks(path: str, fmt: "str | ReadSpec", tag_to_id: dict, w: Weights, strategy: str, chunk: int,
             stats: ReadStats | None = None, drops: list | None = None, holdout: float = 0.0,
             held: list | None = None):
     """Yield (ids, labels, ptr, weights, tails) per chunk of up to ``chunk`` read posts, keeping
@@ -147,7 +148,7 @@ def _chunks(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chu
 
 
 # -- pass 1: per-shard sums ------------------------------------------------------------------------
-def shard_sums(path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str, chunk: int,
+def shard_sums(path: str, fmt: "str | ReadSpec", tag_to_id: dict, w: Weights, strategy: str, chunk: int,
                holdout: float = 0.0) -> dict:
     stats, drops, held = ReadStats(), [0], []
     out = {"w_head": 0.0, "w_tail": 0.0, "n_head": 0, "n_tail": 0,
@@ -201,7 +202,7 @@ def _noisy(labels: np.ndarray, ptr: np.ndarray, rng, p: float, marginal_cdf: np.
     return lab, _offsets(cnt), len(hit)
 
 
-def plan_shard(index: int, path: str, fmt: str, tag_to_id: dict, w: Weights, strategy: str,
+def plan_shard(index: int, path: str, fmt: "str | ReadSpec", tag_to_id: dict, w: Weights, strategy: str,
                chunk: int, quota: tuple[int, int], sums: tuple[float, float],
                counts: tuple[int, int], seed: int, noise: float, out_path: str,
                holdout: float = 0.0, holdout_path: str | None = None) -> dict:
@@ -320,7 +321,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     vocab = Vocab.load(recipe.vocab)
     w = Weights.of(vocab)
     paths = [str(p) for p in expand_dumps(recipe.dumps)]
-    fmts = [detect_format(Path(p), recipe.format) for p in paths]
+    fmts = [read_spec(Path(p), recipe) for p in paths]
     strategy = recipe.strategy
     jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk, recipe.holdout) for p, f in zip(paths, fmts)]
     hist_images = np.zeros(len(vocab), dtype=np.int64)
@@ -338,6 +339,8 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         tail_w = [0.0] * len(sums)
         counts = [(s["n_head"] + s["n_tail"], 0) for s in sums]
     images = sum(s["n_head"] + s["n_tail"] for s in sums)
+    if sum(s["stats"].posts for s in sums) == 0:
+        raise no_posts_error(paths, read_report([s["stats"] for s in sums], [f.fmt for f in fmts]))
     if images == 0:
         raise SwagError(f"{paths[0]}: no image carries a hashtag of {recipe.vocab}")
     m = recipe.samples
@@ -367,9 +370,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         hist_samples += p.pop("hist_samples")
         parts.append(p)
     assert all(p["left"] == (0, 0) for p in parts), "every quota is drawn"
-    read = ReadStats()
-    for s in sums:
-        read.add(s["stats"])
+    read = read_report([s["stats"] for s in sums], [f.fmt for f in fmts])
     total = sum(p["samples"] for p in parts)
     tail_samples = sum(p["tail_samples"] for p in parts)
     noise_labels = sum(p["noise_labels"] for p in parts)
@@ -391,7 +392,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
                                     if noise_labels else 0.0),
         "hashtags": len(vocab),
         "hashtags_sampled": int((hist_samples > 0).sum()),
-        "read": read.as_dict(),
+        "read": read,
         "notes": notes,
         "seconds": round(time.time() - t0, 2),
     }
@@ -399,7 +400,9 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         "format": PLAN_FORMAT,
         "vocab": str(Path(recipe.vocab).resolve()),
         "hashtags": len(vocab),
-        "parts": [{k: p[k] for k in ("path", "images", "samples", "first_id", "last_id")} for p in parts],
+        "parts": [{k: p[k] for k in ("path", "images", "samples", "first_id", "last_id")}
+                  | {"source": str(Path(src).resolve())} for p, src in zip(parts, paths)],
+        "sources": {"formats": sorted({f.fmt for f in fmts}), "fields": recipe.fields.model_dump(exclude_none=True)},
         "summary": summary,
     }
     stamp(out, "sample", recipe)

@@ -328,7 +328,8 @@ def build_world(recipe) -> dict:
     }
 
 
-_OUTPUTS = ("dumps", "images", "downstream", "groups", "world.json", "recipe.yaml", "swag.json")
+_OUTPUTS = ("dumps", "images", "downstream", "groups", "yfcc", "img2dataset", "world.json", "recipe.yaml",
+            "swag.json")
 
 
 def _prepare_out(out) -> Path:
@@ -377,6 +378,7 @@ def run(recipe, progress=None) -> dict:
             "dumps_dir": str(out / "dumps"), "images_dir": str(out / "images"),
             "downstream_dir": str(out / "downstream"),
             "groups_manifest": str(out / "groups" / "manifest.csv"),
+            **{f"{name}_dir": str(out / name) for name in recipe.layouts},
             "seconds": round(time.time() - start, 2)}
 
 

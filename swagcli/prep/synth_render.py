@@ -15,16 +15,19 @@ members with fixed mtime/uid/gid/names, JPEG settings), so outputs do not depend
 
 from __future__ import annotations
 
+import bz2
 import colorsys
 import csv
 import functools
 import gzip
+import hashlib
 import io
 import itertools
 import json
 import tarfile
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import numpy as np
 from PIL import Image
@@ -172,13 +175,14 @@ def _sample(cum: np.ndarray, u):
     return np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), len(cum) - 1)
 
 
-def write_dump_shard(path, gz, start, primary, extra, country, tags, junk, probs, rates, seed,
-                     shard) -> dict:
-    """One hashtag dump shard (JSONL, gzip when ``gz``); see SPEC §1 for the format."""
+def _shard_posts(start, primary, extra, country, tags, junk, probs, rates, seed, shard, stats):
+    """The posts of one dump shard, drawn from the stream ``(seed, 2, shard)`` in one fixed order,
+    so that every layout of the world holds the same posts: yields ``(post, hashtags, phrase,
+    caption_only, line, bad)`` with ``line`` the JSONL line and ``bad`` the corrupt line written
+    before it (or None); counts into ``stats``."""
     rng = rng_for(seed, 2, shard)
     tag_cum = [np.cumsum([w for _, w in t]) for t in tags]
     junk_cum, zipf_cum = np.cumsum([w for _, w in junk]), np.cumsum(probs)
-    lines, stats = [], Counter()
     for j in range(len(primary)):
         shown = [int(primary[j])] + ([int(extra[j])] if extra[j] >= 0 else [])
         raw = [tags[c][_sample(tag_cum[c], rng.random())][0] for c in shown
@@ -192,7 +196,8 @@ def write_dump_shard(path, gz, start, primary, extra, country, tags, junk, probs
         hashtags = ["#" + raw[i] for i in rng.permutation(len(raw))]
         post = {"id": f"p{start + j:07d}", "country": country[j]}
         phrase = CAPTIONS[int(rng.integers(len(CAPTIONS)))]
-        if rng.random() < rates["caption_only"]:
+        caption_only = rng.random() < rates["caption_only"]
+        if caption_only:
             post["caption"] = " ".join([phrase, *hashtags])  # no "hashtags" key
             stats["caption_only"] += 1
         else:
@@ -201,12 +206,24 @@ def write_dump_shard(path, gz, start, primary, extra, country, tags, junk, probs
             if rng.random() < CAPTION_PROB:
                 post["caption"] = phrase
         line = json.dumps(post).encode()
+        bad = None
         if rng.random() < rates["bad_line"]:
             stats["bad_lines"] += 1
             if rng.random() < 0.5:  # cut JSON: never valid, the closing brace is gone
-                lines.append(line[: int(rng.integers(1, len(line) - 1))])
+                bad = line[: int(rng.integers(1, len(line) - 1))]
             else:  # bytes that are not UTF-8 (0xff never is)
-                lines.append(b"\xff" + rng.integers(0x80, 0x100, 12, dtype=np.uint8).tobytes())
+                bad = b"\xff" + rng.integers(0x80, 0x100, 12, dtype=np.uint8).tobytes()
+        yield post, hashtags, phrase, caption_only, line, bad
+
+
+def write_dump_shard(path, gz, start, primary, extra, country, tags, junk, probs, rates, seed,
+                     shard) -> dict:
+    """One hashtag dump shard (JSONL, gzip when ``gz``); see SPEC §1 for the format."""
+    lines, stats = [], Counter()
+    for _, _, _, _, line, bad in _shard_posts(start, primary, extra, country, tags, junk, probs,
+                                             rates, seed, shard, stats):
+        if bad is not None:
+            lines.append(bad)
         lines.append(line)
     data = b"\n".join(lines) + b"\n"
     with open(path, "wb") as f:
@@ -216,6 +233,151 @@ def write_dump_shard(path, gz, start, primary, extra, country, tags, junk, probs
         else:
             f.write(data)
     return {"posts": len(primary), "lines": len(lines), **stats}
+
+
+# -- the real-world layouts: YFCC100M metadata and an img2dataset folder -------------------------
+YFCC_LICENSE = ("Attribution-NonCommercial-ShareAlike License",
+                "http://creativecommons.org/licenses/by-nc-sa/2.0/")
+DEVICES = ("Canon+EOS+5D+Mark+II", "NIKON+D90", "Apple+iPhone+4", "")
+FAILURES = ("HTTP Error 404: Not Found", "<urlopen error timed out>", "HTTP Error 410: Gone")
+
+
+def yfcc_id(index: int) -> str:
+    """A post's Flickr-like photo id in the YFCC100M and img2dataset layouts."""
+    return str(1_000_000 + index)
+
+
+def _yfcc_line(rng, pid: str, row: int | None, title: str, description: str, user_tags: str,
+               video: bool = False) -> str:
+    """One line in the layout of YFCC100M's ``yfcc100m_dataset`` (23 fields; 25 with the row
+    number and the photo hash in front)."""
+    nsid = f"{int(rng.integers(10**7, 10**8))}@N0{int(rng.integers(0, 9))}"
+    taken = int(rng.integers(1_100_000_000, 1_400_000_000))
+    farm, server = int(rng.integers(1, 10)), int(rng.integers(1000, 9999))
+    secret, original = (f"{int(rng.integers(16**9, 16**10)):010x}" for _ in range(2))
+    geo = rng.random() < 0.4
+    lon, lat, acc = (f"{rng.uniform(-180, 180):.6f}", f"{rng.uniform(-60, 70):.6f}", "16") if geo else ("", "", "")
+    machine = "" if rng.random() < 0.7 else "uploaded%3Aby%3Dflickrmobile,flickriosapp%3Afilter%3Dnofilter"
+    fields = [pid, nsid, "flickr+user+" + nsid[:3],
+              f"{2004 + taken % 10}-{1 + taken % 12:02d}-{1 + taken % 28:02d} {taken % 24:02d}:{taken % 60:02d}:"
+              f"{(taken // 60) % 60:02d}.0", str(taken + 86400), DEVICES[taken % len(DEVICES)],
+              title, description, user_tags, machine, lon, lat, acc,
+              f"http://www.flickr.com/photos/{nsid}/{pid}/",
+              f"http://farm{farm}.staticflickr.com/{server}/{pid}_{secret}.{'mp4' if video else 'jpg'}",
+              *YFCC_LICENSE, str(server), str(farm), secret, original, "mp4" if video else "jpg",
+              "1" if video else "0"]
+    if row is not None:
+        fields = [str(row), pid, hashlib.md5(pid.encode()).hexdigest()] + fields[1:]
+    return "\t".join(fields)
+
+
+def _user_tags(hashtags: list, spaced: dict) -> str:
+    """Flickr user tags: comma-separated, URL-encoded, multi-word tags with their spaces."""
+    return ",".join(quote_plus(spaced.get(t[1:], t[1:])) for t in hashtags)
+
+
+def write_yfcc_shard(path, bz, row_numbers, start, primary, extra, country, tags, junk, probs,
+                     rates, seed, shard, spaced, video_prob) -> dict:
+    """The posts of one dump shard as YFCC100M metadata (bz2 when ``bz``): user tags in the
+    user-tags field (a caption-only post's #tags in its description), a video line (marker 1)
+    after a post with ``video_prob``, and a broken line (cut short, or not UTF-8) wherever the
+    JSONL dump has one."""
+    rng = rng_for(seed, 6, shard)
+    out, stats = [], Counter()
+    row = start
+    for post, hashtags, phrase, caption_only, _, bad in _shard_posts(
+            start, primary, extra, country, tags, junk, probs, rates, seed, shard, Counter()):
+        if bad is not None:
+            if rng.random() < 0.5:  # cut short: too few fields
+                cut = _yfcc_line(rng, yfcc_id(row), None, "", "", "").split("\t")
+                out.append("\t".join(cut[: int(rng.integers(2, 15))]).encode())
+            else:
+                out.append(b"\xff" + rng.integers(0x80, 0x100, 12, dtype=np.uint8).tobytes())
+            stats["bad_lines"] += 1
+        pid = yfcc_id(int(post["id"][1:]))
+        title = quote_plus(phrase)
+        description = quote_plus(" ".join([phrase, *hashtags])) if caption_only else ""
+        user = "" if caption_only else _user_tags(hashtags, spaced)
+        out.append(_yfcc_line(rng, pid, row if row_numbers else None, title, description, user).encode())
+        row += 1
+        if rng.random() < video_prob:  # a video with the tags of a random concept: skipped by readers
+            c = int(_sample(np.cumsum(probs), rng.random()))
+            out.append(_yfcc_line(rng, str(8_000_000_000 + row), row if row_numbers else None, "video", "",
+                                  quote_plus(spaced.get(tags[c][0][0], tags[c][0][0])), video=True).encode())
+            stats["videos"] += 1
+    data = b"\n".join(out) + b"\n"
+    with open(path, "wb") as f:
+        f.write(bz2.compress(data, 9) if bz else data)
+    return {"yfcc_lines": len(out), **stats}
+
+
+def write_img2dataset_shard(folder, shard, start, primary, extra, country, tags, junk, probs, rates,
+                            seed, spaced, looks, size, failed_prob) -> dict:
+    """The posts of one dump shard as img2dataset writes a shard (``output_format=webdataset``,
+    ``save_additional_columns=[photoid, usertags]``): ``NNNNN.tar`` with ``KEY.jpg``, ``KEY.json``,
+    ``KEY.txt`` (the caption, with the #tags) per download, ``NNNNN.parquet`` with every row (failed
+    downloads, of random concepts, interleaved with their status) and ``NNNNN_stats.json``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng, img_rng = rng_for(seed, 7, shard), rng_for(seed, 8, shard)
+    zipf_cum = np.cumsum(probs)
+    posts = list(_shard_posts(start, primary, extra, country, tags, junk, probs, rates, seed, shard, Counter()))
+    rows, statuses = [], Counter()
+    n_rows = len(posts) + int(np.ceil(len(posts) * failed_prob * 2)) + 1
+    digits = max(4, len(str(n_rows)))
+    name = f"{shard:05d}"
+    with tarfile.open(Path(folder) / f"{name}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        j = 0
+        while j < len(posts):
+            key = f"{name}{len(rows):0{digits}d}"
+            pid = yfcc_id(start + j)
+            if rng.random() < failed_prob:  # a failed download: in the parquet only
+                c = int(_sample(zipf_cum, rng.random()))
+                tag = tags[c][0][0]
+                err = FAILURES[int(rng.integers(len(FAILURES)))]
+                rows.append(_i2d_row(key, str(9_000_000_000 + int(key)), f"look at this #{tag}",
+                                     quote_plus(spaced.get(tag, tag)), "failed_to_download", err, None, size))
+                statuses[err] += 1
+                continue
+            post, hashtags, phrase, caption_only, _, _ = posts[j]
+            shown = [int(primary[j])] + ([int(extra[j])] if extra[j] >= 0 else [])
+            img = jpeg(render(looks, shown, img_rng, size))
+            caption = " ".join([phrase, *hashtags])
+            row = _i2d_row(key, pid, caption, "" if caption_only else _user_tags(hashtags, spaced),
+                           "success", None, hashlib.sha256(img).hexdigest(), size)
+            rows.append(row)
+            statuses["success"] += 1
+            _tar_add(tar, key + ".jpg", img)
+            _tar_add(tar, key + ".json", json.dumps(row, indent=4).encode())
+            _tar_add(tar, key + ".txt", caption.encode())
+            j += 1
+    table = pa.Table.from_pylist(rows, schema=_i2d_schema())
+    pq.write_table(table, Path(folder) / f"{name}.parquet")
+    failed = len(rows) - statuses["success"]
+    (Path(folder) / f"{name}_stats.json").write_text(json.dumps({
+        "count": len(rows), "successes": statuses["success"], "failed_to_download": failed,
+        "failed_to_resize": 0, "duration": 0.0, "start_time": 0.0, "end_time": 0.0,
+        "status_dict": dict(sorted(statuses.items()))}, indent=4))
+    return {"img2dataset_rows": len(rows), "failed_downloads": failed}
+
+
+def _i2d_row(key, pid, caption, usertags, status, error, sha, size) -> dict:
+    ok = status == "success"
+    return {"photoid": pid, "usertags": usertags, "caption": caption,
+            "url": f"http://farm1.staticflickr.com/1/{pid}_0.jpg", "key": key, "status": status,
+            "error_message": error, "width": size if ok else None, "height": size if ok else None,
+            "original_width": size if ok else None, "original_height": size if ok else None,
+            "exif": "{}" if ok else None, "sha256": sha}
+
+
+def _i2d_schema():
+    import pyarrow as pa
+
+    s, i = pa.string(), pa.int64()
+    return pa.schema([("photoid", s), ("usertags", s), ("caption", s), ("url", s), ("key", s),
+                      ("status", s), ("error_message", s), ("width", i), ("height", i),
+                      ("original_width", i), ("original_height", i), ("exif", s), ("sha256", s)])
 
 
 def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -309,8 +471,8 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
     seed, size, k, frac = recipe.seed, recipe.image_size, recipe.dump_shards, recipe.gzip_fraction
     files: dict = {"dumps": [], "images": []}
     dump_jobs, image_jobs = [], []
-    for s in range(k):
-        a, b = s * recipe.posts // k, (s + 1) * recipe.posts // k
+    bounds = [(s * recipe.posts // k, (s + 1) * recipe.posts // k) for s in range(k)]
+    for s, (a, b) in enumerate(bounds):
         gz = int((s + 1) * frac) > int(s * frac)  # a `frac` share of the shards, spread out
         files["dumps"].append(f"dumps/posts-{s:05d}.jsonl" + (".gz" if gz else ""))
         dump_jobs.append((out / files["dumps"][-1], gz, a, primary[a:b], extra[a:b],
@@ -332,8 +494,27 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
                  for (rel, shown, noise), h, o in zip(items, has, other)]
     rows = _plan_groups(world, recipe)
     group_items = [(r[0], r[4], r[5]) for r in rows]
+    layouts = set(recipe.layouts)
+    if layouts:
+        spaced = spaced_tags(world)
+        shared = [(a, primary[a:b], extra[a:b], countries[a:b], tags, junk,
+                   [c["prob"] for c in world["concepts"]], rates, seed, s) for s, (a, b) in enumerate(bounds)]
+    yfcc_jobs, i2d_jobs = [], []
+    if "yfcc" in layouts:
+        (out / "yfcc").mkdir(parents=True, exist_ok=True)
+        for s, job in enumerate(shared):  # the row number in front on even shards, as in the 2016 file
+            bz = dump_jobs[s][1]
+            files.setdefault("yfcc", []).append(f"yfcc/yfcc100m_dataset-{s}" + (".bz2" if bz else ""))
+            yfcc_jobs.append((out / files["yfcc"][-1], bz, s % 2 == 0, *job, spaced, recipe.video_prob))
+    if "img2dataset" in layouts:
+        (out / "img2dataset").mkdir(parents=True, exist_ok=True)
+        files["img2dataset"] = "img2dataset"
+        i2d_jobs = [(out / "img2dataset", job[-1], *job[:-1], spaced, looks, size, recipe.failed_download_prob)
+                    for job in shared]
     stages = [
         ("dumps", write_dump_shard, dump_jobs),
+        ("yfcc", write_yfcc_shard, yfcc_jobs),
+        ("img2dataset", write_img2dataset_shard, i2d_jobs),
         ("images", write_image_shard, image_jobs),
         ("downstream", render_files, [(out / "downstream", chunk, looks, size, seed, (4, s))
                                       for s, chunk in enumerate(_chunks(items, 500))]),
@@ -342,10 +523,15 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
     for d in ("dumps", "images", "downstream", "groups"):
         (out / d).mkdir(parents=True, exist_ok=True)
     dumps: Counter = Counter()
+    layout_counts: Counter = Counter()
     for stage, fn, jobs in stages:
+        if not jobs:
+            continue
         for res in map_shards(fn, jobs, recipe.workers, progress, stage):
             if stage == "dumps":
                 dumps.update(res)
+            elif stage in ("yfcc", "img2dataset"):
+                layout_counts.update({f"{stage}_{k}" if not k.startswith(stage) else k: v for k, v in res.items()})
     _write_manifest(out / "groups" / "manifest.csv", rows, world)
     (out / "downstream" / "classes.json").write_text(json.dumps({c["wnid"]: {
         "synset": c["synset"], "concept": c["concept_synset"], "expected_tags": c["expected_tags"],
@@ -356,7 +542,26 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
     return {"dumps": dict(sorted(dumps.items())), "concept_posts": shown.tolist(),
             "planted_shown": {g: planted[g] for g in world["groups"]["groups"]},
             "images": recipe.posts, "downstream_images": len(items), "group_images": len(rows),
-            "files": files}
+            **dict(sorted(layout_counts.items())), "files": files}
+
+
+def spaced_tags(world: dict) -> dict:
+    """Raw tag -> the words it is made of, where it is a compound of its concept's WordNet lemma
+    (``brownbear`` -> ``brown bear``, ``brownbears`` -> ``brown bears``): how Flickr users write
+    multi-word tags, which readers join again."""
+    from swagcli.wordnet import get_wordnet
+
+    wn, out = get_wordnet(), {}
+    for c in world["concepts"]:
+        lemmas = [n.lower() for n in wn.synset(c["synset"]).lemma_names() if "_" in n]
+        for v in c["variants"]:
+            low = v["tag"].lower()
+            for lemma in lemmas:
+                joined = lemma.replace("_", "")
+                if low.startswith(joined):
+                    out[v["tag"]] = lemma.replace("_", " ") + low[len(joined):]
+                    break
+    return out
 
 
 def _write_manifest(path: Path, rows, world) -> None:

@@ -24,14 +24,15 @@ from pathlib import Path
 
 from swagcli.errors import SwagError
 from swagcli.prep.canon import Canonicalizer, synset_key
-from swagcli.prep.dumps import ReadStats, detect_format, expand_dumps, iter_posts
+from swagcli.prep.dumps import (ReadSpec, ReadStats, expand_dumps, iter_posts, no_posts_error, read_report,
+                                read_spec)
 from swagcli.prep.parallel import map_shards
 
 VOCAB_FORMAT = "swag-vocab/1"
 
 
 # -- pass 1 and 3, one shard each ------------------------------------------------------------------
-def count_tags(path: str, fmt: str = "auto", countries: list[str] | None = None,
+def count_tags(path: str, fmt: "str | ReadSpec" = "auto", countries: list[str] | None = None,
                caption_hashtags: bool = True) -> tuple[Counter, ReadStats]:
     """Images per raw tag in one dump (posts of ``countries`` only, if given)."""
     stats = ReadStats()
@@ -43,7 +44,7 @@ def count_tags(path: str, fmt: str = "auto", countries: list[str] | None = None,
     return counts, stats
 
 
-def count_canonical(path: str, tag_to_id: dict[str, int], fmt: str = "auto",
+def count_canonical(path: str, tag_to_id: dict[str, int], fmt: "str | ReadSpec" = "auto",
                     caption_hashtags: bool = True) -> tuple[Counter, int]:
     """Images per canonical hashtag id in one dump, and the images with any vocabulary tag."""
     counts: Counter = Counter()
@@ -56,12 +57,13 @@ def count_canonical(path: str, tag_to_id: dict[str, int], fmt: str = "auto",
     return counts, images
 
 
-def merge_counts(parts) -> tuple[Counter, ReadStats]:
+def merge_counts(parts) -> tuple[Counter, list[ReadStats]]:
+    """Counts added up; each shard's read stats, in shard order."""
     total: Counter = Counter()
-    stats = ReadStats()
+    stats = []
     for counts, st in parts:
         total.update(counts)
-        stats.add(st)
+        stats.append(st)
     return total, stats
 
 
@@ -113,12 +115,12 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         raise SwagError("vocab build: no output directory (--out DIR or 'out:' in the recipe)")
     t0 = time.time()
     paths = [str(p) for p in expand_dumps(recipe.dumps)]
-    fmts = [detect_format(Path(p), recipe.format) for p in paths]
-    jobs = [(p, f, recipe.countries, recipe.caption_hashtags) for p, f in zip(paths, fmts)]
-    tag_counts, read = merge_counts(mapper(count_tags, jobs, recipe.workers, progress, "count tags"))
-    if read.posts == 0:
-        raise SwagError(f"{paths[0]}{' ...' if len(paths) > 1 else ''}: no readable posts "
-                        f"({read.lines} lines, {read.skipped} skipped)")
+    specs = [read_spec(Path(p), recipe) for p in paths]
+    jobs = [(p, s, recipe.countries) for p, s in zip(paths, specs)]
+    tag_counts, shard_stats = merge_counts(mapper(count_tags, jobs, recipe.workers, progress, "count tags"))
+    read = read_report(shard_stats, [s.fmt for s in specs])
+    if read["posts"] == 0:
+        raise no_posts_error(paths, read)
     if progress:
         progress("canonicalize", 0, 1)
     canon = _canonicalizer(tuple(recipe.allowed_senses), recipe.min_len)
@@ -126,7 +128,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     if progress:
         progress("canonicalize", 1, 1)
     tag_to_id = {t: i for i, g in enumerate(groups) for t in g.tags}
-    jobs2 = [(p, tag_to_id, f, recipe.caption_hashtags) for p, f in zip(paths, fmts)]
+    jobs2 = [(p, tag_to_id, s) for p, s in zip(paths, specs)]
     canon_counts: Counter = Counter()
     images_in_vocab = 0
     for counts, n in mapper(count_canonical, jobs2, recipe.workers, progress, "count hashtags"):
@@ -153,10 +155,11 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         "swag_version": __version__,
         "params": {k: getattr(recipe, k) for k in (
             "min_count", "countries", "allowed_senses", "min_len", "head_min_images")},
+        "sources": {"formats": sorted({s.fmt for s in specs}), "fields": recipe.fields.model_dump(exclude_none=True)},
         "wordnet": wordnet_info()["version"],
         "stats": {
             "dumps": len(paths),
-            **read.as_dict(),
+            **read,
             **cstats,
             "head_hashtags": n_head,
             "tail_hashtags": len(hashtags) - n_head,

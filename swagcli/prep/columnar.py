@@ -1,0 +1,150 @@
+"""Sources that are not lines of text: parquet files and img2dataset output folders.
+
+img2dataset writes, per shard, ``NNNNN.tar`` (``KEY.jpg``, ``KEY.txt`` the caption, ``KEY.json`` the
+metadata, successful downloads only), ``NNNNN.parquet`` (the same metadata for every input row,
+failed downloads included, with their ``status``) and ``NNNNN_stats.json``. A shard is read from
+its parquet where there is one (:func:`~swagcli.prep.dumps.expand_dumps` picks it), else from its
+tar. The post id is the shard key (``000010023``): the training stream joins the plan to the image
+shards by it. Hashtags are the ``#tags`` of the caption, or a field named in the recipe
+(``fields.tags``: e.g. the Flickr user tags kept with img2dataset's ``save_additional_columns``).
+A record whose status is not ``success`` is a failed download: skipped and counted.
+
+A plain parquet dump has an id column and a tags column (a list, or a string as
+:func:`~swagcli.prep.dumps.split_tags` reads it) or a caption column; the columns are found by
+their usual names (:data:`ID_COLUMNS`, ...) or named in the recipe (``fields``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from swagcli.errors import SwagError
+from swagcli.prep.dumps import Post, ReadSpec, ReadStats, make_post
+from swagcli.tario import BadTar, tar_samples
+
+ID_COLUMNS = ("id", "key", "photo_id", "photoid", "post_id")
+TAG_COLUMNS = ("hashtags", "tags", "user_tags", "usertags")
+CAPTION_COLUMNS = ("caption", "text", "txt", "title")
+BATCH_ROWS = 65536
+
+
+def _parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
+        raise SwagError(f"{path}: not a readable parquet file ({_one_line(e)})") from None
+
+
+def _one_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def parquet_kind(path: Path) -> str:
+    """``img2dataset`` for img2dataset's metadata (``key`` and ``status`` columns), else ``parquet``."""
+    names = set(_parquet(path).schema_arrow.names)
+    return "img2dataset" if {"key", "status"} <= names else "parquet"
+
+
+def _column(names: list[str], named: str | None, usual: tuple, what: str, path: Path) -> str | None:
+    if named:
+        if named not in names:
+            raise SwagError(f"{path}: no column {named!r} for the {what} (columns: {', '.join(names)})")
+        return named
+    return next((c for c in usual if c in names), None)
+
+
+def iter_columnar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post]:
+    if path.name.endswith(".tar"):
+        yield from _iter_shard_tar(path, spec, stats)
+        return
+    pf = _parquet(path)
+    names = pf.schema_arrow.names
+    status = None
+    if spec.fmt == "img2dataset":
+        if "key" not in names:
+            raise SwagError(f"{path}: not img2dataset metadata (no 'key' column; columns: {', '.join(names)})")
+        id_col, status = "key", "status" if "status" in names else None
+        tag_col = _column(names, spec.tags, (), "tags", path)
+        cap_col = _column(names, spec.caption, ("caption",), "caption", path)
+    else:
+        id_col = _column(names, spec.id, ID_COLUMNS, "id", path)
+        if id_col is None:
+            raise SwagError(f"{path}: no id column ({', '.join(ID_COLUMNS)}; name it with fields.id)")
+        tag_col = _column(names, spec.tags, TAG_COLUMNS, "tags", path)
+        cap_col = _column(names, spec.caption, CAPTION_COLUMNS, "caption", path)
+        if tag_col is None and cap_col is None:
+            raise SwagError(f"{path}: no tags or caption column ({', '.join(TAG_COLUMNS + CAPTION_COLUMNS)}; "
+                            "name one with fields.tags or fields.caption)")
+    country_col = _column(names, spec.country, ("country",), "country", path)
+    wanted = [id_col, tag_col, cap_col, country_col, status]
+    columns = [c for c in dict.fromkeys(wanted) if c]
+    try:
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            data = batch.to_pydict()
+            none = [None] * batch.num_rows
+            for pid, tags, caption, country, st in zip(*(data[c] if c else none for c in wanted)):
+                stats.lines += 1
+                if st is not None and st != "success":
+                    stats.failed_download += 1
+                    continue
+                post = make_post(pid, tags, caption, country, stats, spec)
+                if post is not None:
+                    stats.posts += 1
+                    yield post
+    except SwagError:
+        raise
+    except Exception as e:  # a truncated or corrupt file: pyarrow's errors
+        raise SwagError(f"{path}: unreadable after record {stats.lines} ({_one_line(e)})") from None
+
+
+def _iter_shard_tar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post]:
+    """An img2dataset tar shard: one record per sample (``KEY.txt`` caption, ``KEY.json`` metadata)."""
+    try:
+        with open(path, "rb", buffering=1 << 20) as f:
+            for s in tar_samples(f):
+                stats.lines += 1
+                meta: dict = {}
+                if "json" in s:
+                    try:
+                        meta = json.loads(s["json"])
+                    except ValueError:
+                        meta = None
+                    if not isinstance(meta, dict):
+                        stats.bad_json += 1
+                        continue
+                st = meta.get("status")
+                if st is not None and st != "success":
+                    stats.failed_download += 1
+                    continue
+                if spec.caption:
+                    caption = meta.get(spec.caption)
+                elif "txt" in s:
+                    try:
+                        caption = s["txt"].decode("utf-8")
+                    except UnicodeDecodeError:
+                        stats.bad_utf8 += 1
+                        continue
+                else:
+                    caption = meta.get("caption")
+                post = make_post(s["__key__"], meta.get(spec.tags) if spec.tags else None, caption,
+                                 meta.get(spec.country) if spec.country else None, stats, spec)
+                if post is not None:
+                    stats.posts += 1
+                    yield post
+    except (BadTar, OSError) as e:
+        raise SwagError(f"{path}: unreadable tar shard after {stats.lines} samples ({e})") from None
+
+
+def shard_tars(sources: list[str]) -> list[str]:
+    """The tar shards of img2dataset sources (a source is a shard's parquet or its tar), where
+    they exist: what the training stream reads for a plan drawn from them."""
+    out = []
+    for s in sources:
+        tar = Path(s).with_suffix(".tar")
+        if tar.is_file():
+            out.append(str(tar))
+    return out
