@@ -86,14 +86,31 @@ def amp_dtype(precision: str, device: torch.device):
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def expand_shards(specs: list[str]) -> list[str]:
+def expand_shards(specs: list[str], plan: dict | None = None) -> list[str]:
+    """Image shards: files, globs, brace ranges and folders (their ``*.tar``: an img2dataset
+    output folder as it is). None given: the tar shards of the plan's sources where it was drawn
+    from img2dataset shards (their keys are the plan's ids)."""
     import glob
 
     from braceexpand import braceexpand
 
+    if not specs and plan is not None:
+        from swagcli.prep.columnar import shard_tars
+
+        out = shard_tars([p["source"] for p in plan["parts"] if p.get("source")])
+        if out:
+            return out
+        raise SwagError("data.shards: no image shards given (and the plan was not drawn from "
+                        "img2dataset shards whose tars could stand in)")
     out = []
     for spec in specs:
         for item in braceexpand(spec):
+            if Path(item).is_dir():
+                hits = sorted(str(p) for p in Path(item).glob("*.tar"))
+                if not hits:
+                    raise SwagError(f"data.shards: {item}: folder holds no .tar shards")
+                out.extend(hits)
+                continue
             hits = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
             if not hits or not all(Path(h).is_file() for h in hits):
                 raise SwagError(f"data.shards: {item}: no such image shard")
@@ -195,7 +212,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     out = Path(recipe.out)
     plan = load_plan(recipe.data.plan)
     vocab = Vocab.load(plan["vocab"])
-    shards = expand_shards(recipe.data.shards)
+    shards = expand_shards(recipe.data.shards, plan)
     device = pick_device(recipe.device, env)
     init_distributed(env, device)
     layout = plan_layout(recipe, env)
@@ -325,6 +342,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                   "checkpoint": str(last_ckpt) if last_ckpt else None, "run_dir": str(out),
                   "resumed_from": str(resume_from) if resume_from else None,
                   "last_loss": loss_val if step else None, "stream": _sum_stats(stream_stats),
+                  "image_shards": {"count": len(shards), "first": shards[0], "last": shards[-1],
+                                   "from": "data.shards" if recipe.data.shards else "the plan's img2dataset sources"},
                   "objective": recipe.objective, **({"init": init} if init else {}), **final}
         if log:
             log.close(result)

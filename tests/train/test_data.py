@@ -4,6 +4,7 @@ ranks x workers, resume reproduces the stream, corrupt data skipped and counted.
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from collections import Counter
 
@@ -208,3 +209,58 @@ def test_reduced_jpeg_decode_matches_full_decode():
             ref = ref[:, ::-1]
         assert out.shape == (32, 32, 3) and out.dtype == np.uint8
         assert np.abs(out.astype(float) - ref).mean() < 3, (train, seed)
+
+
+# -- img2dataset shards as they come ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def i2d_plan(layouts, tmp_path_factory):
+    """A vocabulary built from the world's YFCC100M metadata, a plan drawn from its img2dataset
+    folder (the user-tags column): the walk-through of the README."""
+    from swagcli import recipes
+    from swagcli.prep import sample, vocab
+
+    world, _ = layouts
+    root = tmp_path_factory.mktemp("i2d")
+    vocab.build(recipes.load("vocab", flags={"dumps": [str(world / "yfcc")], "out": str(root / "vocab"),
+                                             "head_min_images": 40}))
+    sample.build(recipes.load("sample", flags={"vocab": str(root / "vocab"), "dumps": [str(world / "img2dataset")],
+                                               "out": str(root / "plan"), "samples": 1500, "holdout": 0.1},
+                              overrides=["fields.tags=usertags"]))
+    return world / "img2dataset", root
+
+
+def test_stream_reads_img2dataset_shards_by_key(i2d_plan):
+    from swagcli.train.engine import expand_shards
+
+    folder, root = i2d_plan
+    plan = load_plan(root / "plan")
+    assert plan["sources"] == {"formats": ["img2dataset"], "fields": {"tags": "usertags"}}
+    shards = expand_shards([], plan)  # none given: the tars beside the plan's parquet sources
+    assert shards == sorted(str(p) for p in folder.glob("*.tar")) == expand_shards([str(folder)])
+    want, labels = planned(root / "plan")
+    assert all(k.isdigit() and len(k) == 9 for k in want)  # img2dataset keys: shard + index
+    cfg = StreamConfig(shards=shards, plan_dir=str(root / "plan"), resolution=16, loop=False, with_keys=True)
+    seen = Counter()
+    for batch in make_loader(cfg, batch_size=100, workers=0):
+        for i, key in enumerate(batch["keys"]):
+            seen[key] += 1
+            k = int((batch["target_w"][i] > 0).sum())
+            assert sorted(batch["target_idx"][i, :k].tolist()) == labels[key]
+        stats = next(iter(batch["streams"].values()))[2]
+    assert seen == want and sum(seen.values()) == 1500
+    assert stats["bad"] == 0 and stats["not_planned"] > 0  # held-out and tag-less images are read past
+
+
+def test_pretrain_on_an_img2dataset_folder(i2d_plan, swag, tmp_path):
+    folder, root = i2d_plan
+    run = tmp_path / "run"
+    swag("pretrain", "-r", "recipes/pretrain/test_vit.yaml", "-o", run, "--plan", root / "plan",
+         "--set", "samples=256", "--set", "data.workers=0", "--set", "data.resolution=16",
+         "--set", "model.kwargs.img_size=16", check=True)
+    res = json.loads((run / "result.json").read_text())
+    assert res["status"] == "finished" and res["samples"] == 256 and res["stream"]["bad"] == 0
+    assert res["image_shards"]["count"] == 3 and res["image_shards"]["from"] == "the plan's img2dataset sources"
+    assert res["eval_images"] > 0
+    with pytest.raises(AssertionError, match="folder holds no .tar shards"):
+        swag("pretrain", "-r", "recipes/pretrain/test_vit.yaml", "-o", tmp_path / "r2", "--plan", root / "plan",
+             "--shards", tmp_path, check=True)
