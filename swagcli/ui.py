@@ -152,6 +152,9 @@ def pretrain_report(r: dict) -> None:
         i = r["init"]
         rows.append(("initialized from", f"{i['from']}: {i['loaded']} encoder tensors loaded, "
                      f"{len(i['missing'])} not found, {len(i['not_loaded'])} of the checkpoint's left out"))
+    if r.get("image_shards"):
+        sh = r["image_shards"]
+        rows.append(("image shards", f"{sh['count']:,} from {sh['from']}"))
     rows += [("checkpoint", r["checkpoint"] or "-"), ("resumed from", r.get("resumed_from") or "-")]
     console.print(kv_table(f"Pretraining run {r['run_dir']}", rows))
 

@@ -47,3 +47,25 @@ def test_vocab_build_canon_show(swag, tmp_path):
     res = swag("vocab", "show", tmp_path)
     assert res.returncode == 2 and "no vocabulary here" in res.stderr
 
+
+
+def test_vocab_report_counts_skips_per_format(swag, tmp_path):
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "data" / "yfcc100m_dataset-slice"
+    dump = tmp_path / "d.jsonl"
+    dump.write_text('{"id": "a", "hashtags": ["#salmon"]}\n{broken\n{"id": "b", "hashtags": []}\n')
+    res = swag("vocab", "build", fixture, dump, "--out", tmp_path / "v", "--min-count", "1", check=True)
+    rows = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]]
+            for ln in res.stdout.splitlines() if ln.count("│") == 5}  # label, yfcc, jsonl, total
+    assert rows["lines / records"] == ["6", "3", "9"]
+    assert rows["skipped: videos (marker 1)"] == ["1", "-", "1"]
+    assert rows["skipped: invalid JSON"] == ["-", "1", "1"]
+    assert rows["skipped: no hashtags"] == ["1", "1", "2"]
+    doc = json.loads((tmp_path / "v" / "vocab.json").read_text())
+    assert doc["sources"]["formats"] == ["jsonl", "yfcc"] and doc["stats"]["by_format"]["yfcc"]["video"] == 1
+    assert "brownbear" in {t for h in doc["hashtags"] for t in h["tags"]}  # brown+bear, joined
+    res = swag("vocab", "canon", "brown+bear", "Brown Bear", check=True)
+    assert res.stdout.count("#brownbear") == 2 and "brown_bear.n.01" in res.stdout
+    res = swag("synth", "--out", tmp_path / "w", "--layout", "flickr")
+    assert res.returncode == 2 and "layouts" in res.stderr and "Traceback" not in res.stderr

@@ -502,7 +502,7 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
     yfcc_jobs, i2d_jobs = [], []
     if "yfcc" in layouts:
         (out / "yfcc").mkdir(parents=True, exist_ok=True)
-        for s, job in enumerate(shared):  # the row number in front on even shards, as in the 2016 file
+        for s, job in enumerate(shared):  # the row number and hash in front on even shards (25 fields)
             bz = dump_jobs[s][1]
             files.setdefault("yfcc", []).append(f"yfcc/yfcc100m_dataset-{s}" + (".bz2" if bz else ""))
             yfcc_jobs.append((out / files["yfcc"][-1], bz, s % 2 == 0, *job, spaced, recipe.video_prob))

@@ -121,6 +121,11 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     read = read_report(shard_stats, [s.fmt for s in specs])
     if read["posts"] == 0:
         raise no_posts_error(paths, read)
+    if recipe.countries and not tag_counts:
+        hint = ("YFCC100M metadata has no country field: countries: null" if any(s.fmt == "yfcc" for s in specs)
+                else "a post's country is the JSONL 'country' key, a third TSV column or the field "
+                     "named by fields.country")
+        raise SwagError(f"countries {','.join(recipe.countries)}: no post of these dumps is from them ({hint})")
     if progress:
         progress("canonicalize", 0, 1)
     canon = _canonicalizer(tuple(recipe.allowed_senses), recipe.min_len)

@@ -35,7 +35,7 @@ def read(path, fmt="auto", **spec):
 
 
 def original_edition(text: str) -> str:
-    """The 2014 edition's 23 fields: no row number, no hash."""
+    """The original edition's 23 fields: no row number, no hash."""
     return "".join("\t".join(c[1:2] + c[3:]) + "\n" for c in (ln.split("\t") for ln in text.splitlines()))
 
 
@@ -54,7 +54,7 @@ def test_yfcc_fixture_as_distributed():
     ("meta.tsv", lambda b: b), ("slice", lambda b: b)])
 def test_yfcc_both_editions_any_compression_sniffed(tmp_path, name, pack):
     text = FIXTURE.read_text()
-    for edition, body in (("2016", text), ("2014", original_edition(text))):
+    for edition, body in (("25-fields", text), ("23-fields", original_edition(text))):
         f = tmp_path / edition / name
         f.parent.mkdir()
         f.write_bytes(pack(body.encode()))
