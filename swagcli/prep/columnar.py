@@ -70,6 +70,9 @@ def iter_columnar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post
         id_col, status = "key", "status" if "status" in names else None
         tag_col = _column(names, spec.tags, (), "tags", path)
         cap_col = _column(names, spec.caption, ("caption",), "caption", path)
+        if tag_col is None and cap_col is None:
+            raise SwagError(f"{path}: no caption column (downloaded without --caption_col?): name the "
+                            f"field holding the tags with --tags-field (columns: {', '.join(names)})")
     else:
         id_col = _column(names, spec.id, ID_COLUMNS, "id", path)
         if id_col is None:

@@ -42,7 +42,9 @@ from swagcli.prep.canon import normalize_tag
 FORMATS = ("auto", "jsonl", "tsv", "yfcc", "img2dataset", "parquet")
 DUMP_SUFFIXES = (".jsonl", ".json", ".ndjson", ".tsv", ".txt", ".parquet")
 COMPRESSIONS = (".gz", ".zst", ".zstd", ".bz2")
-HASHTAG_RE = re.compile(r"#(\w+)")
+# a caption's hashtags: '#' not right after a letter, digit, '&' or '/' (URL anchors, HTML entities
+# such as &#39; in YFCC100M descriptions are not hashtags)
+HASHTAG_RE = re.compile(r"(?<![\w&/])#(\w+)")
 _SHARD_RE = re.compile(r"^(\d+)\.(tar|parquet)$")  # img2dataset: 00000.tar, 00000.parquet
 YFCC_FIELDS = (23, 24, 25)  # original; with the hash; with the row number and the hash
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")

@@ -300,6 +300,22 @@ def write_part(path: str, ids: list, mult: list, labels: list, tails: list) -> d
                              np.asarray(tails, dtype=bool), counts, flat)
 
 
+def _check_shard_keys(paths: list[str], fmts: list) -> None:
+    """img2dataset keys start with the shard number, so two folders with a shard of the same number
+    repeat keys: the training stream could not tell their images apart."""
+    seen: dict[str, Path] = {}
+    for p, f in zip(paths, fmts):
+        if f.fmt != "img2dataset":
+            continue
+        path = Path(p).resolve()
+        stem = path.name.split(".")[0]
+        other = seen.setdefault(stem, path)
+        if other.parent != path.parent:
+            raise SwagError(f"{other.parent} and {path.parent}: both hold img2dataset shard {stem}, whose keys "
+                            "repeat: download into one folder (img2dataset numbers new shards on) or draw "
+                            "a plan per folder")
+
+
 # -- the whole plan --------------------------------------------------------------------------------
 def _allocate(rng, total: int, sums: list[float]) -> list[int]:
     s = float(sum(sums))
@@ -322,6 +338,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     w = Weights.of(vocab)
     paths = [str(p) for p in expand_dumps(recipe.dumps)]
     fmts = [read_spec(Path(p), recipe) for p in paths]
+    _check_shard_keys(paths, fmts)
     strategy = recipe.strategy
     jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk, recipe.holdout) for p, f in zip(paths, fmts)]
     hist_images = np.zeros(len(vocab), dtype=np.int64)

@@ -240,3 +240,50 @@ def test_img2dataset_folder_picks_the_parquet_and_ids_are_keys(layouts, tmp_path
     for p in i2d.glob("*.tar"):
         shutil.copy(p, alone / p.name)
     assert [p.suffix for p in expand_dumps([str(alone)])] == [".tar"] * 3
+
+
+def test_caption_hashtags_are_not_url_anchors_or_html_entities(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"id": "a", "caption": "see http://x.org/p#frag &#39;hi&#39; (#Owl) #brown_bear"}) + "\n")
+    assert read(f)[0][0].tags == ["owl", "brown_bear"]
+
+
+def test_img2dataset_without_captions_asks_for_the_tags_field(tmp_path):
+    f = _parquet(tmp_path / "00000.parquet", key=["000000000"], status=["success"], usertags=["dog"])
+    assert detect_format(f) == "img2dataset"
+    with pytest.raises(SwagError, match="no caption column .* --tags-field"):
+        read(f)
+    assert [p.tags for p in read(f, "img2dataset", tags="usertags")[0]] == [["dog"]]
+
+
+def test_a_plan_over_two_folders_with_repeating_keys_is_refused(layouts, tmp_path):
+    from swagcli import recipes
+    from swagcli.prep import sample, vocab
+
+    out, _ = layouts
+    copy = tmp_path / "second-download"
+    shutil.copytree(out / "img2dataset", copy)
+    vocab.build(recipes.load("vocab", flags={"dumps": [str(out / "dumps")], "out": str(tmp_path / "v")}))
+    r = recipes.load("sample", flags={"vocab": str(tmp_path / "v"), "dumps": [str(out / "img2dataset"), str(copy)],
+                                      "out": str(tmp_path / "p"), "samples": 10})
+    with pytest.raises(SwagError, match="both hold img2dataset shard 00000, whose keys repeat"):
+        sample.build(r)
+    assert not (tmp_path / "p").exists()
+
+
+def test_layouts_are_the_same_bytes_whatever_the_workers(tmp_path):
+    import hashlib
+
+    from swagcli.prep.synth import run
+    from swagcli.recipes import SynthRecipe
+
+    def digests(workers):
+        out = tmp_path / f"w{workers}"
+        run(SynthRecipe(out=str(out), posts=200, concepts=30, dump_shards=2, image_size=16, downstream_classes=4,
+                        downstream_train_per_class=1, downstream_val_per_class=1, group_images=0,
+                        layouts=["yfcc", "img2dataset"], workers=workers))
+        return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for d in ("yfcc", "img2dataset") for p in sorted((out / d).iterdir())}
+
+    one = digests(1)
+    assert len(one) == 2 + 3 * 2 and one == digests(2)
