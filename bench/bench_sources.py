@@ -18,24 +18,15 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_count import best_of  # noqa: E402  (bench/ is the script's folder)
 from swagcli.prep.dumps import expand_dumps, read_spec  # noqa: E402
 from swagcli.prep.synth import run as synth  # noqa: E402
 from swagcli.prep.vocab import count_tags  # noqa: E402
 from swagcli.recipes import SynthRecipe, VocabRecipe  # noqa: E402
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def count_all(paths, recipe) -> int:

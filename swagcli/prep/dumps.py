@@ -301,6 +301,8 @@ def _dedupe(tags) -> list[str]:
 def make_post(pid, tags, caption, country, stats: ReadStats, spec: ReadSpec) -> Post | None:
     """A post from its fields (any format), or None, counted: no id, no tags (after the caption's
     ``#tags`` where there are none and ``caption_hashtags``)."""
+    if isinstance(pid, float) and pid.is_integer():
+        pid = int(pid)  # integer ids of a column with gaps, as pandas writes them (1.0, NaN)
     if pid is None or pid == "" or isinstance(pid, (dict, list, bool, float)):
         stats.no_id += 1
         return None

@@ -126,6 +126,9 @@ def test_parquet_tags_as_lists_strings_or_caption(tmp_path):
     assert (st.lines, st.no_tags, st.no_id, st.from_caption) == (5, 1, 1, 1)
     g = _parquet(tmp_path / "strings.parquet", photo_id=["a", "b"], user_tags=["brown+bear,salmon", "#dog #cat"])
     assert [p.tags for p in read(g)[0]] == [["brownbear", "salmon"], ["dog", "cat"]]
+    h = _parquet(tmp_path / "pandas.parquet", id=[7.0, float("nan")], tags=["dog", "cat"])  # ints with a gap
+    posts, st = read(h)
+    assert [p.id for p in posts] == ["7"] and st.no_id == 1
 
 
 def test_parquet_named_fields_and_clear_errors(tmp_path):
