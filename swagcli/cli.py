@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from swagcli import __version__
 from swagcli.errors import SwagError
+from swagcli.prep import FORMATS
 
 
 class DefaultGroup(TyperGroup):
@@ -64,7 +65,7 @@ def _split(values: Optional[List[str]]) -> Optional[List[str]]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-FormatOpt = typer.Option(None, "--format", help="auto | jsonl | tsv | yfcc | img2dataset | parquet [auto]")
+FormatOpt = typer.Option(None, "--format", help=" | ".join(FORMATS) + " [auto]")
 TagsFieldOpt = typer.Option(None, "--tags-field", help="field (column) holding the tags, e.g. usertags "
                             "(img2dataset, parquet, jsonl); default: the #tags of the caption for img2dataset")
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from swagcli.errors import SwagError
 from swagcli.prep.canon import ALLOWED_SENSES
+from swagcli.prep import FORMATS
 
 
 class Recipe(BaseModel):
@@ -25,7 +26,7 @@ class Recipe(BaseModel):
 
 
 # -- reading sources (vocab, sample) ---------------------------------------------------------------
-SourceFormat = Literal["auto", "jsonl", "tsv", "yfcc", "img2dataset", "parquet"]
+SourceFormat = Literal[FORMATS]
 
 
 class FieldsSpec(Recipe):
@@ -44,7 +45,7 @@ class VocabRecipe(Recipe):
 
     dumps: list[str] = Field(default_factory=list, description="dump files, globs or brace ranges")
     out: str | None = Field(None, description="output directory (vocab.json, report, plot)")
-    format: SourceFormat = Field("auto", description="auto | jsonl | tsv | yfcc | img2dataset | parquet")
+    format: SourceFormat = Field("auto", description=" | ".join(FORMATS))
     fields: FieldsSpec = Field(default_factory=FieldsSpec)
     min_count: int = Field(2, ge=1, description="keep tags used on at least this many images")
     countries: list[str] | None = Field(
@@ -78,7 +79,7 @@ class SampleRecipe(Recipe):
     vocab: str | None = Field(None, description="vocab.json (or its directory) from `swag vocab build`")
     dumps: list[str] = Field(default_factory=list, description="dump files, globs or brace ranges")
     out: str | None = Field(None, description="output directory (plan/, summary.json, plot)")
-    format: SourceFormat = Field("auto", description="auto | jsonl | tsv | yfcc | img2dataset | parquet")
+    format: SourceFormat = Field("auto", description=" | ".join(FORMATS))
     fields: FieldsSpec = Field(default_factory=FieldsSpec)
     caption_hashtags: bool = Field(True, description="take #tags from the caption of posts without hashtags")
     samples: int = Field(..., ge=1, description="M: total samples to draw (with replacement)")

@@ -217,7 +217,7 @@ def _shard_split(shards: list[str], what: str, classes: list[str] | None) -> Spl
             items.append(image)
             raw.append(sample["cls"])
 
-    for url in shards:  # samples grouped as the training stream groups them (data.member_key)
+    for url in shards:  # samples grouped as the training stream groups them (tario.member_key)
         cur, key = {}, None
         try:
             with open(url, "rb") as f:

@@ -1,6 +1,6 @@
 """Reading hashtag sources, one post (image) at a time, whatever layout they come in.
 
-Formats (:data:`FORMATS`; ``auto`` detects each file's from its name and first line or schema):
+Formats (:data:`swagcli.prep.FORMATS`; ``auto`` detects each file's from its name, first line or schema):
 
 * ``jsonl``: ``{"id": ..., "hashtags": [...], "country": "US"?, "caption": "..."?}`` per line; a post
   without hashtags takes the ``#tags`` of its caption;
@@ -23,6 +23,7 @@ number of fields, a video, a failed download, no id, no tags) are skipped and co
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import glob
 import gzip
 import io
@@ -39,7 +40,6 @@ from braceexpand import braceexpand
 from swagcli.errors import SwagError
 from swagcli.prep.canon import normalize_tag
 
-FORMATS = ("auto", "jsonl", "tsv", "yfcc", "img2dataset", "parquet")
 DUMP_SUFFIXES = (".jsonl", ".json", ".ndjson", ".tsv", ".txt", ".parquet")
 COMPRESSIONS = (".gz", ".zst", ".zstd", ".bz2")
 # a caption's hashtags: '#' not right after a letter, digit, '&' or '/' (URL anchors, HTML entities
@@ -129,6 +129,11 @@ class ReadSpec:
     tags: str | None = None
     caption: str | None = None
     country: str | None = None
+
+
+def sources_info(specs: list[ReadSpec], recipe) -> dict:
+    """What vocabularies and plans record of how their sources were read."""
+    return {"formats": sorted({s.fmt for s in specs}), "fields": recipe.fields.model_dump(exclude_none=True)}
 
 
 def read_spec(path: Path, recipe) -> ReadSpec:
@@ -301,7 +306,9 @@ def _dedupe(tags) -> list[str]:
 def make_post(pid, tags, caption, country, stats: ReadStats, spec: ReadSpec) -> Post | None:
     """A post from its fields (any format), or None, counted: no id, no tags (after the caption's
     ``#tags`` where there are none and ``caption_hashtags``)."""
-    if isinstance(pid, float) and pid.is_integer():
+    if isinstance(pid, str):
+        pid = pid.strip()
+    elif isinstance(pid, float) and pid.is_integer():
         pid = int(pid)  # integer ids of a column with gaps, as pandas writes them (1.0, NaN)
     if pid is None or pid == "" or isinstance(pid, (dict, list, bool, float)):
         stats.no_id += 1
@@ -315,7 +322,7 @@ def make_post(pid, tags, caption, country, stats: ReadStats, spec: ReadSpec) -> 
     if not tags:
         stats.no_tags += 1
         return None
-    return Post(str(pid).strip(), tags, country if isinstance(country, str) and country else None)
+    return Post(str(pid), tags, country if isinstance(country, str) and country else None)
 
 
 # -- line formats -----------------------------------------------------------------------------------
@@ -348,11 +355,7 @@ def _parse_jsonl(text: str, stats: ReadStats, spec: ReadSpec) -> Post | None:
 
 def _parse_tsv(text: str, stats: ReadStats, spec: ReadSpec) -> Post | None:
     cols = text.split("\t")
-    pid = cols[0].strip()
-    if not pid:
-        stats.no_id += 1
-        return None
-    return make_post(pid, cols[1] if len(cols) > 1 else None, None,
+    return make_post(cols[0], cols[1] if len(cols) > 1 else None, None,
                      cols[2].strip() if len(cols) > 2 else None, stats, spec)
 
 
@@ -377,7 +380,7 @@ def _parse_yfcc(text: str, stats: ReadStats, spec: ReadSpec) -> Post | None:
     caption = None
     if spec.caption_hashtags and not cols[-15]:  # #tags written into the title or description
         caption = unquote_plus(cols[-17]) + " " + unquote_plus(cols[-16])
-    return make_post(pid.strip(), [t for t in cols[-15].split(",") if t], caption, None, stats, spec)
+    return make_post(pid, [t for t in cols[-15].split(",") if t], caption, None, stats, spec)
 
 
 _LINE_PARSERS = {"jsonl": _parse_jsonl, "tsv": _parse_tsv, "yfcc": _parse_yfcc}
@@ -388,9 +391,9 @@ def iter_posts(path: Path, fmt: "str | ReadSpec" = "auto", stats: ReadStats | No
     """Yield the good posts of one source file, counting every line (record) into ``stats``."""
     stats = stats if stats is not None else ReadStats()
     path = Path(path)
-    spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(detect_format(path, fmt), caption_hashtags)
+    spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(fmt, caption_hashtags)
     if spec.fmt == "auto":
-        spec = ReadSpec(detect_format(path), spec.caption_hashtags, spec.id, spec.tags, spec.caption, spec.country)
+        spec = dataclasses.replace(spec, fmt=detect_format(path))
     if spec.fmt in ("img2dataset", "parquet"):
         from swagcli.prep.columnar import iter_columnar
 

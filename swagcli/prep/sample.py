@@ -38,7 +38,7 @@ import numpy as np
 
 from swagcli.errors import SwagError
 from swagcli.prep.dumps import (ReadSpec, ReadStats, expand_dumps, iter_posts, no_posts_error, read_report,
-                                read_spec)
+                                read_spec, sources_info)
 from swagcli.prep.parallel import map_shards
 from swagcli.prep.vocab import Vocab
 
@@ -356,8 +356,9 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         tail_w = [0.0] * len(sums)
         counts = [(s["n_head"] + s["n_tail"], 0) for s in sums]
     images = sum(s["n_head"] + s["n_tail"] for s in sums)
-    if sum(s["stats"].posts for s in sums) == 0:
-        raise no_posts_error(paths, read_report([s["stats"] for s in sums], [f.fmt for f in fmts]))
+    read = read_report([s["stats"] for s in sums], [f.fmt for f in fmts])
+    if read["posts"] == 0:
+        raise no_posts_error(paths, read)
     if images == 0:
         raise SwagError(f"{paths[0]}: no image carries a hashtag of {recipe.vocab}")
     m = recipe.samples
@@ -387,7 +388,6 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         hist_samples += p.pop("hist_samples")
         parts.append(p)
     assert all(p["left"] == (0, 0) for p in parts), "every quota is drawn"
-    read = read_report([s["stats"] for s in sums], [f.fmt for f in fmts])
     total = sum(p["samples"] for p in parts)
     tail_samples = sum(p["tail_samples"] for p in parts)
     noise_labels = sum(p["noise_labels"] for p in parts)
@@ -419,7 +419,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         "hashtags": len(vocab),
         "parts": [{k: p[k] for k in ("path", "images", "samples", "first_id", "last_id")}
                   | {"source": str(Path(src).resolve())} for p, src in zip(parts, paths)],
-        "sources": {"formats": sorted({f.fmt for f in fmts}), "fields": recipe.fields.model_dump(exclude_none=True)},
+        "sources": sources_info(fmts, recipe),
         "summary": summary,
     }
     stamp(out, "sample", recipe)

@@ -308,7 +308,7 @@ def write_yfcc_shard(path, bz, row_numbers, start, primary, extra, country, tags
     data = b"\n".join(out) + b"\n"
     with open(path, "wb") as f:
         f.write(bz2.compress(data, 9) if bz else data)
-    return {"yfcc_lines": len(out), **stats}
+    return {"lines": len(out), **stats}
 
 
 def write_img2dataset_shard(folder, shard, start, primary, extra, country, tags, junk, probs, rates,
@@ -359,7 +359,7 @@ def write_img2dataset_shard(folder, shard, start, primary, extra, country, tags,
         "count": len(rows), "successes": statuses["success"], "failed_to_download": failed,
         "failed_to_resize": 0, "duration": 0.0, "start_time": 0.0, "end_time": 0.0,
         "status_dict": dict(sorted(statuses.items()))}, indent=4))
-    return {"img2dataset_rows": len(rows), "failed_downloads": failed}
+    return {"rows": len(rows), "failed_downloads": failed}
 
 
 def _i2d_row(key, pid, caption, usertags, status, error, sha, size) -> dict:
@@ -531,7 +531,7 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
             if stage == "dumps":
                 dumps.update(res)
             elif stage in ("yfcc", "img2dataset"):
-                layout_counts.update({f"{stage}_{k}" if not k.startswith(stage) else k: v for k, v in res.items()})
+                layout_counts.update({f"{stage}_{k}": v for k, v in res.items()})
     _write_manifest(out / "groups" / "manifest.csv", rows, world)
     (out / "downstream" / "classes.json").write_text(json.dumps({c["wnid"]: {
         "synset": c["synset"], "concept": c["concept_synset"], "expected_tags": c["expected_tags"],

@@ -25,7 +25,7 @@ from pathlib import Path
 from swagcli.errors import SwagError
 from swagcli.prep.canon import Canonicalizer, synset_key
 from swagcli.prep.dumps import (ReadSpec, ReadStats, expand_dumps, iter_posts, no_posts_error, read_report,
-                                read_spec)
+                                read_spec, sources_info)
 from swagcli.prep.parallel import map_shards
 
 VOCAB_FORMAT = "swag-vocab/1"
@@ -160,7 +160,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         "swag_version": __version__,
         "params": {k: getattr(recipe, k) for k in (
             "min_count", "countries", "allowed_senses", "min_len", "head_min_images")},
-        "sources": {"formats": sorted({s.fmt for s in specs}), "fields": recipe.fields.model_dump(exclude_none=True)},
+        "sources": sources_info(specs, recipe),
         "wordnet": wordnet_info()["version"],
         "stats": {
             "dumps": len(paths),

@@ -34,7 +34,7 @@ from PIL import Image
 
 from swagcli.errors import SwagError
 from swagcli.prep.sample import load_part, load_plan
-from swagcli.tario import BadTar, member_key, tar_members, tar_samples  # noqa: F401 (re-exported)
+from swagcli.tario import BadTar, tar_samples
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MIN_SEEN_FOR_BAD_CHECK = 50

@@ -150,9 +150,11 @@ def test_parquet_named_fields_and_clear_errors(tmp_path):
 
 def test_jsonl_named_fields(tmp_path):
     f = tmp_path / "d.jsonl"
-    f.write_text(json.dumps({"uid": 7, "labels": "brown+bear,elk", "where": "CA"}) + "\n")
-    posts, _ = read(f, "jsonl", id="uid", tags="labels", country="where")
+    f.write_text(json.dumps({"uid": 7, "labels": "brown+bear,elk", "where": "CA"}) + "\n"
+                 + json.dumps({"uid": "  ", "labels": "dog"}) + "\n")
+    posts, st = read(f, "jsonl", id="uid", tags="labels", country="where")
     assert [(p.id, p.tags, p.country) for p in posts] == [("7", ["brownbear", "elk"], "CA")]
+    assert st.no_id == 1  # an id of white space is no id
 
 
 # -- img2dataset ----------------------------------------------------------------------------------------
