@@ -4,21 +4,22 @@ every output so any result can be rerun (``swag <command> --recipe DIR/recipe.ya
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 from swagcli import __version__
+from swagcli.fileio import atomic_write_text, out_dir
+
+__all__ = ["stamp", "atomic_write_text"]
 
 
-def stamp(out_dir: str | Path, kind: str, recipe, extra: dict | None = None) -> Path:
-    """Write ``recipe.yaml`` (resolved, with its kind) and ``swag.json`` into ``out_dir``."""
+def stamp(out_path: str | Path, kind: str, recipe, extra: dict | None = None) -> Path:
+    """Write ``recipe.yaml`` (resolved, with its kind) and ``swag.json`` into ``out_path``."""
     from swagcli.recipes import dump
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(out_path)
     atomic_write_text(out / "recipe.yaml", f"# resolved recipe written by swag {__version__}\n"
                       f"# rerun: swag {kind} --recipe {out / 'recipe.yaml'}\n" + dump(recipe, kind))
     info = {
@@ -34,9 +35,4 @@ def stamp(out_dir: str | Path, kind: str, recipe, extra: dict | None = None) -> 
     return out
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+
