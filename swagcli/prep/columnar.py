@@ -9,6 +9,10 @@ shards by it. Hashtags are the ``#tags`` of the caption, or a field named in the
 (``fields.tags``: e.g. the Flickr user tags kept with img2dataset's ``save_additional_columns``).
 A record whose status is not ``success`` is a failed download: skipped and counted.
 
+A file that breaks part-way is read up to the damage and counted (:meth:`ReadStats.broke`): a
+parquet file row group by row group (a truncated one, its footer gone, has no readable record), a
+tar shard sample by sample (the sample being read when it broke is lost with the rest).
+
 A plain parquet dump has an id column and a tags column (a list, or a string as
 :func:`~swagcli.prep.dumps.split_tags` reads it) or a caption column; the columns are found by
 their usual names (:data:`ID_COLUMNS`, ...) or named in the recipe (``fields``).
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from swagcli.errors import SwagError
-from swagcli.prep.dumps import Post, ReadSpec, ReadStats, make_post
+from swagcli.prep.dumps import SHARD_RE, Damaged, Post, ReadSpec, ReadStats, make_post, one_line
 from swagcli.tario import BadTar, tar_samples
 
 ID_COLUMNS = ("id", "key", "photo_id", "photoid", "post_id")
@@ -31,21 +35,27 @@ BATCH_ROWS = 65536
 
 
 def _parquet(path: Path):
+    """The open parquet file; :class:`Damaged` where its footer does not read (a truncated
+    file), a :class:`SwagError` where the file cannot be opened at all."""
     import pyarrow.parquet as pq
 
     try:
+        open(path, "rb").close()
+    except OSError as e:
+        raise SwagError(f"{path}: cannot open ({e.strerror or e})") from None
+    try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
-        raise SwagError(f"{path}: not a readable parquet file ({_one_line(e)})") from None
-
-
-def _one_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Damaged(f"not a readable parquet file ({one_line(e)})") from None
 
 
 def parquet_kind(path: Path) -> str:
-    """``img2dataset`` for img2dataset's metadata (``key`` and ``status`` columns), else ``parquet``."""
-    names = set(_parquet(path).schema_arrow.names)
+    """``img2dataset`` for img2dataset's metadata (``key`` and ``status`` columns), else ``parquet``;
+    for a damaged file (no schema to go by), what its name says (``NNNNN.parquet``: img2dataset)."""
+    try:
+        names = set(_parquet(path).schema_arrow.names)
+    except Damaged:
+        return "img2dataset" if SHARD_RE.match(path.name) else "parquet"
     return "img2dataset" if {"key", "status"} <= names else "parquet"
 
 
@@ -58,10 +68,16 @@ def _column(names: list[str], named: str | None, usual: tuple, what: str, path: 
 
 
 def iter_columnar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post]:
+    import pyarrow as pa
+
     if path.name.endswith(".tar"):
         yield from _iter_shard_tar(path, spec, stats)
         return
-    pf = _parquet(path)
+    try:
+        pf = _parquet(path)
+    except Damaged as e:
+        stats.broke(path, 0, e)
+        return
     names = pf.schema_arrow.names
     status = None
     if spec.fmt == "img2dataset":
@@ -85,29 +101,36 @@ def iter_columnar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post
     country_col = _column(names, spec.country, ("country",), "country", path)
     wanted = [id_col, tag_col, cap_col, country_col, status]
     columns = [c for c in dict.fromkeys(wanted) if c]
+    start = stats.lines
     try:
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            data = batch.to_pydict()
-            none = [None] * batch.num_rows
-            for pid, tags, caption, country, st in zip(*(data[c] if c else none for c in wanted)):
-                stats.lines += 1
-                if st is not None and st != "success":
-                    stats.failed_download += 1
-                    continue
-                post = make_post(pid, tags, caption, country, stats, spec)
-                if post is not None:
-                    stats.posts += 1
-                    yield post
-    except SwagError:
-        raise
-    except Exception as e:  # a truncated or corrupt file: pyarrow's errors
-        raise SwagError(f"{path}: unreadable after record {stats.lines} ({_one_line(e)})") from None
+        # row group by row group: a batch reader over the whole file reads ahead, so a damaged
+        # row group would cost the records of the good ones before it
+        for group in range(pf.num_row_groups):
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns):
+                data = batch.to_pydict()
+                none = [None] * batch.num_rows
+                for pid, tags, caption, country, st in zip(*(data[c] if c else none for c in wanted)):
+                    stats.lines += 1
+                    if st is not None and st != "success":
+                        stats.failed_download += 1
+                        continue
+                    post = make_post(pid, tags, caption, country, stats, spec)
+                    if post is not None:
+                        stats.posts += 1
+                        yield post
+    except (OSError, ValueError, pa.ArrowException) as e:  # a corrupt row group
+        stats.broke(path, stats.lines - start, e)
 
 
 def _iter_shard_tar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post]:
     """An img2dataset tar shard: one record per sample (``KEY.txt`` caption, ``KEY.json`` metadata)."""
     try:
-        with open(path, "rb", buffering=1 << 20) as f:
+        f = open(path, "rb", buffering=1 << 20)
+    except OSError as e:
+        raise SwagError(f"{path}: cannot open ({e.strerror or e})") from None
+    start = stats.lines
+    try:
+        with f:
             for s in tar_samples(f):
                 stats.lines += 1
                 meta: dict = {}
@@ -138,8 +161,8 @@ def _iter_shard_tar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Po
                 if post is not None:
                     stats.posts += 1
                     yield post
-    except (BadTar, OSError) as e:
-        raise SwagError(f"{path}: unreadable tar shard after {stats.lines} samples ({e})") from None
+    except (BadTar, OSError) as e:  # truncated or corrupt: the samples before it stand
+        stats.broke(path, stats.lines - start, e)
 
 
 def shard_tars(sources: list[str]) -> list[str]:

@@ -17,27 +17,31 @@ Line formats are read plain, .gz, .zst or .bz2. Column names can be set per reci
 Raw tags are normalized as hashtags are written (:func:`~swagcli.prep.canon.normalize_tag`:
 ``brown+bear`` -> ``brownbear``). Bad lines or records (invalid JSON, non-UTF-8 bytes, a wrong
 number of fields, a video, a failed download, no id, no tags) are skipped and counted per rule in
-:class:`ReadStats`, never fatal; a missing or unreadable file is a :class:`SwagError`.
+:class:`ReadStats`, never fatal. A file that breaks part-way (a truncated .gz, a corrupt .zst or
+.bz2 frame, a truncated parquet or tar shard) is read up to the damage: the whole lines (records)
+before it are kept, the rest of the file is not read, and the file is counted (``truncated``)
+and named with where it broke (``damaged``). Where it breaks depends on the bytes only, so every
+pass over a file sees the same posts. A missing file, or one that cannot be opened, is a
+:class:`SwagError`.
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import dataclasses
-import glob
 import gzip
-import io
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote_plus
 
-from braceexpand import braceexpand
-
 from swagcli.errors import SwagError
+from swagcli.paths import expand, is_pattern
 from swagcli.prep.canon import normalize_tag
 
 DUMP_SUFFIXES = (".jsonl", ".json", ".ndjson", ".tsv", ".txt", ".parquet")
@@ -45,23 +49,25 @@ COMPRESSIONS = (".gz", ".zst", ".zstd", ".bz2")
 # a caption's hashtags: '#' not right after a letter, digit, '&' or '/' (URL anchors, HTML entities
 # such as &#39; in YFCC100M descriptions are not hashtags)
 HASHTAG_RE = re.compile(r"(?<![\w&/])#(\w+)")
-_SHARD_RE = re.compile(r"^(\d+)\.(tar|parquet)$")  # img2dataset: 00000.tar, 00000.parquet
+SHARD_RE = re.compile(r"^(\d+)\.(tar|parquet)$")  # img2dataset: 00000.tar, 00000.parquet
 YFCC_FIELDS = (23, 24, 25)  # original; with the hash; with the row number and the hash
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
-# the skip counters of ReadStats that apply to each format, and how reports name them
+# the skip counters of ReadStats that apply to each format, and how reports name them; every rule
+# counts lines (records) but ``truncated``, which counts files read only up to their damage
 RULES = {
-    "jsonl": ("bad_json", "bad_utf8", "no_id", "no_tags"),
-    "tsv": ("bad_utf8", "no_id", "no_tags"),
-    "yfcc": ("bad_columns", "video", "bad_utf8", "no_id", "no_tags"),
-    "img2dataset": ("failed_download", "bad_json", "bad_utf8", "no_id", "no_tags"),
-    "parquet": ("no_id", "no_tags"),
+    "jsonl": ("bad_json", "bad_utf8", "no_id", "no_tags", "truncated"),
+    "tsv": ("bad_utf8", "no_id", "no_tags", "truncated"),
+    "yfcc": ("bad_columns", "video", "bad_utf8", "no_id", "no_tags", "truncated"),
+    "img2dataset": ("failed_download", "bad_json", "bad_utf8", "no_id", "no_tags", "truncated"),
+    "parquet": ("no_id", "no_tags", "truncated"),
 }
 RULE_LABELS = {
     "bad_json": "invalid JSON", "bad_utf8": "not UTF-8", "bad_columns": "wrong number of fields",
     "video": "videos (marker 1)", "failed_download": "failed downloads (status)",
-    "no_id": "no id", "no_tags": "no hashtags",
+    "no_id": "no id", "no_tags": "no hashtags", "truncated": "truncated files",
 }
+FILE_RULES = ("truncated",)
 
 
 @dataclass
@@ -79,36 +85,60 @@ class ReadStats:
     no_id: int = 0
     no_tags: int = 0
     from_caption: int = 0
+    truncated: int = 0  # files that broke part-way
+    # those files: {"path", "lines_read": whole lines (records) read before the damage, "error"}
+    damaged: list = field(default_factory=list)
 
     def add(self, other: "ReadStats") -> "ReadStats":
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
 
+    def broke(self, path, lines_read: int, error: Exception) -> None:
+        """Count a file that broke after ``lines_read`` whole lines (records) of it."""
+        self.truncated += 1
+        self.damaged.append({"path": str(path), "lines_read": lines_read, "error": one_line(error)})
+
     @property
     def skipped(self) -> int:
-        return sum(getattr(self, r) for r in RULE_LABELS)
+        """Lines (records) skipped; damaged files are counted apart (``truncated``)."""
+        return sum(getattr(self, r) for r in RULE_LABELS if r not in FILE_RULES)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"skipped": self.skipped}
 
 
+def one_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def read_report(stats: list[ReadStats], fmts: list[str]) -> dict:
-    """Totals over every shard, plus ``by_format``: the same counts per format."""
+    """Totals over every shard, plus ``by_format``: the same counts per format (the damaged
+    files are listed once, in the totals)."""
     total, by = ReadStats(), {}
     for st, f in zip(stats, fmts):
         total.add(st)
         by.setdefault(f, ReadStats()).add(st)
-    return total.as_dict() | {"by_format": {f: s.as_dict() for f, s in by.items()}}
+    per = {f: {k: v for k, v in s.as_dict().items() if k != "damaged"} for f, s in by.items()}
+    return total.as_dict() | {"by_format": per}
 
 
 def no_posts_error(paths: list[str], read: dict) -> SwagError:
-    """The error for sources without one readable post: what the lines were skipped for."""
+    """The error for sources without one readable post: what the lines were skipped for, and
+    where the damaged files broke."""
     why = ", ".join(f"{read[r]:,} {RULE_LABELS[r]}" for r in RULE_LABELS if read.get(r))
     fmts = ", ".join(read.get("by_format", {}))
-    return SwagError(f"{paths[0]}{' ...' if len(paths) > 1 else ''}: no readable posts "
-                     f"({read['lines']:,} lines{': ' + why if why else ''}); read as {fmts}: "
-                     "is that the format (--format)?")
+    damaged = read.get("damaged") or []
+    msg = (f"{paths[0]}{' ...' if len(paths) > 1 else ''}: no readable posts "
+           f"({read['lines']:,} lines{': ' + why if why else ''})")
+    if damaged:
+        d = damaged[0]
+        msg += (f"; {d['path']} broke after {d['lines_read']:,} lines ({d['error']})"
+                + (f", and {len(damaged) - 1} more damaged files" if len(damaged) > 1 else ""))
+    if len(damaged) < len(paths):
+        msg += f"; read as {fmts}: is that the format (--format)?"
+    return SwagError(msg)
 
 
 @dataclass
@@ -147,23 +177,21 @@ def read_spec(path: Path, recipe) -> ReadSpec:
 def expand_dumps(specs: list[str] | str) -> list[Path]:
     """Files, globs (``shard-*.jsonl.gz``), brace ranges (``shard-{000..099}.tsv``) and
     directories (every dump-like file inside; for an img2dataset folder, each shard's parquet,
-    or its tar where there is no parquet) -> sorted, de-duplicated paths."""
+    or its tar where there is no parquet) -> sorted, de-duplicated paths. A spec naming an
+    existing path is taken as it is (:func:`swagcli.paths.expand`)."""
     if isinstance(specs, (str, os.PathLike)):
         specs = [str(specs)]
     out: list[Path] = []
     for spec in specs:
-        for item in braceexpand(str(spec)):
-            if any(c in item for c in "*?["):
-                hits = sorted(glob.glob(item))
-                if not hits:
-                    raise SwagError(f"{item}: no dump matches this pattern")
-                out.extend(Path(h) for h in hits if not _is_shard_stats(Path(h)))
-                continue
+        for item in expand(spec):
             p = Path(item)
             if p.is_dir():
                 out.extend(_dir_dumps(p))
             elif p.is_file():
-                out.append(p)
+                if item == os.fspath(spec) or not _is_shard_stats(p):  # a stats file only when named
+                    out.append(p)
+            elif is_pattern(item) and not os.path.lexists(item):
+                raise SwagError(f"{item}: no dump matches this pattern")
             else:
                 raise SwagError(f"{p}: no such dump file")
     seen, uniq = set(), []
@@ -180,7 +208,7 @@ def _dir_dumps(p: Path) -> list[Path]:
     files = sorted(q for q in p.iterdir() if q.is_file())
     shards: dict[str, Path] = {}
     for q in files:
-        m = _SHARD_RE.match(q.name)
+        m = SHARD_RE.match(q.name)
         if m and (m.group(1) not in shards or m.group(2) == "parquet"):
             shards[m.group(1)] = q  # the parquet holds the failed downloads too: it wins
     if shards:
@@ -210,21 +238,71 @@ def _is_dump_name(name: str) -> bool:
     return (base.endswith(DUMP_SUFFIXES) or base.startswith("yfcc100m_dataset")) and not name.endswith("_stats.json")
 
 
-def open_binary(path: Path) -> io.BufferedIOBase:
-    """Open a possibly compressed file for reading bytes."""
-    name = path.name
-    try:
-        if name.endswith(".gz"):
-            return gzip.open(path, "rb")
-        if name.endswith((".zst", ".zstd")):
-            import zstandard
+class Damaged(Exception):
+    """A file broke part-way: what could be read of it came before (see :func:`read_blocks`)."""
 
-            return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
-        if name.endswith(".bz2"):
-            return bz2.open(path, "rb")
-        return open(path, "rb")
+
+def read_blocks(path: Path, size: int = 1 << 22) -> Iterator[bytes]:
+    """The decoded bytes of a possibly compressed file, in blocks of about ``size``. Every byte
+    that decodes comes out before :class:`Damaged` is raised: a truncated .gz or .bz2, a .zst
+    frame cut short (which zstandard's stream reader would end silently), a frame that does not
+    decode, a read error. Frames (streams, members) may be concatenated, as pzstd, pbzip2 and
+    ``cat`` write them; a damaged later one is damage, never trailing garbage (as Python's bz2
+    takes it). A file that cannot be opened is a :class:`SwagError`, at once."""
+    try:
+        f = open(path, "rb")
     except OSError as e:
         raise SwagError(f"{path}: cannot open ({e.strerror or e})") from None
+    name = path.name
+    if name.endswith(".gz"):
+        return _read_gzip(f, size)
+    if name.endswith((".zst", ".zstd")):
+        import zstandard
+
+        return _read_frames(f, lambda: zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError)
+    if name.endswith(".bz2"):
+        return _read_frames(f, bz2.BZ2Decompressor, OSError)
+    return _read_plain(f, size)
+
+
+def _read_plain(f, size: int) -> Iterator[bytes]:
+    with f:
+        try:
+            while block := f.read(size):
+                yield block
+        except OSError as e:
+            raise Damaged(e) from None
+
+
+def _read_gzip(f, size: int) -> Iterator[bytes]:
+    # read1: one raw read at a time, so what decodes before the damage is not lost with the call
+    with f, gzip.GzipFile(fileobj=f) as g:
+        try:
+            while block := g.read1(size):
+                yield block
+        except (OSError, EOFError, zlib.error) as e:
+            raise Damaged(e) from None
+
+
+def _read_frames(f, new, errors, chunk: int = 1 << 18) -> Iterator[bytes]:
+    """Concatenated frames through decompressor objects (``decompress``, ``eof``, ``unused_data``)."""
+    d = None  # the decompressor of the frame under way
+    with f:
+        try:
+            while data := f.read(chunk):
+                while data:
+                    if d is None:
+                        d = new()
+                    block = d.decompress(data)
+                    if block:
+                        yield block
+                    data = b""
+                    if d.eof:
+                        data, d = d.unused_data, None
+        except (OSError, EOFError, errors) as e:
+            raise Damaged(e) from None
+    if d is not None:
+        raise Damaged("the file ends inside a compressed frame")
 
 
 # -- which format ---------------------------------------------------------------------------------
@@ -251,14 +329,15 @@ def detect_format(path: Path, declared: str = "auto") -> str:
         return "jsonl"
     if name.startswith("yfcc100m_dataset"):
         return "yfcc"
-    with open_binary(path) as f:  # sniff the first non-blank line
+    blocks = read_blocks(path, 1 << 16)
+    with contextlib.closing(blocks):  # sniff the first non-blank line
         try:
-            for raw in _lines(f, 1 << 16):
+            for raw in _lines(blocks):
                 line = raw.strip()
                 if line:
                     return sniff_line(line)
-        except (OSError, EOFError) as e:
-            raise SwagError(f"{path}: cannot read ({e})") from None
+        except Damaged:
+            pass  # damaged before its first line: counted when the file is read
     return "jsonl" if not name.endswith(".tsv") else "tsv"
 
 
@@ -326,13 +405,11 @@ def make_post(pid, tags, caption, country, stats: ReadStats, spec: ReadSpec) -> 
 
 
 # -- line formats -----------------------------------------------------------------------------------
-def _lines(f, chunk: int = 1 << 22):
-    """The lines of a binary stream, read in large chunks (faster than readline)."""
+def _lines(blocks: Iterator[bytes]):
+    """The lines of a stream of blocks (:func:`read_blocks`: faster than readline). Where the
+    blocks break off (:class:`Damaged`), the line they cut is lost with the rest."""
     rest = b""
-    while True:
-        block = f.read(chunk)
-        if not block:
-            break
+    for block in blocks:
         lines = (rest + block).split(b"\n")
         rest = lines.pop()
         yield from lines
@@ -388,7 +465,8 @@ _LINE_PARSERS = {"jsonl": _parse_jsonl, "tsv": _parse_tsv, "yfcc": _parse_yfcc}
 
 def iter_posts(path: Path, fmt: "str | ReadSpec" = "auto", stats: ReadStats | None = None,
                caption_hashtags: bool = True) -> Iterator[Post]:
-    """Yield the good posts of one source file, counting every line (record) into ``stats``."""
+    """Yield the good posts of one source file, counting every line (record) into ``stats``; a
+    file that breaks part-way ends after its last whole line (record), counted in ``stats``."""
     stats = stats if stats is not None else ReadStats()
     path = Path(path)
     spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(fmt, caption_hashtags)
@@ -400,9 +478,11 @@ def iter_posts(path: Path, fmt: "str | ReadSpec" = "auto", stats: ReadStats | No
         yield from iter_columnar(path, spec, stats)
         return
     parse = _LINE_PARSERS[spec.fmt]
-    with open_binary(path) as f:
+    start = stats.lines
+    blocks = read_blocks(path)
+    with contextlib.closing(blocks):
         try:
-            for raw in _lines(f):
+            for raw in _lines(blocks):
                 stats.lines += 1
                 try:
                     text = raw.decode("utf-8").rstrip("\r")
@@ -416,5 +496,5 @@ def iter_posts(path: Path, fmt: "str | ReadSpec" = "auto", stats: ReadStats | No
                 if post is not None:
                     stats.posts += 1
                     yield post
-        except (OSError, EOFError, ValueError) as e:  # truncated .gz, corrupt .zst/.bz2
-            raise SwagError(f"{path}: unreadable after line {stats.lines} ({e})") from None
+        except Damaged as e:  # truncated .gz, corrupt .zst/.bz2: the lines before it stand
+            stats.broke(path, stats.lines - start, e)

@@ -39,20 +39,21 @@ def cli(capsys, monkeypatch):
 
 
 def one_line_error(res: Result, *needles: str, code: int = 2) -> str:
-    """The command failed with ``code`` and said so in one line starting ``error:``, no traceback;
-    returns that line."""
+    """The command failed with ``code`` and ended saying so in one line starting ``error:`` (its
+    last line: progress bars may come before it), no traceback; returns that line."""
     assert res.code == code, res
     lines = [ln for ln in res.err.splitlines() if ln.strip()]
-    assert len(lines) == 1, res
-    assert lines[0].startswith("error: "), res
+    assert lines and lines[-1].startswith("error: "), res
+    assert sum(ln.startswith("error:") for ln in lines) == 1, res
     assert "Traceback" not in res.err and "Traceback" not in res.out, res
     for n in needles:
-        assert n in lines[0], (n, res)
-    return lines[0]
+        assert n in lines[-1], (n, res)
+    return lines[-1]
 
 
 def tree_hash(root: str | Path) -> dict[str, str]:
-    """{relative path: sha1} of every file under ``root``: equal before and after = untouched."""
+    """{relative path: sha1} of every file under ``root`` (swag's directory lock aside): equal
+    before and after = untouched."""
     root = Path(root)
     return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".swag.lock"}

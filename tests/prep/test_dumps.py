@@ -82,8 +82,16 @@ def test_paths_globs_braces_dirs(tmp_path):
         expand_dumps([str(tmp_path / "zz-*.jsonl")])
 
 
-def test_truncated_gzip_is_a_clear_error(tmp_path):
+def test_truncated_gzip_is_read_up_to_the_damage_and_counted(tmp_path):
+    import zlib
+
     f = tmp_path / "t.jsonl.gz"
-    f.write_bytes(gzip.compress(_jsonl(POSTS * 200))[:-40])
-    with pytest.raises(SwagError, match="unreadable"):
-        list(iter_posts(f))
+    cut = gzip.compress(_jsonl(POSTS * 200))[:-40]
+    f.write_bytes(cut)
+    whole = zlib.decompressobj(31).decompress(cut).count(b"\n")  # the lines before the damage
+    st = ReadStats()
+    posts = list(iter_posts(f, stats=st))
+    ids = [p["id"] for p in (POSTS * 200)[:whole] if p.get("hashtags") != []]
+    assert [p.id for p in posts] == ids and st.posts == len(ids) > 0
+    assert (st.lines, st.truncated, st.skipped) == (whole, 1, whole - len(ids))  # no cut line parsed
+    assert [(d["path"], d["lines_read"]) for d in st.damaged] == [(str(f), whole)]
