@@ -37,18 +37,20 @@ the tags look like (case, digits, '_', '-', other scripts): the argument holds f
 
 For the default senses the table has about 195k tags (the lemmas, their inflections and their
 splits) and takes 1-2 s of CPU to build once the nltk reader exists (itself ~5 s). It is kept
-in a disk cache (``$SWAG_CACHE`` or ``~/.cache/swag``, under ``canon/``, ~5 MB, ~0.15 s to
-load) keyed by this module's source, nltk's version and substitution rules, the WordNet files'
-path/sizes/mtimes, the allowed senses and ``min_len``; with it, no nltk reader is built at all.
+in a disk cache (``$SWAG_CACHE`` or ``~/.cache/swag``, under ``canon/``; JSON, never a pickle:
+~4 MB, ~0.15 s to load) keyed by this module's source, nltk's version and substitution rules,
+the WordNet files' path/sizes/mtimes, the allowed senses and ``min_len``; with it, no nltk
+reader is built at all.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
-import pickle
 import re
+from itertools import chain, repeat
 from pathlib import Path
 from urllib.parse import unquote_plus
 
@@ -71,7 +73,7 @@ _WORDNET_FILES = ("lexnames",) + tuple(
     f"{kind}.{s}" for kind in ("index", "data") for s in _FILE_SUFFIX.values()
 ) + tuple(f"{s}.exc" for s in _FILE_SUFFIX.values())
 _SYNTACTIC_MARKER = re.compile(r"(.*?)(\([^()]*\))?$")  # nltk's, for adjectives like "big(a)"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _EMPTY: frozenset = frozenset()
 
 
@@ -281,7 +283,7 @@ def _default_cache_dir() -> Path:
 
 def _cache_entry(cache, root, allowed, min_len: int):
     """(path, key) of the cache file for this table, or (None, None) if WordNet is not in plain
-    files. The name is ``table-<what>-<version>.pickle``: <what> digests the WordNet directory,
+    files. The name is ``table-<what>-<version>.json``: <what> digests the WordNet directory,
     the allowed senses and ``min_len``; <version> digests everything else the table depends on:
     this module's source, nltk's version and substitution rules, the WordNet files' sizes and
     mtimes. The full key is stored in the file and checked on reading."""
@@ -303,39 +305,75 @@ def _cache_entry(cache, root, allowed, min_len: int):
         return None, None
     version = h.hexdigest()
     cache_dir = _default_cache_dir() if cache is True else Path(cache)
-    return cache_dir / f"table-{what[:16]}-{version[:16]}.pickle", f"{what}-{version}"
+    return cache_dir / f"table-{what[:16]}-{version[:16]}.json", f"{what}-{version}"
+
+
+# The cache file is JSON, never a pickle: the cache directory may be shared, and whoever can write
+# a file there must not be able to run code in every `swag` that reads it. The layout makes loading
+# about as fast as unpickling the dict was: the tags are grouped by their (shared, ~32k distinct)
+# answer, all in one string split on newlines, so parsing is a few large strings and short lists
+# and the dict is built by one dict(zip(...)):
+#   {"format": CACHE_ID, "key": KEY, "sets": [[synset, ...], ...], "counts": [n, ...],
+#    "tags": "tag\ntag\n..."}  (the first counts[0] tags have the answer sets[0], and so on)
+# Files of the pickle era (``table-*.pickle``) are never opened; writing a table removes them.
+CACHE_ID = "swag-canon-cache/2"
+_CACHE_MAX_BYTES = 1 << 28  # ~4 MB for the default senses; a far larger file is not ours
 
 
 def _read_cache(path: Path, key: str):
+    """The table stored at ``path`` under ``key``, or None (missing, damaged, another key or
+    format: the caller builds it again). Nothing in the file is trusted beyond its structure."""
     gc_was_enabled = gc.isenabled()
-    gc.disable()  # loading makes ~50k containers that hold no cycles: spare the collector
+    gc.disable()  # loading makes ~230k objects that hold no cycles: spare the collector
     try:
         with open(path, "rb") as fp:
-            stored = pickle.load(fp)
-        if stored.get("key") == key:
-            return stored["table"]
-    except Exception:  # missing, truncated, or from another Python: build it again
-        pass
+            if os.fstat(fp.fileno()).st_size > _CACHE_MAX_BYTES:
+                return None
+            doc = json.loads(fp.read())
+        if type(doc) is not dict or doc.get("format") != CACHE_ID or doc.get("key") != key:
+            return None
+        sets, counts, tags = doc["sets"], doc["counts"], doc["tags"]
+        if type(sets) is not list or type(counts) is not list or type(tags) is not str \
+                or len(sets) != len(counts):
+            return None
+        if not all(type(n) is int and n > 0 for n in counts) \
+                or not all(type(s) is list and s and all(type(x) is str for x in s) for s in sets):
+            return None
+        tag_list = tags.split("\n") if tags else []
+        if len(tag_list) != sum(counts):
+            return None
+        table = dict(zip(tag_list, chain.from_iterable(map(repeat, map(frozenset, sets), counts))))
+        return table if len(table) == len(tag_list) else None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError):
+        return None  # missing, truncated, not JSON, or not this layout: build it again
     finally:
         if gc_was_enabled:
             gc.enable()
-    return None
 
 
 def _write_cache(path: Path, key: str, table: dict) -> None:
-    """Write atomically, then remove the same table's older versions."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    """Write atomically, then remove the same table's older versions (pickles included)."""
+    from swagcli.errors import SwagError
+    from swagcli.fileio import atomic_write_bytes
+
+    if any("\n" in t for t in table):  # cannot happen with WordNet's lemmas; then just no cache
+        return
+    groups: dict = {}
+    for tag, synsets in table.items():
+        groups.setdefault(synsets, []).append(tag)
+    doc = {"format": CACHE_ID, "key": key, "sets": [sorted(s) for s in groups],
+           "counts": [len(t) for t in groups.values()],
+           "tags": "\n".join(t for ts in groups.values() for t in ts)}
+    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fp:
-            pickle.dump({"key": key, "table": table}, fp, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data, fsync=False)
         what = path.name.split("-")[1]
-        for old in path.parent.glob(f"table-{what}-*.pickle"):
+        for old in (*path.parent.glob(f"table-{what}-*.json"), *path.parent.glob("table-*.pickle")):
             if old != path:
                 old.unlink(missing_ok=True)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only cache is no error: we just build next time
+    except (OSError, SwagError):
+        pass  # a read-only or full cache is no error: we just build next time
 
 
 class Canonicalizer:

@@ -177,7 +177,7 @@ def test_cache_roundtrip(canon, cache_dir, tmp_path):
     built = Canonicalizer(senses, cache=tmp_path)
     assert built.source == "built from WordNet"
     assert 0 < len(built) < len(canon)
-    (path,) = tmp_path.glob("*.pickle")
+    (path,) = tmp_path.glob("*.json")
     assert Canonicalizer(senses, cache=tmp_path).source.startswith("cache")
     path.write_bytes(b"not a pickle")
     rebuilt = Canonicalizer(senses, cache=tmp_path)
