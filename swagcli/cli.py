@@ -70,9 +70,32 @@ TagsFieldOpt = typer.Option(None, "--tags-field", help="field (column) holding t
                             "(img2dataset, parquet, jsonl); default: the #tags of the caption for img2dataset")
 
 
-def _fields(overrides: Optional[List[str]], tags_field: Optional[str]) -> list:
-    """``--tags-field X`` is ``--set fields.tags=X``, before the other overrides."""
-    return ([f"fields.tags={tags_field}"] if tags_field else []) + list(overrides or [])
+
+
+def _locked(out, command: str):
+    """The output directory's lock for the whole command (``swagcli.runlock``): a second command
+    into it is refused in one line naming the holder; an --out that is a file is one line too."""
+    import contextlib
+
+    from swagcli.runlock import run_lock
+
+    return run_lock(out, command) if out else contextlib.nullcontext()
+
+
+def _exit_if_interrupted(result: dict) -> None:
+    """A training run stopped by a signal (checkpoint written): exit 128 + the signal's number,
+    saying where it stopped and how to go on."""
+    import signal
+
+    from swagcli.errors import Interrupted
+
+    if result.get("status") != "preempted":
+        return
+    name = result.get("signal") or "SIGTERM"
+    signum = getattr(signal, name, signal.SIGTERM)
+    total = result.get("total_steps") or result.get("updates")
+    raise Interrupted(f"interrupted ({name}) at step {result['step']:,}" + (f" of {total:,}" if total else "")
+                      + f": checkpoint {result.get('checkpoint')}; rerun the same command to resume", int(signum))
 
 
 def _prep_mapper(r, name: str) -> dict:
@@ -110,8 +133,8 @@ def vocab_build(
     r = recipes.load("vocab", recipe, flags={
         "dumps": dumps or None, "out": str(out) if out else None, "min_count": min_count,
         "head_min_images": head_min_images, "countries": _split(countries), "workers": workers,
-        "format": format}, overrides=_fields(set_, tags_field))
-    with ui.StageProgress() as prog:
+        "format": format, "fields.tags": tags_field}, overrides=set_)
+    with _locked(r.out, "vocab"), ui.StageProgress() as prog:
         doc = build(r, prog, **_prep_mapper(r, "swag-vocab"))
     ui.vocab_report(doc, r.out)
 
@@ -123,6 +146,7 @@ def vocab_canon(
 ):
     """Print the WordNet synsets (canonical hashtag) of each tag, as Listing 1 maps it."""
     from rich.table import Table
+    from rich.text import Text
 
     from swagcli.prep.canon import Canonicalizer, normalize_tag
     from swagcli.prep.vocab import Vocab
@@ -138,10 +162,10 @@ def vocab_canon(
     for raw in tags:
         tag = normalize_tag(raw)
         syn = canon.synsets(tag)
-        row = ["#" + tag, " ".join(sorted(syn)) if syn else "[dim]- (dropped)[/]"]
+        row = ["#" + tag, " ".join(sorted(syn)) if syn else Text("- (dropped)", style="dim")]
         if v:
             i = v.tag_to_id.get(tag)
-            row.append(f"{v.names[i]} (id {i})" if i is not None else "[dim]-[/]")
+            row.append(f"{v.names[i]} (id {i})" if i is not None else Text("-", style="dim"))
         t.add_row(*row)
     console.print(t)
 
@@ -150,11 +174,14 @@ def vocab_canon(
 def vocab_show(path: Path = typer.Argument(..., help="vocabulary directory or vocab.json"),
                top: int = typer.Option(12, help="rows of the top-hashtag table")):
     """Summarise a vocabulary."""
+    from rich.text import Text
+
     from swagcli import ui
     from swagcli.prep.vocab import Vocab
 
     v = Vocab.load(path)
-    ui.console.print(f"[bold]{path}[/]: swag {v.doc.get('swag_version', '?')}, WordNet {v.doc.get('wordnet', '?')}")
+    ui.console.print(Text.assemble((str(path), "bold"), f": swag {v.doc.get('swag_version', '?')}, "
+                                   f"WordNet {v.doc.get('wordnet', '?')}"))
     ui.vocab_report(v.doc, None, top=top)
 
 
@@ -186,8 +213,8 @@ def sample_run(
         "dumps": dumps or None, "vocab": str(vocab) if vocab else None,
         "out": str(out) if out else None, "samples": samples, "strategy": strategy,
         "alpha": alpha, "label_noise": label_noise, "seed": seed, "workers": workers,
-        "format": format}, overrides=_fields(set_, tags_field))
-    with ui.StageProgress() as prog:
+        "format": format, "fields.tags": tags_field}, overrides=set_)
+    with _locked(r.out, "sample"), ui.StageProgress() as prog:
         summary = build(r, prog, **_prep_mapper(r, "swag-sample"))
     ui.sample_report(summary, r.out)
 
@@ -227,13 +254,9 @@ def pretrain(
             ("action", "cancelled" if cancel else "-")]))
         return
 
-    overrides = list(set_ or [])
-    if plan:
-        overrides.insert(0, f"data.plan={plan}")
-    if shards:
-        overrides.insert(0, "data.shards=[" + ",".join(f"'{s}'" for s in shards) + "]")
-    r = recipes.load("pretrain", recipe, flags={"out": str(out) if out else None, "resume": resume},
-                     overrides=overrides)
+    r = recipes.load("pretrain", recipe, flags={
+        "out": str(out) if out else None, "resume": resume, "data.plan": str(plan) if plan else None,
+        "data.shards": list(shards) if shards else None}, overrides=set_)
     if not r.out:
         raise SwagError("pretrain: no run directory (--out DIR or 'out:' in the recipe)")
     stage_recipes(r)  # every stage is checked before anything runs
@@ -246,8 +269,10 @@ def pretrain(
         if wait:
             ui.pretrain_report(launch.wait_slurm(job, info))
         return
-    result = launch.run_local(train_stages, r, r.launcher.local.processes, Path(r.out))
+    with _locked(r.out, "pretrain"):
+        result = launch.run_local(train_stages, r, r.launcher.local.processes, Path(r.out))
     ui.pretrain_report(result)
+    _exit_if_interrupted(result)
 
 
 # -- synth ----------------------------------------------------------------------------------------
@@ -272,7 +297,7 @@ def synth(
         "workers": workers, "layouts": _split(layout)}, overrides=set_)
     if not r.out:
         raise SwagError("synth: no output directory (--out DIR or 'out:' in the recipe)")
-    with ui.StageProgress() as prog:
+    with _locked(r.out, "synth"), ui.StageProgress() as prog:
         summary = synth_mod.run(r, prog)
     ui.console.print(ui.kv_table(f"Synthetic world in {r.out}", list(summary.items())))
 
@@ -287,7 +312,8 @@ def demo(
     """Run the pipeline end to end on the synthetic world: synth -> vocab -> sample -> pretrain."""
     from swagcli.demo import run_demo
 
-    run_demo(out, posts=posts, workers=workers)
+    with _locked(out, "demo"):
+        run_demo(out, posts=posts, workers=workers)
 
 
 @app.command("findings")
@@ -309,7 +335,7 @@ def findings(
     path = recipe or RECIPE_DIR / "ablations" / "findings.yaml"
     r = recipes.load("findings", path, flags={"out": str(out) if out else None, "workers": workers,
                                               "report": str(report) if report else None}, overrides=set_)
-    with ui.StageProgress() as progress:
+    with _locked(r.out, "findings"), ui.StageProgress() as progress:
         doc = run(r, Path(path).resolve().parent, only=_split(study), seeds=seeds,
                   log=ui.console.print, progress=progress)
     ui.findings_report(doc)
@@ -319,6 +345,8 @@ def findings(
 @recipe_app.command("validate")
 def recipe_validate(files: List[Path] = typer.Argument(..., help="recipe files")):
     """Check recipes against their command's schema (unknown keys are errors)."""
+    from rich.text import Text
+
     from swagcli import recipes
     from swagcli.ui import console, err_console
 
@@ -327,7 +355,7 @@ def recipe_validate(files: List[Path] = typer.Argument(..., help="recipe files")
         try:
             kind = recipes.kind_of(f)
             recipes.load(kind, f)
-            console.print(f"[green]ok[/]   {f} ({kind})")
+            console.print(Text.assemble(("ok", "green"), f"   {f} ({kind})"))
         except SwagError as e:
             err_console.print(f"error: {e}", highlight=False)
             bad += 1
@@ -346,17 +374,11 @@ def recipe_show(file: Path = typer.Argument(..., help="recipe file"),
 
 
 # -- transfer ---------------------------------------------------------------------------------------
-def _transfer_overrides(checkpoint, model, train, val, set_) -> list[str]:
-    overrides = []
-    if checkpoint:
-        overrides.append(f"source.checkpoint='{checkpoint}'")
-    if model:
-        overrides.append(f"source.model={model}")
-    if train:
-        overrides.append("data.train=[" + ",".join(f"'{t}'" for t in train) + "]")
-    if val:
-        overrides.append("data.val=[" + ",".join(f"'{t}'" for t in val) + "]")
-    return overrides + list(set_ or [])
+def _transfer_flags(checkpoint, model, train, val) -> dict:
+    """The source and data flags as typed recipe values (never YAML text: a path may hold quotes,
+    colons or brackets)."""
+    return {"source.checkpoint": checkpoint or None, "source.model": model or None,
+            "data.train": list(train) if train else None, "data.val": list(val) if val else None}
 
 
 CheckpointOpt = typer.Option(None, "--checkpoint", "-c", help="swag run/checkpoint dir, or a timm weight file")
@@ -383,9 +405,9 @@ def probe(
     from swagcli.evaluate.probe import run
 
     r = recipes.load("probe", recipe, flags={"out": str(out) if out else None, "seeds": seeds,
-                                             "fractions": list(fraction) if fraction else None},
-                     overrides=_transfer_overrides(checkpoint, model, train, val, set_))
-    with ui.StageProgress() as progress:
+                                             "fractions": list(fraction) if fraction else None,
+                                             **_transfer_flags(checkpoint, model, train, val)}, overrides=set_)
+    with _locked(r.out, "probe"), ui.StageProgress() as progress:
         result = run(r, progress)
     ui.probe_report(result)
 
@@ -411,8 +433,8 @@ def finetune(
 
     r = recipes.load("finetune", recipe, flags={"out": str(out) if out else None, "head_init": head_init,
                                                 "fraction": fraction, "resume": resume,
-                                                "lr_grid": list(lr_grid) if lr_grid else None},
-                     overrides=_transfer_overrides(checkpoint, model, train, val, set_))
+                                                "lr_grid": list(lr_grid) if lr_grid else None,
+                                                **_transfer_flags(checkpoint, model, train, val)}, overrides=set_)
     if not r.out:
         raise SwagError("finetune: no run directory (--out DIR or 'out:' in the recipe)")
     if r.launcher.slurm is not None:
@@ -423,7 +445,10 @@ def finetune(
         if wait:
             ui.finetune_report(launch.wait_slurm(job, info))
         return
-    ui.finetune_report(launch.run_local(run, r, r.launcher.local.processes, Path(r.out)))
+    with _locked(r.out, "finetune"):
+        result = launch.run_local(run, r, r.launcher.local.processes, Path(r.out))
+    ui.finetune_report(result)
+    _exit_if_interrupted(result)
 
 
 # -- zeroshot ---------------------------------------------------------------------------------------
@@ -436,13 +461,9 @@ ClassesOpt = typer.Option(None, "--classes", help="class list file (one wnid or 
 def _zeroshot_recipe(checkpoint, data, out, classes, recipe, set_, platt=None, **flags):
     from swagcli import recipes
 
-    overrides = _transfer_overrides(checkpoint, None, None, data, None)
-    if classes:
-        overrides.append(f"data.classes='{classes}'")
-    if platt is not None:  # a nested field: as an override, so --set still comes last
-        overrides.append(f"platt.enabled={str(platt).lower()}")
-    return recipes.load("zeroshot", recipe, flags={"out": str(out) if out else None, **flags},
-                        overrides=overrides + list(set_ or []))
+    return recipes.load("zeroshot", recipe, flags={
+        "out": str(out) if out else None, **_transfer_flags(checkpoint, None, None, data),
+        "data.classes": classes or None, "platt.enabled": platt, **flags}, overrides=set_)
 
 
 @zeroshot_app.command("run")
@@ -461,7 +482,7 @@ def zeroshot_run(
     from swagcli.evaluate.zeroshot import run
 
     r = _zeroshot_recipe(checkpoint, data, out, classes, recipe, set_, platt, aggregation=aggregation)
-    with ui.StageProgress() as progress:
+    with _locked(r.out, "zeroshot"), ui.StageProgress() as progress:
         result = run(r, progress)
     ui.zeroshot_report(result)
 
@@ -484,8 +505,9 @@ def zeroshot_map(
     _, _, _, mapping = load(r)
     ui.mapping_report(mapping)
     if r.out:
-        write_mapping(mapping, Path(r.out))
-        ui.console.print(f"wrote [bold]{r.out}/mapping.json[/], {r.out}/mapping.tsv")
+        with _locked(r.out, "zeroshot map"):
+            write_mapping(mapping, Path(r.out))
+        ui.console.print(ui.wrote(f"{r.out}/mapping.json", f"{r.out}/mapping.tsv"))
 
 
 # -- fairness ---------------------------------------------------------------------------------------
@@ -511,21 +533,12 @@ def fairness(
     from swagcli import recipes, ui
     from swagcli.evaluate.fairness import run
 
-    overrides = []
-    if checkpoint:
-        overrides.append(f"source.checkpoint='{checkpoint}'")
-    if manifest:
-        overrides.append(f"data.manifest='{manifest}'")
-    if attribute:
-        overrides.append("associations.attributes=[" + ",".join(f"'{a}'" for a in _split(attribute)) + "]")
-    if mapping:
-        overrides.append(f"geography.mapping='{mapping}'")
-    for key, value in (("associations", associations), ("geography", geography)):
-        if value is not None:
-            overrides.append(f"{key}.enabled={str(value).lower()}")
-    r = recipes.load("fairness", recipe, flags={"out": str(out) if out else None},
-                     overrides=overrides + list(set_ or []))
-    with ui.StageProgress() as progress:
+    r = recipes.load("fairness", recipe, flags={
+        "out": str(out) if out else None, "source.checkpoint": checkpoint or None,
+        "data.manifest": manifest or None, "associations.attributes": _split(attribute),
+        "geography.mapping": mapping or None, "associations.enabled": associations,
+        "geography.enabled": geography}, overrides=set_)
+    with _locked(r.out, "fairness"), ui.StageProgress() as progress:
         result = run(r, progress)
     ui.fairness_report(result)
 
@@ -534,19 +547,60 @@ app.add_typer(zeroshot_app, name="zeroshot")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    """The entry point: every failure a user can cause or meet ends here as one line on stderr.
+
+    Exit codes: 0 finished; 2 bad input or a failure named in the message (nothing half-written is
+    left); 128 + N interrupted by signal N (130 Ctrl-C, 143 SIGTERM): a run stopped this way wrote a
+    checkpoint where it could and resumes when the same command is run again."""
+    from typer import exceptions as typer_exc
+    from typer._click import exceptions as click_exc
+
+    from swagcli.errors import Interrupted
+    from swagcli.fileio import os_error
+    from swagcli.signals import interrupt_on_term
     from swagcli.ui import err_console
 
+    def fail(msg: str, code: int) -> None:
+        err_console.print(f"error: {msg}", highlight=False, soft_wrap=True, markup=False)
+        sys.exit(code)
+
     try:
-        app(args=argv, prog_name="swag")
+        with interrupt_on_term():
+            rv = app(args=argv, prog_name="swag", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
     except SwagError as e:
         msg = str(e)
         if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the message
             msg = msg.strip().splitlines()[-1].split("SwagError: ", 1)[-1]
-        err_console.print(f"error: {msg}", highlight=False, soft_wrap=True, markup=False)
+        fail(msg, e.exit_code)
+    except click_exc.NoArgsIsHelpError:
+        sys.exit(2)  # the help was printed
+    except click_exc.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "swag"
+        fail(f"{e.format_message()} (see: {where} --help)", 2)
+    except click_exc.ClickException as e:
+        fail(e.format_message(), e.exit_code)
+    except typer_exc.Exit as e:
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except Interrupted as e:  # not an error: resumable
+        err_console.print(str(e), highlight=False, soft_wrap=True, markup=False)
+        sys.exit(e.exit_code)
+    except (typer_exc.Abort, KeyboardInterrupt):
+        fail("interrupted (Ctrl-C)", 130)
+    except RuntimeError as e:  # a DataLoader worker that died (torch raises it anywhere)
+        from swagcli.signals import worker_death
+
+        e = worker_death(e)
+        if isinstance(e, Interrupted):
+            err_console.print(str(e), highlight=False, soft_wrap=True, markup=False)
+            sys.exit(e.exit_code)
+        if isinstance(e, SwagError):
+            fail(str(e), 2)
+        raise e
+    except OSError as e:  # a writer or reader not wrapped in swagcli.fileio: still one line
+        if e.errno is None:
+            raise
+        fail(str(os_error(e)), 2)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.text import Text
+
 from swagcli import recipes, ui
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -28,29 +30,29 @@ def run_demo(out: Path, posts: int | None = None, workers: int = 2) -> dict:
     out = Path(out)
     t0 = time.time()
     world = out / "world"
-    ui.console.rule("[bold]1/7 swag synth[/]: the synthetic hashtag world")
+    ui.console.rule(Text.assemble(("1/7 swag synth", "bold"), ": the synthetic hashtag world"))
     r = recipes.load("synth", demo_recipe("synth"),
                      flags={"out": str(world), "posts": posts, "workers": workers})
     with ui.StageProgress() as prog:
         synth.run(r, prog)
-    ui.console.rule("[bold]2/7 swag vocab build[/]: canonical hashtag vocabulary")
+    ui.console.rule(Text.assemble(("2/7 swag vocab build", "bold"), ": canonical hashtag vocabulary"))
     v = recipes.load("vocab", demo_recipe("vocab"),
                      flags={"dumps": [str(world / "dumps")], "out": str(out / "vocab"), "workers": workers})
     with ui.StageProgress() as prog:
         doc = build(v, prog)
     ui.vocab_report(doc, v.out)
-    ui.console.rule("[bold]3/7 swag sample[/]: head/tail resampling into a training plan")
+    ui.console.rule(Text.assemble(("3/7 swag sample", "bold"), ": head/tail resampling into a training plan"))
     s = recipes.load("sample", demo_recipe("sample"), flags={
         "vocab": str(out / "vocab"), "dumps": [str(world / "dumps")], "out": str(out / "plan"),
         "workers": workers})
     with ui.StageProgress() as prog:
         summary = sample.build(s, prog)
     ui.sample_report(summary, s.out)
-    ui.console.rule("[bold]4/7 swag pretrain[/]: a tiny ViT learns hashtags (CPU, a few minutes)")
+    ui.console.rule(Text.assemble(("4/7 swag pretrain", "bold"), ": a tiny ViT learns hashtags (CPU, a few minutes)"))
     p = recipes.load("pretrain", demo_recipe("pretrain"), flags={"out": str(out / "pretrain")},
                      overrides=[f"data.plan={out / 'plan'}", f"data.shards=['{world / 'images'}/*.tar']"])
     ui.pretrain_report(train(p, dist_env()))
-    ui.console.rule("[bold]5/7 swag probe[/]: a linear probe on the downstream classes, 1% / 10% / 100% of labels")
+    ui.console.rule(Text.assemble(("5/7 swag probe", "bold"), ": a linear probe on the downstream classes, 1% / 10% / 100% of labels"))
     from swagcli.evaluate.probe import run as probe
 
     pr = recipes.load("probe", demo_recipe("probe"), flags={"out": str(out / "probe")}, overrides=[
@@ -58,14 +60,14 @@ def run_demo(out: Path, posts: int | None = None, workers: int = 2) -> dict:
         f"data.val=['{world / 'downstream' / 'val'}']"])
     with ui.StageProgress() as prog:
         ui.probe_report(probe(pr, prog))
-    ui.console.rule("[bold]6/7 swag zeroshot[/]: the hashtag head alone on the downstream classes, with and without Platt")
+    ui.console.rule(Text.assemble(("6/7 swag zeroshot", "bold"), ": the hashtag head alone on the downstream classes, with and without Platt"))
     from swagcli.evaluate.zeroshot import run as zeroshot
 
     zr = recipes.load("zeroshot", demo_recipe("zeroshot"), flags={"out": str(out / "zeroshot")}, overrides=[
         f"source.checkpoint={out / 'pretrain'}", f"data.val=['{world / 'downstream' / 'val'}']"])
     with ui.StageProgress() as prog:
         ui.zeroshot_report(zeroshot(zr, prog))
-    ui.console.rule("[bold]7/7 swag fairness[/]: planted association by group, zero-shot accuracy by country")
+    ui.console.rule(Text.assemble(("7/7 swag fairness", "bold"), ": planted association by group, zero-shot accuracy by country"))
     from swagcli.evaluate.fairness import run as fairness
 
     fr = recipes.load("fairness", demo_recipe("fairness"), flags={"out": str(out / "fairness")}, overrides=[

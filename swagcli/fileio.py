@@ -17,6 +17,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -47,6 +48,18 @@ def os_error(e: OSError, path: str | os.PathLike | None = None, doing: str = "wr
     if code == errno.ENOENT:
         return SwagError(f"{where}: no such file or directory")
     return SwagError(f"{where}: cannot {doing} ({e.strerror or e})")
+
+
+def write_error(e: BaseException, path) -> SwagError | None:
+    """:func:`os_error` for an OS error, also one that a library wrapped in its own exception type
+    (safetensors reports ``... (os error 28)``); None for anything else."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return os_error(e, path)
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    if m:
+        code = int(m.group(1))
+        return os_error(OSError(code, os.strerror(code)), path)
+    return None
 
 
 def _tmp_name(path: Path, suffix: str = "tmp") -> Path:

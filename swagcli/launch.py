@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 
 from swagcli.errors import SwagError
+from swagcli.fileio import atomic_write_text
 from swagcli.train.dist import dist_env
 
 
@@ -23,6 +24,9 @@ def _free_port() -> int:
 
 def _worker(local_rank: int, fn, recipe, world: int, port: int, err_dir: str, result_file: str):
     """One of N local processes: set torch.distributed's environment, run, report errors."""
+    from swagcli.signals import rank_process_init
+
+    rank_process_init()  # stop (checkpoint, exit) when the launching process dies
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
     try:
@@ -59,9 +63,12 @@ def run_local(fn, recipe, processes: int, scratch: Path) -> dict:
         f.unlink()
     result_file = scratch / "result.local.json"
     result_file.unlink(missing_ok=True)
+    ctx = mp.start_processes(_worker, args=(fn, recipe, processes, _free_port(), str(err_dir), str(result_file)),
+                             nprocs=processes, start_method="spawn", join=False)
     try:
-        mp.start_processes(_worker, args=(fn, recipe, processes, _free_port(), str(err_dir), str(result_file)),
-                           nprocs=processes, start_method="spawn", join=True)
+        with _forward_stop_signals(ctx.pids()):
+            while not ctx.join():
+                pass
     except mp.ProcessException:
         errs = sorted(err_dir.glob("*.err"))
         if errs:
@@ -70,6 +77,32 @@ def run_local(fn, recipe, processes: int, scratch: Path) -> dict:
                             f"{errs[0].stem} failed: {first.splitlines()[-1]} (full traceback: {errs[0]})") from None
         raise SwagError(f"a training process died without a message (see {err_dir})") from None
     return json.loads(result_file.read_text())
+
+
+def _forward_stop_signals(pids: list[int]):
+    """While local training processes run, a stop signal sent to this process (only) is passed on
+    to them: each finishes its update, rank 0 checkpoints, all return ``preempted``. (A Ctrl-C in
+    the terminal reaches the ranks twice, from the terminal and from here: one stop, as a repeat
+    within a second is not taken for a second Ctrl-C.)"""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def forward():
+        def handler(signum, frame):  # noqa: ARG001
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+        sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+        prev = {s: signal.signal(s, handler) for s in sigs}
+        try:
+            yield
+        finally:
+            for s, h in prev.items():
+                signal.signal(s, h)
+
+    return forward()
 
 
 # -- SLURM through submitit ------------------------------------------------------------------------
@@ -101,8 +134,12 @@ class SlurmTask:
                           RANK=str(job.global_rank), WORLD_SIZE=str(job.num_tasks),
                           LOCAL_RANK=str(job.local_rank))
         submitit_handler = signal.getsignal(signal.SIGUSR2)
+        from swagcli.runlock import run_lock
+
+        lock = run_lock(self.recipe.out if job.global_rank == 0 else None, getattr(self.fn, "__name__", "job"))
         try:
-            result = self.fn(self.recipe, dist_env(), progress=False)
+            with lock:  # rank 0 holds the run directory; a requeue of this job takes it over
+                result = self.fn(self.recipe, dist_env(), progress=False)
         finally:
             import torch.distributed as dist
 
@@ -169,8 +206,12 @@ def submit_slurm(fn, recipe, out: Path, name: str):
 
     import submitit
 
+    from swagcli.runlock import probe_free
+
     cfg = recipe.launcher.slurm
     check_resources(cfg)
+    probe_free(out)  # no local run is writing there now
+    _refuse_if_active(out)  # nor a job submitted before
     folder = Path(cfg.folder) if cfg.folder else out / "slurm"
     ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm",
                                slurm_max_num_timeout=cfg.max_requeues)
@@ -186,8 +227,26 @@ def submit_slurm(fn, recipe, out: Path, name: str):
     out.mkdir(parents=True, exist_ok=True)
     info = {"job_id": job.job_id, "folder": str(folder), "stdout": str(job.paths.stdout),
             "stderr": str(job.paths.stderr), "name": name}
-    (out / "slurm-job.json").write_text(json.dumps(info, indent=1) + "\n")
+    atomic_write_text(out / "slurm-job.json", json.dumps(info, indent=1) + "\n")
     return job
+
+
+_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+           "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
+
+
+def _refuse_if_active(out: Path) -> None:
+    """A second job into a run directory whose job is still queued or running would race it."""
+    if not (Path(out) / "slurm-job.json").is_file():
+        return
+    try:
+        job, info = slurm_job(out)
+        state = str(job.state)
+    except Exception:  # noqa: BLE001 - SLURM not reachable from here: nothing to compare with
+        return
+    if any(state.startswith(a) for a in _ACTIVE):
+        raise SwagError(f"{out}: SLURM job {info['job_id']} is already {state} for this run directory; "
+                        f"wait for it, or cancel it first (swag pretrain --cancel {out})")
 
 
 CANCEL_MARK = "slurm-cancelled"
@@ -197,7 +256,7 @@ def cancel_slurm(out: Path):
     """Cancel the run's job for good: the mark is written first, so the SIGTERM scancel sends is not
     taken for a preemption (which would requeue the job)."""
     job, info = slurm_job(out)
-    (Path(out) / CANCEL_MARK).write_text(f"{info['job_id']}\n")
+    atomic_write_text(Path(out) / CANCEL_MARK, f"{info['job_id']}\n")
     job.cancel(check=False)
     return job, info
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from swagcli.fileio import savefig
+
 
 def _plt():
     import matplotlib
@@ -39,7 +41,7 @@ def zipf_plot(tag_counts, hashtags: list[dict], head_min_images: int, path: str 
     for ax in (a, b):
         ax.grid(True, which="major", alpha=0.3)
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -67,7 +69,7 @@ def resampling_plot(hist_images, hist_samples, head_mask, path: str | Path) -> P
     ax.legend(loc="lower left")
     ax.grid(True, which="major", alpha=0.3)
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -87,7 +89,7 @@ def lowshot_plot(summary: list[dict], path: str | Path, title: str, key: str = "
     ax.set_xticks(fr, [f"{f:g}" for f in fr])
     ax.set(title=title, xlabel="fraction of training labels", ylabel=f"{key} accuracy (%)")
     ax.grid(True, alpha=0.3)
-    fig.savefig(path, dpi=120)
+    savefig(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)
 
@@ -109,7 +111,7 @@ def class_histogram_plot(series: dict[str, list[int]], path: str | Path, title: 
         ax.set_xscale("log")
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
-    fig.savefig(path, dpi=120)
+    savefig(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)
 
@@ -151,7 +153,7 @@ def association_plot(attribute: str, groups: list[dict], path: str | Path, top_k
         ax.grid(True, axis="x", alpha=0.3)
     for ax in axes.ravel()[len(groups):]:
         ax.axis("off")
-    fig.savefig(path, dpi=110)
+    savefig(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -173,7 +175,7 @@ def country_accuracy_plot(geo: dict, path: str | Path) -> Path:
            title=f"Zero-shot accuracy per country\n({geo['classes']} classes; 95% Wilson intervals)")
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(True, axis="y", alpha=0.3)
-    fig.savefig(path, dpi=120)
+    savefig(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)
 
@@ -196,6 +198,6 @@ def eighty_rule_plot(geo: dict, path: str | Path) -> Path:
     ax.set(xlabel="country c (better)", ylabel="country r (worse)",
            title=f"Classes with accuracy in r < {geo['ratio']:g} x accuracy in c (%)")
     fig.colorbar(im, ax=ax, shrink=0.8, label="% of classes")
-    fig.savefig(path, dpi=120)
+    savefig(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)

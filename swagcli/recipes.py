@@ -21,8 +21,20 @@ from swagcli.prep.canon import ALLOWED_SENSES
 from swagcli.prep import FORMATS
 
 
+INT_MAX = 2**63 - 1  # what numpy's int64 (and torch's) hold
+
+
 class Recipe(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _in_range(cls, v):
+        """Integers beyond int64 (``--samples 99999999999999999999999``) are refused here, not deep in
+        numpy; floats must be finite (``allow_inf_nan``)."""
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_MAX:
+            raise ValueError(f"out of range (at most {INT_MAX:,})")
+        return v
 
 
 # -- reading sources (vocab, sample) ---------------------------------------------------------------
@@ -126,6 +138,9 @@ class DataSpec(Recipe):
     shuffle_buffer: int = Field(2000, ge=1)
     workers: int = Field(2, ge=0, description="DataLoader workers per process")
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    max_pixels: int = Field(32_000_000, ge=1, description="pixel budget per image, checked on its header "
+                            "before decoding: a JPEG over it is decoded at a reduced DCT scale (1/2..1/8) "
+                            "that fits, anything else over it is skipped and counted as too_large")
 
 
 class LocalLauncher(Recipe):
@@ -221,7 +236,18 @@ class SourceSpec(Recipe):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
 
 
-class DownstreamSpec(Recipe):
+class ImageBudget(Recipe):
+    """What a transfer stage does with images it cannot use (``swagcli.images``)."""
+
+    max_pixels: int = Field(32_000_000, ge=1, description="pixel budget per image, checked on its header "
+                            "before decoding: a JPEG over it is decoded at a reduced DCT scale (1/2..1/8) "
+                            "that fits, anything else over it is skipped and counted as too_large")
+    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="images that do not decode or are over "
+                                    "max_pixels are skipped and counted; more than this fraction of a split "
+                                    "(or all of it) stops the command")
+
+
+class DownstreamSpec(ImageBudget):
     """A labelled image-classification set: ImageNet-layout folders or webdataset shards."""
 
     train: list[str] = Field(default_factory=list, description="train split: a folder of class folders, "
@@ -305,7 +331,7 @@ class FinetuneRecipe(Recipe):
 
 
 # -- swag zeroshot ------------------------------------------------------------------------------
-class ZeroshotData(Recipe):
+class ZeroshotData(ImageBudget):
     """The labelled set classified zero-shot (labels are used only to score the result)."""
 
     val: list[str] = Field(default_factory=list, description="a folder of class folders, or webdataset "
@@ -352,7 +378,7 @@ class ZeroshotRecipe(Recipe):
 
 
 # -- swag fairness ------------------------------------------------------------------------------
-class FairnessData(Recipe):
+class FairnessData(ImageBudget):
     """The images and their attributes: a manifest with one row per image."""
 
     manifest: str | None = Field(None, description="CSV (with a header row) or JSONL (one object per line) "
@@ -599,39 +625,72 @@ def merge(base: dict, over: dict | None) -> dict:
     return out
 
 
-def apply_override(data: dict, dotted: str) -> None:
-    """``a.b.c=value`` -> data["a"]["b"]["c"] = yaml(value)."""
-    if "=" not in dotted:
-        raise SwagError(f"--set {dotted!r}: expected key=value")
-    key, value = dotted.split("=", 1)
+def set_dotted(data: dict, key: str, value: Any, what: str | None = None) -> None:
+    """data["a"]["b"]["c"] = value for ``key`` ``a.b.c`` (sections created as needed); the value is
+    taken as it is: a command-line flag's typed value, never re-read as YAML text."""
+    what = what or key
     parts = key.strip().split(".")
     if not all(parts):
-        raise SwagError(f"--set {dotted!r}: empty key")
+        raise SwagError(f"{what}: empty key")
     node = data
     for p in parts[:-1]:
         nxt = node.get(p)
         if nxt is None:
             nxt = node[p] = {}
         if not isinstance(nxt, dict):
-            raise SwagError(f"--set {dotted!r}: {p} is not a section")
+            raise SwagError(f"{what}: {p} is not a section")
         node = nxt
-    node[parts[-1]] = _parse_value(value)
+    node[parts[-1]] = value
+
+
+def apply_override(data: dict, dotted: str) -> None:
+    """``--set a.b.c=value`` -> data["a"]["b"]["c"] = yaml(value)."""
+    if "=" not in dotted:
+        raise SwagError(f"--set {dotted!r}: expected key=value")
+    key, value = dotted.split("=", 1)
+    set_dotted(data, key, _parse_value(value), f"--set {dotted!r}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (not: the last wins)."""
+
+
+def _strict_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:
+            continue  # an unhashable key: construct_mapping says so below
+        if first != key_node.start_mark.line + 1:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (lines {first} and {key_node.start_mark.line + 1})",
+                key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
 
 
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise SwagError(f"{p}: recipe file not found")
+        raise SwagError(f"{p}: recipe file not found" + (" (it is a directory)" if p.is_dir() else ""))
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SwagError(f"{p}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
     except UnicodeDecodeError:
         raise SwagError(f"{p}: not a UTF-8 text file") from None
+    except OSError as e:
+        from swagcli.fileio import os_error
+
+        raise os_error(e, p, "read") from None
     if data is None:
-        return {}
+        raise SwagError(f"{p}: the recipe is empty (no keys); an empty recipe would silently run the defaults")
     if not isinstance(data, dict):
         raise SwagError(f"{p}: a recipe is a YAML mapping of keys to values")
     return data
@@ -652,14 +711,15 @@ def validate(kind: str, data: dict, source: str = "recipe") -> Recipe:
 
 def load(kind: str, path: str | Path | None = None, flags: dict | None = None,
          overrides: list[str] | None = None) -> Recipe:
-    """Defaults < recipe file < flags (those not None) < --set overrides."""
+    """Defaults < recipe file < flags (those not None; dotted keys such as ``source.checkpoint``
+    reach into sections, values as typed) < --set overrides (YAML values)."""
     data: dict = read_yaml(path) if path else {}
     data.pop("kind", None) if data.get("kind") == kind else None
     if "kind" in data:
         raise SwagError(f"{path}: kind: this is a {data['kind']!r} recipe, not a {kind!r} one")
     for k, v in (flags or {}).items():
         if v is not None:
-            data[k] = v
+            set_dotted(data, k, v)
     for o in overrides or []:
         apply_override(data, o)
     return validate(kind, data, str(path) if path else "recipe")

@@ -51,13 +51,16 @@ def tar_members(f):
         if kind not in (b"0", b"\0", b"7"):
             long_name = None
             continue  # directories, links, global pax headers, ...
-        if long_name is not None:
-            name, long_name = long_name, None
-        else:
-            name = hdr[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            if hdr[257:262] == b"ustar" and hdr[345] != 0:
-                name = hdr[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
+        name, long_name = long_name if long_name is not None else _header_name(hdr), None
         yield name, data, offset
+
+
+def _header_name(hdr: bytes) -> str:
+    """A member's name from its header (ustar's prefix field joined in front)."""
+    name = hdr[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if hdr[257:262] == b"ustar" and hdr[345] != 0:
+        name = hdr[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
+    return name
 
 
 def member_key(name: str) -> tuple[str, str] | None:
@@ -101,3 +104,34 @@ def tar_samples(f):
         cur[ext] = data
     if cur is not None:
         yield cur
+
+
+def tar_keys(f):
+    """The sample keys of a tar stream in order (each once per run of members), reading only the
+    headers: member data is skipped with ``seek``. Raises :class:`BadTar` on a bad header."""
+    last = None
+    long_name = None
+    while True:
+        hdr = f.read(512)
+        if len(hdr) < 512 or hdr.count(0) == 512:
+            return
+        try:
+            size = int(hdr[124:136].rstrip(b"\0 ") or b"0", 8)
+        except ValueError:
+            raise BadTar("bad header") from None
+        kind = hdr[156:157]
+        padded = size + (-size % 512)
+        if kind in (b"L", b"x"):
+            data = f.read(padded)[:size]
+            long_name = (data.rstrip(b"\0").decode("utf-8", "surrogateescape") if kind == b"L"
+                         else _pax_path(data) or long_name)
+            continue
+        f.seek(padded, 1)
+        if kind not in (b"0", b"\0", b"7"):
+            long_name = None
+            continue
+        name, long_name = long_name if long_name is not None else _header_name(hdr), None
+        split = member_key(name)
+        if split is not None and split[0] != last:
+            last = split[0]
+            yield last

@@ -8,9 +8,28 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+# Markup is off: hashtags, group names and paths are user text, and ``[...]`` in them is text.
+# Styles come from Text objects (:func:`note`, :func:`wrote`, ``Text(x, style=...)``).
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
+
+
+def note(*parts, label: str = "note:") -> Text:
+    """A yellow ``note:`` (or ``label``) followed by plain text."""
+    return Text.assemble((label, "yellow"), " ", *map(str, parts))
+
+
+def wrote(first, *rest, tail: str = "") -> Text:
+    """``wrote FIRST, REST, ...``: the main output in bold."""
+    out = Text.assemble("wrote ", (str(first), "bold"))
+    for r in rest:
+        out.append(", " + str(r))
+    return out.append(tail)
+
+
+DASH = Text("-", style="dim")
 
 
 class StageProgress:
@@ -18,7 +37,7 @@ class StageProgress:
 
     def __init__(self, con: Console | None = None):
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("[bold]{task.description:<16}"), BarColumn(),
+            SpinnerColumn(), TextColumn("{task.description:<16}", style="bold", markup=False), BarColumn(),
             MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=con or err_console, transient=False,
         )
@@ -64,7 +83,7 @@ def read_table(read: dict, shards: int | None = None) -> Table:
     rules = [r for r in RULE_LABELS if any(r in RULES.get(f, RULE_LABELS) for f in by)]
 
     def row(label: str, key: str, applies=lambda f: True):
-        vals = [f"{by[f].get(key, 0):,}" if applies(f) else "[dim]-[/]" for f in by]
+        vals = [f"{by[f].get(key, 0):,}" if applies(f) else DASH for f in by]
         if len(by) > 1:
             vals.append(f"{read.get(key, 0):,}")
         t.add_row(label, *vals)
@@ -81,6 +100,7 @@ def vocab_report(doc: dict, out_dir: str | Path | None = None, top: int = 12) ->
     s = doc["stats"]
     p = doc["params"]
     console.print(read_table(s, s.get("dumps")))
+    _damaged_notes(s)
     countries = ",".join(p["countries"]) if p["countries"] else "all"
     console.print(kv_table("Vocabulary", [
         ("distinct raw tags", s["distinct_tags"]),
@@ -103,7 +123,7 @@ def vocab_report(doc: dict, out_dir: str | Path | None = None, top: int = 12) ->
     console.print(t)
     if out_dir:
         out = Path(out_dir)
-        console.print(f"wrote [bold]{out / 'vocab.json'}[/], {out / 'zipf.png'}, {out / 'recipe.yaml'}")
+        console.print(wrote(out / "vocab.json", out / "zipf.png", out / "recipe.yaml"))
 
 
 def sample_report(summary: dict, out_dir: str | Path | None = None) -> None:
@@ -121,13 +141,14 @@ def sample_report(summary: dict, out_dir: str | Path | None = None) -> None:
         rows.append(("hashtags replaced", f"{s['noise_replaced_fraction']:.2%}"))
     if "read" in s:
         console.print(read_table(s["read"]))
+        _damaged_notes(s["read"])
     console.print(kv_table("Sample plan", rows))
-    for note in s.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}")
+    for n in s.get("notes", []):
+        console.print(note(n))
     if out_dir:
         out = Path(out_dir)
-        console.print(f"wrote [bold]{out / 'plan.json'}[/] ({out / 'plan'}), {out / 'summary.json'}, "
-                      f"{out / 'resampling.png'}")
+        console.print(wrote(out / "plan.json", out / "summary.json", out / "resampling.png",
+                            tail=f" (parts in {out / 'plan'})"))
 
 
 def pretrain_report(r: dict) -> None:
@@ -143,7 +164,11 @@ def pretrain_report(r: dict) -> None:
     st = r.get("stream") or {}
     if st:
         rows.append(("skipped samples (bad)", f"{st.get('bad', 0):,}: {st.get('undecodable', 0)} undecodable, "
-                     f"{st.get('no_image', 0)} without image, {st.get('bad_shards', 0)} truncated shards"))
+                     f"{st.get('too_large', 0)} over the pixel budget, {st.get('no_image', 0)} without image, "
+                     f"{st.get('bad_shards', 0)} truncated shards"))
+    for e in r.get("account") or []:
+        rows.append((f"epoch {e['epoch']}: plan vs shards", f"{e.get('planned', 0):,} of {e['plan']:,} planned "
+                     f"samples found ({e.get('missing', 0):,} missing)"))
     if r.get("objective") == "mae" and "eval_loss" in r:
         rows.append(("held-out masked-patch loss", f"{r['eval_loss']:.4f} ({r['eval_images']} images)"))
     if r.get("reconstruction"):
@@ -157,6 +182,33 @@ def pretrain_report(r: dict) -> None:
         rows.append(("image shards", f"{sh['count']:,} from {sh['from']}"))
     rows += [("checkpoint", r["checkpoint"] or "-"), ("resumed from", r.get("resumed_from") or "-")]
     console.print(kv_table(f"Pretraining run {r['run_dir']}", rows))
+    if r.get("note"):
+        console.print(note(r["note"]))
+
+
+def input_notes(r: dict) -> None:
+    """What a transfer stage left out of its inputs, one note each (skipped images, empty class
+    folders, duplicate manifest rows); silent when nothing was."""
+    sk = r.get("skipped_images") or {}
+    if sk.get("skipped"):
+        first = sk["files"][0]["file"] if sk.get("files") else "?"
+        console.print(note(f"{sk['skipped']:,} image(s) skipped: {sk.get('undecodable', 0):,} undecodable, "
+                           f"{sk.get('too_large', 0):,} over the pixel budget (data.max_pixels); first: {first}"))
+    empty = r.get("empty_class_folders") or {}
+    for split, names in (empty.items() if isinstance(empty, dict) else [("train", empty)]):
+        if names:
+            console.print(note(f"{len(names)} empty class folder(s) in {split} left out (not classes): "
+                               f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"))
+    if r.get("duplicate_rows"):
+        console.print(note(f"{r['duplicate_rows']:,} duplicate manifest row(s) counted once"))
+
+
+def _damaged_notes(read: dict) -> None:
+    for d in (read or {}).get("damaged", [])[:5]:
+        console.print(note(f"{d['path']}: damaged after {d['lines_read']:,} lines (kept those): {d['error']}"))
+    more = len((read or {}).get("damaged", [])) - 5
+    if more > 0:
+        console.print(note(f"and {more} more damaged file(s) (listed in the JSON)"))
 
 
 def _clip(text: str, n: int) -> str:
@@ -175,9 +227,10 @@ def probe_report(r: dict) -> None:
     console.print(t)
     unconverged = sum(not f["converged"] for f in r["fits"])
     if unconverged:
-        console.print(f"[yellow]note:[/] {unconverged} fit(s) stopped at the iteration cap before converging "
-                      "(raise max_iter or tol in the recipe)")
-    console.print(f"wrote [bold]{r['out']}/probe.json[/], {r['out']}/probe.png")
+        console.print(note(f"{unconverged} fit(s) stopped at the iteration cap before converging "
+                           "(raise max_iter or tol in the recipe)"))
+    input_notes(r)
+    console.print(wrote(f"{r['out']}/probe.json", f"{r['out']}/probe.png"))
 
 
 def findings_report(doc: dict) -> None:
@@ -192,9 +245,9 @@ def findings_report(doc: dict) -> None:
     for s in doc["studies"]:
         for e in s["expect"]:
             t.add_row(s["name"], direction_label(e), f"{100 * e['mean']:+.1f} ± {100 * e['std']:.1f}",
-                      f"{e['wins']}/{e['n']}", f"[{style[e['verdict']]}]{VERDICT[e['verdict']]}[/]")
+                      f"{e['wins']}/{e['n']}", Text(VERDICT[e["verdict"]], style=style[e["verdict"]]))
     console.print(t)
-    console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in doc["report"]))
+    console.print(wrote(*doc["report"]))
 
 
 def finetune_report(r: dict) -> None:
@@ -209,6 +262,7 @@ def finetune_report(r: dict) -> None:
         rows += [("val top-1 (EMA weights)", f"{r['ema_top1']:.2%}"), ("val top-5 (EMA)", f"{r['ema_top5']:.2%}")]
     rows += [("checkpoint", r.get("checkpoint") or "-"), ("resumed from", r.get("resumed_from") or "-")]
     console.print(kv_table(f"Finetuning run {r['run_dir']}", rows))
+    input_notes(r)
 
 
 def zeroshot_report(r: dict) -> None:
@@ -226,9 +280,10 @@ def zeroshot_report(r: dict) -> None:
     console.print(t)
     if r["unreached_classes"]:
         u = r["unreached_classes"]
-        console.print(f"[yellow]note:[/] {len(u)} class(es) no hashtag reaches (always wrong): "
-                      f"{', '.join(u[:8])}{' ...' if len(u) > 8 else ''}")
-    console.print(f"wrote [bold]{r['out']}/zeroshot.json[/], {r['out']}/histogram.png, {r['out']}/mapping.tsv")
+        console.print(note(f"{len(u)} class(es) no hashtag reaches (always wrong): "
+                           f"{', '.join(u[:8])}{' ...' if len(u) > 8 else ''}"))
+    input_notes(r)
+    console.print(wrote(f"{r['out']}/zeroshot.json", f"{r['out']}/histogram.png", f"{r['out']}/mapping.tsv"))
 
 
 def fairness_report(r: dict, per_group: int = 3) -> None:
@@ -245,9 +300,11 @@ def fairness_report(r: dict, per_group: int = 3) -> None:
                     d = row["abs_diff"] * 100
                     ci = "" if row["ci_low"] is None else f" [{row['ci_low'] * 100:+.1f}, {row['ci_high'] * 100:+.1f}]"
                     mark = "*" if row["significant"] else ""
-                    cells.append(f"[{'blue' if d >= 0 else 'red'}]#{row['hashtag']} {d:+.1f}{ci}{mark}[/]")
-                note = "" if g["ranked"] else " [yellow](too small to rank)[/]"
-                t.add_row(str(g["group"]), f"{g['images']:,}", ("  ".join(cells) or "-") + note)
+                    cells.append(Text(f"#{row['hashtag']} {d:+.1f}{ci}{mark}", style="blue" if d >= 0 else "red"))
+                cell = Text("  ").join(cells) if cells else Text("-")
+                if not g["ranked"]:
+                    cell.append(" (too small to rank)", style="yellow")
+                t.add_row(str(g["group"]), f"{g['images']:,}", cell)
             console.print(t)
         console.print("* the interval excludes 0")
     if G:
@@ -263,11 +320,12 @@ def fairness_report(r: dict, per_group: int = 3) -> None:
                       f"{c['ci_low']:.1%} - {c['ci_high']:.1%}", f"{worst[0]:.0%} vs {worst[1]}" if worst else "-")
         console.print(t)
         if G["unreached_classes"]:
-            console.print(f"[yellow]note:[/] {len(G['unreached_classes'])} class(es) no hashtag reaches (always wrong)")
+            console.print(note(f"{len(G['unreached_classes'])} class(es) no hashtag reaches (always wrong)"))
         if G["unknown_hashtags"]:
-            console.print(f"[yellow]note:[/] mapping hashtags not in the vocabulary: "
-                          f"{', '.join(G['unknown_hashtags'][:10])}")
-    console.print(f"wrote [bold]{r['out']}/report.html[/], {r['out']}/fairness.json and the CSV tables")
+            console.print(note("mapping hashtags not in the vocabulary: "
+                               f"{', '.join(G['unknown_hashtags'][:10])}"))
+    input_notes(r)
+    console.print(wrote(f"{r['out']}/report.html", f"{r['out']}/fairness.json", tail=" and the CSV tables"))
 
 
 def mapping_report(mapping: list[dict], limit: int = 60) -> None:
@@ -275,8 +333,8 @@ def mapping_report(mapping: list[dict], limit: int = 60) -> None:
     for col, j in (("class", "left"), ("synset", "left"), ("similarity", "right"), ("hashtags", "left")):
         t.add_column(col, justify=j)
     for m in mapping[:limit]:
-        tags = " ".join("#" + h for h in m["hashtags"]) or "[yellow]none[/]"
-        t.add_row(m["class"], m["synset"] or "[yellow]not in WordNet[/]", f"{m['similarity']:.3f}", _clip(tags, 70))
+        tags = _clip(" ".join("#" + h for h in m["hashtags"]), 70) or Text("none", style="yellow")
+        t.add_row(m["class"], m["synset"] or Text("not in WordNet", style="yellow"), f"{m['similarity']:.3f}", tags)
     console.print(t)
     if len(mapping) > limit:
         console.print(f"... {len(mapping) - limit} more classes (all in mapping.tsv with --out)")
@@ -289,4 +347,4 @@ def mapping_report(mapping: list[dict], limit: int = 60) -> None:
     console.print(f"{len(mapping) - len(unreached)} of {len(mapping)} classes reach a hashtag; "
                   f"{len(fan)} hashtags used, {shared} of them by several classes")
     if unreached:
-        console.print(f"[yellow]unreached:[/] {', '.join(unreached[:20])}{' ...' if len(unreached) > 20 else ''}")
+        console.print(note(f"{', '.join(unreached[:20])}{' ...' if len(unreached) > 20 else ''}", label="unreached:"))

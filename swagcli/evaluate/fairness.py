@@ -8,21 +8,26 @@ accuracy varies across countries (SWAG §5 and App. F; SPEC.md §7).
   groups, its *relative difference* that over the other groups' mean. The ``top_n`` (20) hashtags
   with the largest absolute difference (either sign) are ranked and plotted per group, each with a
   bootstrap interval (images resampled within every group). A group with fewer than ``min_group``
-  images is reported but not ranked, and it is left out of the other groups' mean.
+  images is reported but not ranked (no interval, no significance), and it is left out of the
+  other groups' mean. An image listed twice in the manifest counts once.
 * **Geography** (App. F.1, Figs. 5 and 6). The head predicts, zero-shot, among the hashtags that a
   user-given (or WordNet) mapping ties to the classes; per country: the accuracy with a Wilson
   interval; per pair of countries (r, c): the share of the classes seen in both whose accuracy in r
   is below ``ratio`` (0.8) times their accuracy in c (the 80% rule).
 
 One pass over the images computes both (the top-k hashtags and the mapped hashtags' log
-probabilities), cached in ``predictions/`` like every transfer feature. Outputs: ``report.html``
+probabilities), cached in ``predictions/`` like every transfer feature; an image that does not decode
+or is over ``data.max_pixels`` is skipped with its row (groups, country, label) and counted under
+``skipped_images``, up to ``data.max_bad_fraction``. Outputs: ``report.html``
 (self-contained: figures inline), ``fairness.json`` with every number, CSV tables and PNG figures.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,14 @@ class Manifest:
     columns: list[str]
     path: Path
     root: Path
+    lines: list[int] | None = None  # the file line of each row
+    numbers: list[int] | None = None  # each row's number in the file (1: the first after a CSV header)
+
+    def line(self, i: int) -> int:
+        return self.lines[i] if self.lines else i + 1
+
+    def number(self, i: int) -> int:
+        return self.numbers[i] if self.numbers else i + 1
 
     def column(self, name: str, what: str) -> list[str]:
         if name not in self.columns:
@@ -61,6 +74,7 @@ def read_manifest(path: str | None, root: str | None = None) -> Manifest:
     except UnicodeDecodeError:
         raise SwagError(f"data.manifest: {p}: not a UTF-8 text file") from None
     rows: list[dict] = []
+    lines: list[int] = []
     if p.suffix.lower() in (".jsonl", ".json") or text.lstrip().startswith("{"):
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -72,6 +86,7 @@ def read_manifest(path: str | None, root: str | None = None) -> Manifest:
             if not isinstance(row, dict):
                 raise SwagError(f"data.manifest: {p}:{n}: not a JSON object")
             rows.append(row)
+            lines.append(n)
         columns = list(dict.fromkeys(k for r in rows for k in r))
     else:
         reader = csv.DictReader(text.splitlines())
@@ -81,9 +96,38 @@ def read_manifest(path: str | None, root: str | None = None) -> Manifest:
             if None in row:
                 raise SwagError(f"data.manifest: {p}:{n}: more fields than the header's {len(columns)}")
             rows.append(row)
+            lines.append(reader.line_num)
     if not rows:
         raise SwagError(f"data.manifest: {p}: no rows")
-    return Manifest(rows, columns, p, Path(root) if root else p.parent)
+    return Manifest(rows, columns, p, Path(root) if root else p.parent, lines)
+
+
+def drop_duplicate_rows(man: Manifest, path_column: str, columns: list[str]) -> tuple[Manifest, int]:
+    """(the manifest with every image once, how many rows were dropped). Rows name the same image
+    when their paths are the same file name under the manifest root (``./a.jpg`` = ``a.jpg``); a
+    repeat with the same values in ``columns`` (the ones this run reads) is dropped, one with other
+    values is an error naming both rows. Empty paths and absent columns are left to the later checks."""
+    if path_column not in man.columns:
+        return man, 0
+    cols = [c for c in columns if c in man.columns]
+    values = list(zip(*(man.column(c, c) for c in cols))) if cols else [()] * len(man.rows)
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    for i, rel in enumerate(man.column(path_column, "data.path_column")):
+        key = os.path.normpath(os.path.join(os.path.abspath(man.root), rel)) if rel else None
+        j = first.setdefault(key, i) if key else i
+        if j == i:
+            keep.append(i)
+            continue
+        diff = next((k for k, (a, b) in enumerate(zip(values[j], values[i])) if a != b), None)
+        if diff is not None:
+            raise SwagError(f"data.manifest: {man.path}: rows {man.number(j)} and {man.number(i)} (lines "
+                            f"{man.line(j)} and {man.line(i)}) are the same image {rel!r} with different "
+                            f"{cols[diff]} ({values[j][diff]!r} vs {values[i][diff]!r}); keep one")
+    if len(keep) == len(man.rows):
+        return man, 0
+    return (Manifest([man.rows[i] for i in keep], man.columns, man.path, man.root, [man.line(i) for i in keep],
+                     [man.number(i) for i in keep]), len(man.rows) - len(keep))
 
 
 def manifest_split(man: Manifest, path_column: str, labels: list[str] | None = None):
@@ -95,7 +139,7 @@ def manifest_split(man: Manifest, path_column: str, labels: list[str] | None = N
     missing = [(i, q) for i, q in enumerate(paths) if not rel[i] or not Path(q).is_file()]
     if missing:
         i, q = missing[0]
-        raise SwagError(f"data.manifest: {len(missing)} of {len(paths)} images not found (row {i + 1}: "
+        raise SwagError(f"data.manifest: {len(missing)} of {len(paths)} images not found (row {man.number(i)}: "
                         f"{q or 'empty path'}; relative paths start at {man.root}, see data.root)")
     classes = sorted(set(labels)) if labels is not None else ["-"]
     index = {c: i for i, c in enumerate(classes)}
@@ -127,12 +171,17 @@ def read_mapping(path: str, classes: list[str], vocab) -> tuple[list[dict], list
     else:
         lines = [ln for ln in text.splitlines() if ln.strip()]
         zs = bool(lines) and lines[0].split("\t")[:2] == ["class", "synset"]  # zeroshot map's mapping.tsv
-        for ln in lines[1:] if zs else lines:
-            parts = ln.split("\t") if zs else ln.replace("\t", " ").split()
-            if zs:
-                table.setdefault(parts[0], []).extend(parts[3].split() if len(parts) > 3 else [])
-            elif not ln.lstrip().startswith("//"):
-                table.setdefault(parts[0], []).extend(parts[1:])
+        if zs:  # written by swagcli.tables: quoted cells, formula-like names escaped
+            from swagcli.tables import unescape
+
+            rows = [r for r in csv.reader(io.StringIO(text), delimiter="\t") if any(c.strip() for c in r)]
+            for parts in rows[1:]:
+                table.setdefault(unescape(parts[0]), []).extend(unescape(parts[3]).split() if len(parts) > 3 else [])
+        else:
+            for ln in lines:
+                parts = ln.replace("\t", " ").split()
+                if not ln.lstrip().startswith("//"):
+                    table.setdefault(parts[0], []).extend(parts[1:])
     index = {name: i for i, name in enumerate(vocab.names)}
     unknown: list[str] = []
     mapping = []
@@ -171,7 +220,9 @@ def run(recipe, progress=None) -> dict:
         raise SwagError("fairness: no checkpoint (a swag run or checkpoint directory with its hashtag head)")
     t0 = time.time()
     man = read_manifest(recipe.data.manifest, recipe.data.root)
-    # everything about the manifest is checked before the model is loaded
+    # everything about the manifest is checked before the model is loaded; an image listed twice counts once
+    used = [*(A.attributes if A.enabled else []), *([Gs.country_column, Gs.label_column] if Gs.enabled else [])]
+    man, duplicates = drop_duplicate_rows(man, recipe.data.path_column, used)
     attrs = {}
     for col in A.attributes if A.enabled else []:
         attrs[col] = attribute_groups(man.column(col, "associations.attributes"), col, A.buckets.get(col))
@@ -182,7 +233,7 @@ def run(recipe, progress=None) -> dict:
         labels = man.column(Gs.label_column, "geography.label_column" + hint)
         empty = next((i for i, (c, v) in enumerate(zip(countries, labels)) if not c or not v), None)
         if empty is not None:
-            raise SwagError(f"geography: row {empty + 1} of {man.path} has no country or no label")
+            raise SwagError(f"geography: row {man.number(empty)} of {man.path} has no country or no label")
     split = manifest_split(man, recipe.data.path_column, labels)
     source = load_source(recipe.source)
     if source.vocab is None:
@@ -202,10 +253,19 @@ def run(recipe, progress=None) -> dict:
     out = Path(recipe.out)
     resolution = recipe.data.resolution or source.resolution
     stamp(out, "fairness", recipe, {"source": source.fingerprint})
-    topk, logp = zs.head_outputs(source, split, out / "predictions", resolution, recipe, columns,
-                                 A.top_k if A.enabled else 0, progress)
+    topk, logp, ext = zs.head_outputs(source, split, out / "predictions", resolution, recipe, columns,
+                                      A.top_k if A.enabled else 0, progress, what="data.manifest")
+    # the rows of the images predicted: a skipped image (undecodable, over data.max_pixels) leaves its
+    # groups, country and label out with it
+    keep = ext.kept
+    split = split.subset(keep)
+    attrs = {col: (g[keep], names) for col, (g, names) in attrs.items()}
+    if countries is not None:
+        countries = [countries[i] for i in keep.tolist()]
     result = {"source": {"kind": source.kind, "model": source.name, "path": source.path},
-              "manifest": str(man.path), "images": len(split), "resolution": resolution, "out": str(out)}
+              "manifest": str(man.path), "images": len(split), "skipped_images": ext.report(),
+              "duplicate_rows": duplicates,
+              "resolution": resolution, "out": str(out)}
     if A.enabled:
         result["associations"] = {"top_k": A.top_k, "top_n": A.top_n, "min_group": A.min_group,
                                   "bootstrap": A.bootstrap, "confidence": A.confidence, "attributes": {}}
@@ -291,12 +351,6 @@ def _json_default(v):
 
 
 def _write_csv(path: Path, rows: list[list]) -> None:
-    import io
+    from swagcli.tables import write_csv
 
-    from swagcli.runinfo import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    for row in rows:
-        w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in row])
-    atomic_write_text(path, buf.getvalue())
+    write_csv(path, rows)  # group, country and hashtag names can't become spreadsheet formulas

@@ -57,7 +57,8 @@ def _associations(A: dict, figures: dict) -> str:
              f"images with the hashtag among their top {A['top_k']} (<i>rate</i>), the mean rate of the other "
              "groups, their difference in percentage points (absolute) and relative to the others' rate, with a "
              f"{A['confidence']:.0%} bootstrap interval ({A['bootstrap']} resamples of the images within each "
-             f"group). Groups under {A['min_group']} images are listed but not ranked. The {A['top_n']} largest "
+             f"group). Groups under {A['min_group']} images are listed but not ranked (no interval). The "
+             f"{A['top_n']} largest "
              "absolute differences are shown per group (SWAG Fig. 7).</p>"]
     for col, a in A["attributes"].items():
         parts.append(f"<h3>{_e(col)}</h3>")

@@ -62,7 +62,8 @@ def _natural(v: str):
 def associations(topk: np.ndarray, groups: np.ndarray, names: list[str], vocab_size: int, *, top_n: int = 20,
                  min_group: int = 30, bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> list[dict]:
     """Per group: its size, whether it is ranked, and its ``top_n`` hashtags by absolute difference
-    (rate, the other groups' mean rate, absolute and relative difference, bootstrap interval).
+    (rate, the other groups' mean rate, absolute and relative difference, and for a ranked group the
+    bootstrap interval and whether it excludes 0; None for the others).
 
     ``topk`` [N, k] are hashtag ids per image, ``groups`` [N] group indices (-1: left out)."""
     G, V = len(names), vocab_size
@@ -88,18 +89,18 @@ def associations(topk: np.ndarray, groups: np.ndarray, names: list[str], vocab_s
         lo, hi = _bootstrap(tk, g, n, cols, eligible, bootstrap, confidence, seed)
         pos = {int(h): i for i, h in enumerate(cols)}
     for j, name in enumerate(names):
+        ranked = bool(eligible[j]) and int(eligible.sum()) >= 2
         rows = []
         for h in cand[j].tolist():
             o = float(others[j, h])
             row = {"hashtag_id": h, "rate": float(rates[j, h]), "others_rate": o, "abs_diff": float(diff[j, h]),
                    "rel_diff": float(diff[j, h] / o) if o > 0 else None, "ci_low": None, "ci_high": None,
                    "significant": None}
-            if lo is not None:
+            if lo is not None and ranked:  # a group too small to rank gets no interval, no significance
                 row["ci_low"], row["ci_high"] = float(lo[j, pos[h]]), float(hi[j, pos[h]])
                 row["significant"] = bool(row["ci_low"] > 0 or row["ci_high"] < 0)
             rows.append(row)
-        out.append({"group": name, "images": int(n[j]), "ranked": bool(eligible[j]) and int(eligible.sum()) >= 2,
-                    "top": rows})
+        out.append({"group": name, "images": int(n[j]), "ranked": ranked, "top": rows})
     return out
 
 

@@ -16,7 +16,9 @@ hashtags' logits (a linear head cannot hold the mean of probabilities, the no-Pl
 Training samples come from an endless index stream: epoch e is a seeded permutation of the
 training set, and process r takes every world-th index. A step's samples and its augmentation
 and mixup draws depend only on (seed, step), so a resumed run continues the same stream without
-reading anything it skips.
+reading anything it skips. A training image that does not decode or is over ``data.max_pixels`` is
+replaced by the next usable one (:class:`TrainSet`), a validation image is skipped; both are counted
+in ``skipped_images``, and more than ``data.max_bad_fraction`` of a split stops the run.
 """
 
 from __future__ import annotations
@@ -124,15 +126,66 @@ class StepSampler(torch.utils.data.Sampler):
 
 
 class TrainSet(torch.utils.data.Dataset):
+    """Training samples by (index, global position): (image, label, replaced). An image that does not
+    decode or is over the pixel budget is replaced by the next usable one in split order (so the
+    same key always gives the same sample, with that image's own label, and the training stream
+    never stops on one bad file); ``replaced`` lists the ``(index, reason, error)`` passed over."""
+
     def __init__(self, images):
         self.images = images
 
     def __getitem__(self, key):
+        from swagcli.images import BadImage
+
         i, g = key  # the augmentation is keyed by the global position g
-        return self.images.item(i, g)
+        n, replaced = len(self.images), []
+        for k in range(n):
+            j = (i + k) % n
+            try:
+                img = self.images.decode(j, g)
+            except BadImage as e:
+                replaced.append((j, e.reason, str(e)))
+                continue
+            return img, int(self.images.split.labels[j]), replaced
+        raise SwagError(f"data.train: no training image could be used ({n} tried; first: "
+                        f"{self.images.split.name(i)}: {replaced[0][2]})")
 
     def __len__(self):
         return len(self.images)
+
+
+def collate_train(batch):
+    """:class:`TrainSet` samples -> (images, labels, every ``(index, reason, error)`` replaced)."""
+    from swagcli.evaluate.transfer import collate
+
+    x, y = collate([(b[0], b[1]) for b in batch])
+    return x, y, [r for b in batch for r in b[2]]
+
+
+class TrainSkips:
+    """The training images a run passed over (distinct, by index) and how many draws they cost."""
+
+    def __init__(self, split):
+        self.split, self.bad, self.substituted = split, {}, 0
+
+    def add(self, replaced) -> bool:
+        for j, reason, error in replaced:
+            self.substituted += 1
+            self.bad.setdefault(j, {"index": j, "file": self.split.name(j), "reason": reason, "error": error})
+        return bool(replaced)
+
+    def gather(self, env) -> None:
+        """Every process's images (once, at the end of a run)."""
+        if env.distributed:
+            parts = [None] * env.world
+            dist.all_gather_object(parts, (self.bad, self.substituted))
+            self.bad = {k: v for b, _ in parts for k, v in b.items()}
+            self.substituted = sum(n for _, n in parts)
+
+    def report(self) -> dict:
+        from swagcli.images import skip_report
+
+        return skip_report(list(self.bad.values()), len(self.split), substituted=self.substituted)
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, classes: int, alpha: float, gen: torch.Generator):
@@ -146,15 +199,29 @@ def mixup(x: torch.Tensor, y: torch.Tensor, classes: int, alpha: float, gen: tor
 
 
 # -- evaluation ----------------------------------------------------------------------------------------
-def evaluate(model, norm, split, resolution, batch_size, workers, env, device, dtype) -> dict:
+def evaluate(model, norm, split, resolution, batch_size, workers, env, device, dtype, max_pixels: int | None = None,
+             skipped: list | None = None, final: bool = True) -> dict:
+    """Top-1/top-5 over the images of ``split`` that decode within ``max_pixels``; the others are
+    skipped, and (with ``skipped``, a list) appended to it as ``{index, file, reason, error}`` (those
+    of every process). A stop signal ends it: ``Interrupted`` for the ``final`` evaluation, an early
+    end otherwise (the caller drops the numbers)."""
     from swagcli.evaluate.transfer import ImageSet, loader
+    from swagcli.images import MAX_PIXELS
+    from swagcli.train.engine import eval_batches
 
-    part = split.subset(np.arange(env.rank, len(split), env.world))
+    where = np.arange(env.rank, len(split), env.world)
+    part = split.subset(where)
     tot = torch.zeros(3, dtype=torch.float64)
+    bad = []
     was = model.training
     model.eval()
     with torch.no_grad():
-        for x, y in loader(ImageSet(part, resolution, train=False), batch_size, workers):
+        for x, y, _, worse in eval_batches(loader(ImageSet(part, resolution, train=False, skip=True,
+                                                           max_pixels=max_pixels or MAX_PIXELS), batch_size, workers),
+                                           "the final evaluation" if final else None):
+            bad += [{"index": int(where[i]), "file": part.name(i), "reason": r, "error": e} for i, r, e in worse]
+            if x is None:
+                continue
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model(norm(x.to(device))).float()
             top = logits.topk(min(5, logits.shape[1]), 1).indices.cpu()
@@ -163,6 +230,12 @@ def evaluate(model, norm, split, resolution, batch_size, workers, env, device, d
     model.train(was)
     if env.distributed:
         dist.all_reduce(tot)
+        if skipped is not None:
+            parts = [None] * env.world
+            dist.all_gather_object(parts, bad)
+            bad = sorted((b for p in parts for b in p), key=lambda b: b["index"])
+    if skipped is not None:
+        skipped += bad
     n = max(tot[0].item(), 1)
     return {"images": int(tot[0]), "top1": tot[1].item() / n, "top5": tot[2].item() / n}
 
@@ -171,10 +244,13 @@ def evaluate(model, norm, split, resolution, batch_size, workers, env, device, d
 def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Path, resolution: int,
               progress: bool = True, on_step=None, label: str = "finetune") -> dict:
     from swagcli import recipes as R
-    from swagcli.evaluate.transfer import ImageSet, collate
+    from swagcli.evaluate.transfer import ImageSet
+    from swagcli.images import check_skipped, combine_reports, skip_report
     from swagcli.train import checkpoint as ckpt_io
-    from swagcli.train.engine import (Normalizer, RunLog, _all_mean, amp_dtype, end_of_update, pick_device,
-                                      plan_layout, restore_signals, resume, take_signals)
+    from swagcli.signals import STOP, dataloader_worker_init, shutdown_loader, workers_outlast_sigterm
+    from swagcli.signals import name as signal_name
+    from swagcli.train.engine import (Normalizer, RunLog, _all_mean, amp_dtype, end_of_update, next_batch,
+                                      pick_device, plan_layout, restore_signals, resume, take_signals)
     from swagcli.train.optim import lr_factor
 
     device = pick_device(recipe.device, env)
@@ -197,7 +273,10 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
         p.requires_grad_(False)
 
     step = 0
-    resume_from, st = resume(recipe.resume, out, model, opt, sched, scaler)
+    from swagcli import recipes as _R
+
+    resume_from, st, _changes = resume(recipe.resume, out, model, opt, sched, scaler,
+                                       _R.dump(recipe, "finetune"), "finetune")
     if resume_from is not None:
         if ema is not None:
             ema.load_state_dict(st["ema"])
@@ -205,10 +284,15 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
     ddp = torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model
     per_step = layout["micro"] * layout["accum"]
     sampler = StepSampler(len(train), recipe.seed, env.rank, env.world, start=step * per_step)
-    dl = torch.utils.data.DataLoader(TrainSet(ImageSet(train, resolution, train=True, seed=recipe.seed)),
-                                     batch_size=layout["micro"], sampler=sampler, collate_fn=collate,
-                                     num_workers=recipe.data.workers)
-    it = iter(dl)
+    max_pixels, max_bad = recipe.data.max_pixels, recipe.data.max_bad_fraction
+    dl = torch.utils.data.DataLoader(TrainSet(ImageSet(train, resolution, train=True, seed=recipe.seed,
+                                                       max_pixels=max_pixels)),
+                                     batch_size=layout["micro"], sampler=sampler, collate_fn=collate_train,
+                                     num_workers=recipe.data.workers,
+                                     worker_init_fn=dataloader_worker_init if recipe.data.workers else None)
+    train_skips, val_skips = TrainSkips(train), {}
+    with workers_outlast_sigterm():
+        it = iter(dl)
     log = RunLog(out, env, recipe, updates, progress, kind="finetune", label=label) if env.is_main else None
     prev = take_signals()
     recipe_yaml = R.dump(recipe, "finetune")
@@ -228,18 +312,23 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
             dist.barrier()
 
     def run_eval(prefix: str = "") -> dict:
-        kw = (val, resolution, recipe.data.batch_size, recipe.data.workers, env, device, dtype)
-        m = {f"{prefix}{k}": v for k, v in evaluate(model, norm, *kw).items()}
+        kw = (val, resolution, recipe.data.batch_size, recipe.data.workers, env, device, dtype, max_pixels)
+        bad, final = [], not prefix
+        m = {f"{prefix}{k}": v for k, v in evaluate(model, norm, *kw, skipped=bad, final=final).items()}
+        val_skips.update(skip_report(bad, len(val)))
+        check_skipped(val_skips, "data.val", max_bad, max_pixels)
         if ema is not None:
-            m.update({f"{prefix}ema_{k}": v for k, v in evaluate(ema, norm, *kw).items() if k != "images"})
-        return m
+            m.update({f"{prefix}ema_{k}": v for k, v in evaluate(ema, norm, *kw, final=final).items() if k != "images"})
+        return {} if STOP["requested"] and not final else m
 
     try:
         while step < updates:
             opt.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
             for micro in range(layout["accum"]):
-                x, y = next(it)
+                x, y, replaced = next_batch(it, "finetune: training images")
+                if train_skips.add(replaced):  # a bad image was passed over: past the fraction, stop
+                    check_skipped(train_skips.report(), "data.train", max_bad, max_pixels)
                 gen = torch.Generator().manual_seed(hash((recipe.seed, 29, step, env.rank, micro)) & (2**62 - 1))
                 x = norm(x.to(device, non_blocking=True))
                 x, target = mixup(x, y.to(device), len(train.classes), recipe.mixup, gen)
@@ -275,8 +364,11 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
                 status = "preempted"
                 break
         final = run_eval() if status == "finished" else {}
+        train_skips.gather(env)
+        skipped = combine_reports({"train": train_skips.report(), **({"val": val_skips} if val_skips else {})})
         result = {"status": status, "step": step, "updates": updates, "lr": lr, "resolution": resolution,
-                  "classes": len(train.classes), "train_images": len(train), "last_loss": loss_val,
+                  "classes": len(train.classes), "train_images": len(train), "skipped_images": skipped,
+                  "last_loss": loss_val, **({"signal": signal_name(STOP["signum"])} if status == "preempted" else {}),
                   "checkpoint": str(last_ckpt) if last_ckpt else None, "run_dir": str(out),
                   "resumed_from": str(resume_from) if resume_from else None, **final}
         if log:
@@ -284,6 +376,7 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
             log.close(result)
         return result
     finally:
+        shutdown_loader(it)
         restore_signals(prev)
         if log:
             log.stop()
@@ -294,7 +387,7 @@ def run(recipe, env, progress: bool = True, on_step=None) -> dict:
     """`swag finetune` for a validated :class:`~swagcli.recipes.FinetuneRecipe` in one process of
     ``env`` (launch.run_local / submit_slurm start the processes)."""
     from swagcli.evaluate.logreg import stratified_split, stratified_subset
-    from swagcli.evaluate.transfer import load_source, load_split
+    from swagcli.evaluate.transfer import load_source, load_split, require_classes, require_trained_classes
     from swagcli.runinfo import atomic_write_text
     from swagcli.train.engine import init_distributed, pick_device
 
@@ -302,7 +395,9 @@ def run(recipe, env, progress: bool = True, on_step=None) -> dict:
         raise SwagError("finetune: no run directory (--out DIR or 'out:' in the recipe)")
     out = Path(recipe.out)
     train = load_split(recipe.data.train, "train")
+    require_classes(train)
     val = load_split(recipe.data.val, "val", train.classes)
+    require_trained_classes(train, val)
     if recipe.fraction < 1:
         train = train.subset(stratified_subset(train.labels, recipe.fraction, recipe.seed))
     source = load_source(recipe.source, recipe.seed)
@@ -327,6 +422,7 @@ def run(recipe, env, progress: bool = True, on_step=None) -> dict:
         lr = default_lr(source.name, recipe.optim.table8_dataset)
     result = train_run(recipe, env, source, train, val, lr, updates, out, resolution, progress, on_step)
     result.update(lr_grid=grid, head_init=recipe.head_init, fraction=recipe.fraction,
+                  empty_class_folders={"train": train.empty_classes, "val": val.empty_classes},
                   source={"kind": source.kind, "model": source.name, "path": source.path})
     if env.is_main:
         atomic_write_text(out / "finetune.json", json.dumps(result, indent=1) + "\n")

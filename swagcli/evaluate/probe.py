@@ -1,7 +1,9 @@
 """`swag probe`: a linear classifier on frozen features (WSL §3, SWAG Fig. 3, SPEC.md §5).
 
 Features of the train and validation splits are extracted once (cached, resumable; see
-:func:`~swagcli.evaluate.transfer.extract`). For every low-shot fraction (and, below 1, every
+:func:`~swagcli.evaluate.transfer.extract_kept`; images that do not decode or are over
+``data.max_pixels`` are skipped, counted under ``skipped_images`` and left out of both splits' rows,
+up to ``data.max_bad_fraction``). For every low-shot fraction (and, below 1, every
 seed) a class-stratified subset of train is drawn; a held-out part of it chooses the L2 strength
 along a warm-started path; the classifier is then refit on the whole subset at that strength
 and scored on the validation split (top-1/top-5). Results: ``probe.json`` (every fit and the
@@ -23,7 +25,9 @@ from swagcli.errors import SwagError
 
 def run(recipe, progress=None) -> dict:
     from swagcli.evaluate import logreg
-    from swagcli.evaluate.transfer import extract, load_source, load_split
+    from swagcli.evaluate.transfer import (extract_kept, load_source, load_split, require_classes,
+                                           require_trained_classes)
+    from swagcli.images import combine_reports
     from swagcli.runinfo import atomic_write_text, stamp
     from swagcli.train.dist import DistEnv
     from swagcli.train.engine import amp_dtype, pick_device
@@ -33,16 +37,22 @@ def run(recipe, progress=None) -> dict:
     out = Path(recipe.out)
     t0 = time.time()
     train = load_split(recipe.data.train, "train")
+    require_classes(train)
     val = load_split(recipe.data.val, "val", train.classes)
+    require_trained_classes(train, val)
     source = load_source(recipe.source, recipe.seed)
     resolution = recipe.data.resolution or source.resolution
     device = pick_device(recipe.device, DistEnv())
     dtype = amp_dtype(recipe.precision, device)
     stamp(out, "probe", recipe, {"source": source.fingerprint})
     kw = dict(resolution=resolution, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
-              device=device, dtype=dtype, progress=progress)
-    xtr = torch.from_numpy(extract(source, train, out / "features" / "train", stage="features train", **kw))
-    xva = torch.from_numpy(extract(source, val, out / "features" / "val", stage="features val", **kw))
+              device=device, dtype=dtype, progress=progress, max_pixels=recipe.data.max_pixels,
+              max_bad_fraction=recipe.data.max_bad_fraction)
+    ext_tr = extract_kept(source, train, out / "features" / "train", stage="features train", what="data.train", **kw)
+    ext_va = extract_kept(source, val, out / "features" / "val", stage="features val", what="data.val", **kw)
+    skipped = combine_reports({"train": ext_tr.report(), "val": ext_va.report()})
+    train, val = train.subset(ext_tr.kept), val.subset(ext_va.kept)  # the images the features are of
+    xtr, xva = torch.from_numpy(ext_tr.features), torch.from_numpy(ext_va.features)
     ytr, yva = torch.from_numpy(train.labels), torch.from_numpy(val.labels)
     classes = len(train.classes)
 
@@ -79,7 +89,9 @@ def run(recipe, progress=None) -> dict:
                         "top5": float(t5.mean()), "top5_std": float(t5.std(ddof=1)) if len(rs) > 1 else 0.0})
     result = {"source": {"kind": source.kind, "model": source.name, "path": source.path},
               "resolution": resolution, "feature_dim": int(xtr.shape[1]), "classes": classes,
-              "train_images": len(train), "val_images": len(val), "summary": summary, "fits": rows,
+              "train_images": len(train), "val_images": len(val), "skipped_images": skipped,
+              "empty_class_folders": {"train": train.empty_classes, "val": val.empty_classes},
+              "summary": summary, "fits": rows,
               "seconds": round(time.time() - t0, 2), "out": str(out)}
     atomic_write_text(out / "probe.json", json.dumps(result, indent=1) + "\n")
     from swagcli.plots import lowshot_plot

@@ -6,14 +6,17 @@
 * :func:`load_split`: a labelled split, from ImageNet-layout class folders (``train/n01440764/
   x.jpg``) or from webdataset shards (``KEY.jpg`` + ``KEY.cls``: a class index or name), indexed
   once so both give random access.
-* :func:`extract`: frozen features of a split, cached on disk in chunks: an interrupted
-  extraction resumes at the first missing chunk, and a cache made by another model, resolution or
-  image list is never reused.
+* :func:`extract_kept` (:func:`extract`: its features alone): frozen features of a split, cached
+  on disk in chunks: an interrupted extraction resumes at the first missing chunk, and a cache made
+  by another model, resolution, pixel budget or image list is never reused. Images that do not
+  decode or are over the pixel budget (:mod:`swagcli.images`) are skipped and counted, and the
+  indices of the images kept are cached with the features, so every caller drops the same rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from swagcli.errors import SwagError
+from swagcli.images import MAX_PIXELS, BadImage, check_skipped, skip_report
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CHUNK = 2048  # images per cached feature chunk
@@ -95,6 +99,27 @@ def _load_swag(path: Path) -> Source:
                   f"swag:{ckpt.resolve()}:{meta.get('step')}", meta)
 
 
+def _weight_file_error(path: Path, e: Exception) -> SwagError:
+    """One line for a weight file ``torch.load(weights_only=True)`` refused. torch's own message
+    for a pickle that needs other objects advises loading it with the check off: a pickle that
+    imports a function can run any code, so the advice here is to convert the file instead."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    detail = detail.group(1).strip() if detail else ""
+    names = re.findall(r"GLOBAL (\S+) was not an allowed global", detail)
+    if names or "Unsupported global" in detail:
+        what = f" ({', '.join(names[:3])})" if names else ""
+        return SwagError(f"{path}: holds Python objects other than tensors{what}: a pickle that could run code "
+                         "when loaded, so swag does not load it; if you trust it, convert it to .safetensors "
+                         "or re-save a plain state dict of tensors (torch.save(model.state_dict(), ...))")
+    if "weights_only" in text or "Weights only" in text:  # another refusal: never repeat its advice
+        why = f": {detail[:160]}" if detail else ""
+        return SwagError(f"{path}: not a readable weight file (not a torch zip archive or pickle of tensors "
+                         f"only{why}); swag reads .safetensors or a plain state dict of tensors")
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    return SwagError(f"{path}: not a readable weight file ({first[:200]})")
+
+
 def _load_backbone(backbone: torch.nn.Module, path: Path) -> None:
     """A timm state dict from a local file into a headless backbone: wrappers (``state_dict``,
     ``model``, ``module.`` prefixes) are unwrapped and classifier weights dropped; every backbone
@@ -105,9 +130,9 @@ def _load_backbone(backbone: torch.nn.Module, path: Path) -> None:
 
             sd = load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles objects
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
-        raise SwagError(f"{path}: not a readable weight file ({str(e).splitlines()[0][:200]})") from None
+        raise _weight_file_error(path, e) from None
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -139,6 +164,7 @@ class Split:
     labels: np.ndarray
     classes: list[str]
     source: str
+    empty_classes: list[str] = field(default_factory=list)  # class folders without images: left out
 
     def __len__(self) -> int:
         return len(self.items)
@@ -152,9 +178,14 @@ class Split:
             f.seek(offset)
             return f.read(size)
 
+    def name(self, i: int) -> str:
+        """Image ``i`` as a user finds it: its path, or its shard and the member's byte offset."""
+        item = self.items[i]
+        return item if isinstance(item, str) else f"{item[0]} (member at byte {item[1]})"
+
     def subset(self, idx) -> "Split":
         idx = np.asarray(idx, dtype=np.int64)
-        return Split([self.items[i] for i in idx], self.labels[idx], self.classes, self.source)
+        return Split([self.items[i] for i in idx], self.labels[idx], self.classes, self.source, self.empty_classes)
 
     def fingerprint(self) -> str:
         h = hashlib.sha1()
@@ -184,25 +215,26 @@ def _label_order(found: list[str], classes: list[str] | None, what: str, where: 
         return sorted(found)
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise SwagError(f"data.{what}: {where}: classes not in the training split: {', '.join(unknown[:5])}")
+        raise SwagError(f"data.{what}: {where}: classes not in the training split (no training images): "
+                        f"{', '.join(unknown[:5])}")
     return classes
 
 
 def _folder_split(root: Path, what: str, classes: list[str] | None) -> Split:
+    """A folder without images is no class: left out of the label order (named in ``empty_classes``)."""
     dirs = sorted(d for d in root.iterdir() if d.is_dir())
     if not dirs:
         raise SwagError(f"data.{what}: {root}: no class folders (expected ROOT/CLASS/IMAGE.jpg)")
-    order = _label_order([d.name for d in dirs], classes, what, str(root))
-    index = {c: i for i, c in enumerate(order)}
-    items, labels = [], []
-    for d in dirs:
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                items.append(str(f))
-                labels.append(index[d.name])
-    if not items:
+    files = {d.name: [str(f) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+             for d in dirs}
+    empty = [c for c, fs in files.items() if not fs]
+    if len(empty) == len(files):
         raise SwagError(f"data.{what}: {root}: no images in its class folders")
-    return Split(items, np.asarray(labels, dtype=np.int64), order, str(root))
+    order = _label_order([c for c, fs in files.items() if fs], classes, what, str(root))
+    index = {c: i for i, c in enumerate(order)}
+    items = [f for fs in files.values() for f in fs]
+    labels = [index[c] for c, fs in files.items() for _ in fs]
+    return Split(items, np.asarray(labels, dtype=np.int64), order, str(root), empty)
 
 
 def _shard_split(shards: list[str], what: str, classes: list[str] | None) -> Split:
@@ -250,6 +282,26 @@ def _shard_split(shards: list[str], what: str, classes: list[str] | None) -> Spl
     return Split(items, np.asarray(labels, dtype=np.int64), order, shards[0])
 
 
+def require_classes(train: Split, what: str = "train") -> None:
+    """A training split for a classifier has images of two classes at least: with one, every
+    prediction is right (100% top-1) whatever the model."""
+    present = [train.classes[i] for i in np.unique(train.labels).tolist()]
+    if len(present) < 2:
+        left = (f" (empty class folders left out: {', '.join(train.empty_classes[:5])})"
+                if train.empty_classes else "")
+        raise SwagError(f"data.{what}: {train.source}: only one class ({present[0]}) has images{left}; "
+                        "a classifier needs at least 2")
+
+
+def require_trained_classes(train: Split, val: Split, what: str = "val") -> None:
+    """Every class with validation images has training images (shards with class indices can
+    name a class the training shards never show)."""
+    unseen = sorted(set(np.unique(val.labels).tolist()) - set(np.unique(train.labels).tolist()))
+    if unseen:
+        raise SwagError(f"data.{what}: {val.source}: classes not in the training split (no training images): "
+                        f"{', '.join(val.classes[i] for i in unseen[:5])}")
+
+
 def class_synsets(classes: list[str]) -> list:
     """The WordNet synset of each class name (an ImageNet wnid or a synset name such as
     ``dog.n.01``), or None where it is neither."""
@@ -273,27 +325,49 @@ def class_synsets(classes: list[str]) -> list:
 # -- images ---------------------------------------------------------------------------------------------
 class ImageSet(torch.utils.data.Dataset):
     """A split as (uint8 HWC image, label) pairs; ``train`` draws RandomResizedCrop + flip from a
-    generator keyed by (seed, key, index), so a resumed run redraws the same augmentations."""
+    generator keyed by (seed, key, index), so a resumed run redraws the same augmentations.
 
-    def __init__(self, split: Split, resolution: int, train: bool, seed: int = 0):
+    With ``skip``, an image that does not decode or is over ``max_pixels`` comes as
+    ``(None, label, i, (reason, error))`` (usable ones as ``(image, label, i, None)``), and
+    :func:`loader` batches with :func:`collate_kept`, which leaves it out; without, it is a
+    :class:`SwagError`."""
+
+    def __init__(self, split: Split, resolution: int, train: bool, seed: int = 0, max_pixels: int = MAX_PIXELS,
+                 skip: bool = False):
         self.split, self.resolution, self.train, self.seed = split, resolution, train, seed
+        self.max_pixels, self.skip = max_pixels, skip
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int):
-        return self.item(i, 0)
+        if not self.skip:
+            return self.item(i, 0)
+        try:
+            return self.decode(i), int(self.split.labels[i]), i, None
+        except BadImage as e:
+            return None, int(self.split.labels[i]), i, (e.reason, str(e))
 
-    def item(self, i: int, key: int):
-        """Image ``i`` with the augmentation drawn for ``key`` (e.g. its place in the stream)."""
-        from swagcli.train.data import SampleRNG, load_image
+    def decode(self, i: int, key: int = 0):
+        """Image ``i`` with the augmentation drawn for ``key`` (e.g. its place in the stream); raises
+        :class:`~swagcli.images.BadImage`."""
+        from swagcli.images import Undecodable, decode
+        from swagcli.train.data import SampleRNG
 
         rng = SampleRNG(self.seed, 17, key, i) if self.train else None
         try:
-            img = load_image(self.split.read(i), self.resolution, self.train, rng)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types
-            item = self.split.items[i]
-            raise SwagError(f"{item if isinstance(item, str) else item[0]}: undecodable image ({e})") from None
+            data = self.split.read(i)
+        except OSError as e:
+            raise Undecodable(f"unreadable ({e.strerror or e})") from None
+        return decode(data, self.resolution, self.train, rng, self.max_pixels)
+
+    def item(self, i: int, key: int):
+        """(image ``i``, its label) with the augmentation drawn for ``key``; a bad image is a SwagError."""
+        try:
+            img = self.decode(i, key)
+        except BadImage as e:
+            what = "image over data.max_pixels" if e.reason == "too_large" else "undecodable image"
+            raise SwagError(f"{self.split.name(i)}: {what} ({e})") from None
         return img, int(self.split.labels[i])
 
 
@@ -302,54 +376,131 @@ def collate(batch):
     return imgs, torch.tensor([b[1] for b in batch], dtype=torch.int64)
 
 
+def collate_kept(batch):
+    """A batch of :class:`ImageSet` ``skip`` items: (images of the usable ones, or None when there
+    are none; their labels; their indices; ``(index, reason, error)`` of the others)."""
+    good = [b for b in batch if b[0] is not None]
+    imgs = torch.from_numpy(np.stack([b[0] for b in good])).permute(0, 3, 1, 2) if good else None
+    return (imgs, torch.tensor([b[1] for b in good], dtype=torch.int64), [b[2] for b in good],
+            [(b[2], *b[3]) for b in batch if b[0] is None])
+
+
 def loader(ds: ImageSet, batch_size: int, workers: int, sampler=None, shuffle=False, drop_last=False):
+    from swagcli.signals import dataloader_worker_init
+
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, sampler=sampler,
                                        shuffle=shuffle and sampler is None, drop_last=drop_last,
-                                       collate_fn=collate, persistent_workers=False)
+                                       collate_fn=collate_kept if getattr(ds, "skip", False) else collate,
+                                       persistent_workers=False,
+                                       worker_init_fn=dataloader_worker_init if workers else None)
 
 
 # -- features ----------------------------------------------------------------------------------------
-def extract(source: Source, split: Split, cache: Path, resolution: int, batch_size: int = 64,
-            workers: int = 2, device: torch.device | None = None, dtype=None, progress=None,
-            stage: str = "features", fn=None, key_extra: dict | None = None) -> np.ndarray:
-    """Features (float32, [N, D]) of every image of ``split`` (eval transform), cached in
-    ``cache/chunk-NNNNN.npy``; ``progress(stage, done, total)`` is told as chunks complete.
-    ``fn(model, x)`` computes something else per batch (e.g. hashtag log-probabilities); what
-    makes it differ belongs in ``key_extra`` (the cache's identity)."""
-    from swagcli.runinfo import atomic_write_text
+@dataclass
+class Extracted:
+    """What :func:`extract_kept` computed for a split: one row per usable image."""
+
+    features: np.ndarray  # [K, D] float32
+    kept: np.ndarray  # [K] int64: the rows' indices in the split
+    skipped: list[dict]  # per skipped image: index, file, reason (undecodable | too_large), error
+    images: int  # the split's size
+
+    def report(self) -> dict:
+        """The JSON a command's result holds under ``skipped_images``."""
+        return skip_report(self.skipped, self.images)
+
+
+def extract(source: Source, split: Split, cache: Path, resolution: int, **kw) -> np.ndarray:
+    """The features of :func:`extract_kept` alone (rows: the images that decoded, in split order)."""
+    return extract_kept(source, split, cache, resolution, **kw).features
+
+
+def extract_kept(source: Source, split: Split, cache: Path, resolution: int, batch_size: int = 64,
+                 workers: int = 2, device: torch.device | None = None, dtype=None, progress=None,
+                 stage: str = "features", fn=None, key_extra: dict | None = None, max_pixels: int = MAX_PIXELS,
+                 max_bad_fraction: float | None = None, what: str = "data") -> Extracted:
+    """Features (float32, [K, D]) of every usable image of ``split`` (eval transform), cached in
+    ``cache/chunk-NNNNN.npy`` with the images it skipped in ``chunk-NNNNN.skipped.json`` (a chunk
+    lacking either, or inconsistent, is recomputed); ``progress(stage, done, total)`` is told as
+    batches complete. ``fn(model, x)`` computes something else per batch (e.g. hashtag
+    log-probabilities); what makes it differ belongs in ``key_extra`` (the cache's identity).
+    With ``max_bad_fraction``, more skipped images than that (or all) is a one-line
+    :class:`SwagError` naming ``what`` (``data.train``), the count and the first bad file."""
+    from swagcli.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
     from swagcli.train.engine import Normalizer
 
     device = device or torch.device("cpu")
     cache.mkdir(parents=True, exist_ok=True)
-    key = {"format": "swag-features/1", "source": source.fingerprint, "split": split.fingerprint(),
-           "images": len(split), "resolution": resolution, "chunk": CHUNK, **(key_extra or {})}
+    key = {"format": "swag-features/2", "source": source.fingerprint, "split": split.fingerprint(),
+           "images": len(split), "resolution": resolution, "chunk": CHUNK, "max_pixels": max_pixels,
+           **(key_extra or {})}
     meta = cache / "meta.json"
-    if not meta.is_file() or json.loads(meta.read_text()) != key:
-        for old in cache.glob("chunk-*.npy"):
+    if _read_json(meta) != key:
+        for old in [*cache.glob("chunk-*.npy"), *cache.glob("chunk-*.json")]:
             old.unlink()
         atomic_write_text(meta, json.dumps(key, indent=1) + "\n")
-    chunks = range(0, len(split), CHUNK)
     model = source.model.to(device).eval()
     norm = Normalizer(model.backbone).to(device)
     done = 0
-    for c, lo in enumerate(chunks):
-        f = cache / f"chunk-{c:05d}.npy"
-        if f.is_file():
-            done += min(CHUNK, len(split) - lo)
-            continue
-        part = split.subset(np.arange(lo, min(lo + CHUNK, len(split))))
-        feats = []
-        with torch.no_grad():
-            for x, _ in loader(ImageSet(part, resolution, train=False), batch_size, workers):
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    xb = norm(x.to(device))
-                    feats.append((fn(model, xb) if fn else model.features(xb)).float().cpu().numpy())
-                done += len(x)
-                if progress:
-                    progress(stage, done, len(split))
-        tmp = f.with_name(f.name + ".partial.npy")
-        np.save(tmp, np.concatenate(feats).astype(np.float32))
-        tmp.replace(f)
+    feats, kept, skipped = [], [], []
+    for c, lo in enumerate(range(0, len(split), CHUNK)):
+        n = min(CHUNK, len(split) - lo)
+        f, s = cache / f"chunk-{c:05d}.npy", cache / f"chunk-{c:05d}.skipped.json"
+        got = _read_chunk(f, s, lo, n)
+        if got is None:
+            rows, bad = [], []
+            ds = ImageSet(split.subset(np.arange(lo, lo + n)), resolution, train=False, max_pixels=max_pixels,
+                          skip=True)
+            with torch.no_grad():
+                for x, _, _, worse in loader(ds, batch_size, workers):
+                    bad += [{"index": lo + i, "file": split.name(lo + i), "reason": r, "error": e} for i, r, e in worse]
+                    if x is not None:
+                        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                            xb = norm(x.to(device))
+                            rows.append((fn(model, xb) if fn else model.features(xb)).float().cpu().numpy())
+                    done += (0 if x is None else len(x)) + len(worse)
+                    if progress:
+                        progress(stage, done, len(split))
+            arr = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            atomic_write_json(s, {"format": "swag-skipped/1", "skipped": bad})
+            atomic_write_bytes(f, buf.getvalue())
+            got = arr, bad
+        else:
+            done += n
+        arr, bad = got
+        gone = {b["index"] for b in bad}
+        feats.append(arr)
+        kept += [i for i in range(lo, lo + n) if i not in gone]
+        skipped += bad
     if progress:
         progress(stage, len(split), len(split))
-    return np.concatenate([np.load(cache / f"chunk-{c:05d}.npy") for c in range(len(chunks))])
+    rows = [a for a in feats if len(a)]
+    out = Extracted(np.concatenate(rows) if rows else np.zeros((0, 0), np.float32),
+                    np.asarray(kept, dtype=np.int64), skipped, len(split))
+    if max_bad_fraction is not None:
+        check_skipped(out.report(), what, max_bad_fraction, max_pixels)
+    return out
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_chunk(f: Path, s: Path, lo: int, n: int):
+    """(features, skipped) of a cached chunk, or None when it is missing, damaged or inconsistent."""
+    doc = _read_json(s)
+    if not isinstance(doc, dict) or not isinstance(doc.get("skipped"), list) or not f.is_file():
+        return None
+    try:
+        arr = np.load(f)
+        gone = {int(b["index"]) for b in doc["skipped"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if arr.ndim != 2 or len(arr) != n - len(gone) or not all(lo <= i < lo + n for i in gone):
+        return None
+    return arr, doc["skipped"]

@@ -4,7 +4,9 @@ SPEC.md §6).
 1. Each class is mapped to the hashtag(s) of highest WordNet path similarity (:mod:`zeromap`).
 2. The hashtag log-probabilities ``log p_h`` (softmax over the whole vocabulary, as pretrained) of
    the mapped hashtags are computed once per image and cached (``predictions/``): every later
-   aggregation or Platt variant on the same model, data and classes is instant.
+   aggregation or Platt variant on the same model, data and classes is instant. Images that do
+   not decode or are over ``data.max_pixels`` are skipped (with their labels) and counted under
+   ``skipped_images``, up to ``data.max_bad_fraction``.
 3. A class scores ``sum`` or ``mean`` of its hashtags' ``p_h``, or ``max`` of ``p_h / N_h`` (``N_h``:
    the classes hashtag h serves). The paper's best: RegNetY ``mean`` (``sum`` with Platt), ViT ``max``.
 4. Platt scaling (transductive): ``p' = softmax(w * x + b)`` with per-class ``w``, ``b`` fitted on the
@@ -231,11 +233,14 @@ def report(logq: torch.Tensor, y: np.ndarray, bins: int) -> dict:
 
 # -- the command -------------------------------------------------------------------------------------------
 def head_outputs(source, split, cache: Path, resolution: int, recipe, columns: list[int], top_k: int = 0,
-                 progress=None):
+                 progress=None, what: str = "data.val"):
     """One cached pass of the hashtag head over ``split`` (softmax over the whole vocabulary):
-    ([N, top_k] ids of each image's top_k hashtags, or None; [N, len(columns)] float32 log p of the
-    hashtags ``columns``). ``recipe`` gives device, precision and data.batch_size / workers."""
-    from swagcli.evaluate.transfer import extract
+    ([K, top_k] ids of each usable image's top_k hashtags, or None; [K, len(columns)] float32 log p
+    of the hashtags ``columns``; the :class:`~swagcli.evaluate.transfer.Extracted` pass, whose
+    ``kept`` are the K images' indices in ``split`` and whose ``report()`` counts the images
+    skipped). ``recipe`` gives device, precision and data.batch_size / workers / max_pixels /
+    max_bad_fraction (past it: a one-line error naming ``what``)."""
+    from swagcli.evaluate.transfer import extract_kept
     from swagcli.train.dist import DistEnv
     from swagcli.train.engine import amp_dtype, pick_device
 
@@ -249,20 +254,23 @@ def head_outputs(source, split, cache: Path, resolution: int, recipe, columns: l
 
     key = {"what": "hashtag log-probabilities", "hashtags": hashlib.sha1(json.dumps(columns).encode()).hexdigest(),
            **({"top_k": top_k} if top_k else {})}
-    out = extract(source, split, cache, resolution, batch_size=recipe.data.batch_size,
-                  workers=recipe.data.workers, device=device, dtype=amp_dtype(recipe.precision, device),
-                  progress=progress, stage="predictions", fn=fn, key_extra=key)
-    return (out[:, :top_k].round().astype(np.int64) if top_k else None), out[:, top_k:]
+    ext = extract_kept(source, split, cache, resolution, batch_size=recipe.data.batch_size,
+                       workers=recipe.data.workers, device=device, dtype=amp_dtype(recipe.precision, device),
+                       progress=progress, stage="predictions", fn=fn, key_extra=key,
+                       max_pixels=recipe.data.max_pixels, max_bad_fraction=recipe.data.max_bad_fraction, what=what)
+    out = ext.features
+    return (out[:, :top_k].round().astype(np.int64) if top_k else None), out[:, top_k:], ext
 
 
 def predictions(source, split, mapping: list[dict], cache: Path, resolution: int, recipe, progress=None):
-    """([N, U] float32 log p_h of the mapped hashtags, their ids): computed once, cached in ``cache``."""
+    """([K, U] float32 log p_h of the mapped hashtags for the K usable images, their ids, the
+    :class:`~swagcli.evaluate.transfer.Extracted` pass): computed once, cached in ``cache``."""
     columns = sorted({h for m in mapping for h in m["hashtag_ids"]})
     if not columns:
         raise SwagError("zeroshot: no class maps to any hashtag of the vocabulary (are the classes WordNet "
                         "wnids or synset names? see `swag zeroshot map`)")
-    _, logp = head_outputs(source, split, cache, resolution, recipe, columns, progress=progress)
-    return logp, columns
+    _, logp, ext = head_outputs(source, split, cache, resolution, recipe, columns, progress=progress)
+    return logp, columns, ext
 
 
 def load(recipe):
@@ -291,7 +299,8 @@ def run(recipe, progress=None) -> dict:
     resolution = recipe.data.resolution or source.resolution
     stamp(out, "zeroshot", recipe, {"source": source.fingerprint})
     write_mapping(mapping, out)
-    logp, columns = predictions(source, split, mapping, out / "predictions", resolution, recipe, progress)
+    logp, columns, ext = predictions(source, split, mapping, out / "predictions", resolution, recipe, progress)
+    split = split.subset(ext.kept)  # the labels of the images predicted (bad ones skipped and counted)
     t1 = time.time()
     results = {}
     variants = [("no_platt", False)] + ([("platt", True)] if recipe.platt.enabled else [])
@@ -321,7 +330,8 @@ def run(recipe, progress=None) -> dict:
             "w": f["w"].tolist(), "b": [v if np.isfinite(v) else None for v in f["b"].tolist()]}, indent=1) + "\n")
     unreached = [m["class"] for m in mapping if not m["hashtag_ids"]]
     result = {"source": {"kind": source.kind, "model": source.name, "path": source.path},
-              "data": split.source, "resolution": resolution, "images": len(split), "classes": len(names),
+              "data": split.source, "resolution": resolution, "images": len(split),
+              "skipped_images": ext.report(), "classes": len(names),
               "chance_top1": 1.0 / len(names), "unreached_classes": unreached,
               "mapped_hashtags": len(columns), "results": results,
               "seconds": round(time.time() - t0, 2), "seconds_scoring": round(seconds_scoring, 3), "out": str(out)}
@@ -339,11 +349,11 @@ def run(recipe, progress=None) -> dict:
 def write_mapping(mapping: list[dict], out: Path) -> None:
     """``mapping.json`` (everything) and ``mapping.tsv`` (class, synset, similarity, hashtags)."""
     from swagcli.runinfo import atomic_write_text
+    from swagcli.tables import write_csv
 
     out.mkdir(parents=True, exist_ok=True)
     unreached = [m["class"] for m in mapping if not m["hashtag_ids"]]
     atomic_write_text(out / "mapping.json", json.dumps({"classes": mapping, "unreached": unreached}, indent=1) + "\n")
-    rows = ["class\tsynset\tsimilarity\thashtags"] + [
-        f"{m['class']}\t{m['synset'] or '-'}\t{m['similarity']:.4f}\t{' '.join('#' + h for h in m['hashtags'])}"
-        for m in mapping]
-    atomic_write_text(out / "mapping.tsv", "\n".join(rows) + "\n")
+    write_csv(out / "mapping.tsv", [["class", "synset", "similarity", "hashtags"]] + [
+        [m["class"], m["synset"] or "-", m["similarity"], " ".join("#" + h for h in m["hashtags"])]
+        for m in mapping], delimiter="\t", float_format=".4f")  # fairness.read_mapping reads it back

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from swagcli import __version__
+from swagcli.fileio import savefig
 from swagcli.plots import _plt
 from swagcli.runinfo import atomic_write_text
 
@@ -75,7 +76,7 @@ def study_plot(study: dict, path: Path) -> Path:
         ax.set_ylabel("top-1 (%)")
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(study["title"], fontsize=10)
-    fig.savefig(path, dpi=110)
+    savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -99,7 +100,7 @@ def directions_plot(doc: dict, path: Path) -> Path:
     ax.set_yticklabels([f"{n}: {direction_label(e)}" for n, e in reversed(rows)], fontsize=8)
     ax.set_xlabel("A - B (points of top-1), paired by seed; bars: +-2 standard errors")
     ax.grid(True, axis="x", alpha=0.3)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    savefig(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

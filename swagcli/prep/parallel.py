@@ -27,8 +27,10 @@ def map_shards(fn: Callable, jobs: Sequence[tuple], workers: int = 1,
             if progress:
                 progress(stage, i + 1, total)
         return
+    from swagcli.signals import pool_worker_init
+
     ctx = mp.get_context("fork")
-    with ctx.Pool(min(workers, total)) as pool:
+    with ctx.Pool(min(workers, total), initializer=pool_worker_init) as pool:
         for i, res in enumerate(pool.imap(_call, [(fn, job) for job in jobs])):
             yield res
             if progress:

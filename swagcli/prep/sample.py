@@ -278,9 +278,10 @@ def write_part_arrays(path: str, ids: np.ndarray, mult: np.ndarray, tails: np.nd
         "label_ptr": ptr,
         "labels": labels[np.repeat(src[:-1][order], cnt) + _ranges(cnt)].astype(np.int32),
     }
-    tmp = path + ".partial.npz"
-    np.savez(tmp, **arrays)
-    Path(tmp).replace(path)
+    from swagcli.fileio import atomic_file
+
+    with atomic_file(path, "wb") as f:
+        np.savez(f, **arrays)
     ids_sorted = arrays["ids"]
     return {
         "path": Path(path).name,
@@ -423,7 +424,10 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         "summary": summary,
     }
     stamp(out, "sample", recipe)
-    np.savez(out / "histogram.npz", images=hist_images, samples=hist_samples)
+    from swagcli.fileio import atomic_file
+
+    with atomic_file(out / "histogram.npz", "wb") as f:
+        np.savez(f, images=hist_images, samples=hist_samples)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     atomic_write_text(out / "plan.json", json.dumps(plan, indent=1) + "\n")
     if recipe.holdout:

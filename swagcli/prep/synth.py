@@ -329,25 +329,70 @@ def build_world(recipe) -> dict:
 
 
 _OUTPUTS = ("dumps", "images", "downstream", "groups", "yfcc", "img2dataset", "world.json", "recipe.yaml",
-            "swag.json")
+            "swag.json", "synth-files.txt")
+MANIFEST = "synth-files.txt"  # every file synth wrote; "incomplete" while it is writing
+_INCOMPLETE = "# incomplete: swag synth is writing (or was interrupted)\n"
+
+
+def _files_under(path: Path) -> list[str]:
+    """The files of synth's output folders, relative to ``path`` (swag's own temporary files and the
+    directory lock left out)."""
+    from swagcli.runlock import LOCK_NAME
+
+    found = []
+    for name in _OUTPUTS:
+        target = path / name
+        if target.is_dir():
+            found += [str(p.relative_to(path)) for p in sorted(target.rglob("*"))
+                      if not p.is_dir() and not _is_temp(p.name)]
+        elif target.exists() and name != LOCK_NAME:
+            found.append(name)
+    return found
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and (name.endswith((".tmp", ".old")) or ".partial-" in name)
+
+
+def _owned(path: Path) -> set[str] | None:
+    """What an earlier synth run wrote here: the files its manifest lists, everything (an
+    interrupted run: ``None`` set as the marker), or nothing known (no manifest: ``set()``)."""
+    m = path / MANIFEST
+    if not m.is_file():
+        return set()
+    text = m.read_text(errors="replace")
+    if text.startswith(_INCOMPLETE):
+        return None
+    return set(text.splitlines()) | {MANIFEST}
 
 
 def _prepare_out(out) -> Path:
-    """The output folder: new, empty, or holding only an earlier synth run's files (replaced)."""
+    """The output folder: new, empty, or holding only what an earlier synth run wrote (replaced).
+    Anything else (a user's own ``dumps/`` or ``images/``, a file added to a world) is refused
+    before anything is deleted."""
+    from swagcli.fileio import atomic_write_text, out_dir
+    from swagcli.runlock import LOCK_NAME
+
     if not out:
         raise SwagError("synth: no output directory (--out DIR or 'out:' in the recipe)")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise SwagError(f"{path}: exists and is not a directory")
     if path.is_dir():
-        alien = sorted(p.name for p in path.iterdir() if p.name not in _OUTPUTS)
+        alien = sorted(p.name for p in path.iterdir() if p.name not in _OUTPUTS and p.name != LOCK_NAME
+                       and not _is_temp(p.name))
+        if not alien:
+            owned = _owned(path)
+            alien = [] if owned is None else [f for f in _files_under(path) if f not in owned]
         if alien:
-            raise SwagError(f"{path}: holds files synth did not write ({', '.join(alien[:3])}); "
-                            "choose an empty or new output directory")
+            raise SwagError(f"{path}: holds files synth did not write ({', '.join(alien[:3])}"
+                            f"{', ...' if len(alien) > 3 else ''}); nothing was deleted: choose an empty "
+                            "or new output directory")
         for name in _OUTPUTS:
             target = path / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    path.mkdir(parents=True, exist_ok=True)
+    out_dir(path)
+    atomic_write_text(path / MANIFEST, _INCOMPLETE)
     return path
 
 
@@ -373,6 +418,7 @@ def run(recipe, progress=None) -> dict:
         "image_shards": len(world["files"]["images"]), **written}
     atomic_write_text(out / "world.json", json.dumps(world, indent=1, sort_keys=True) + "\n")
     stamp(out, "synth", recipe)
+    atomic_write_text(out / MANIFEST, "\n".join(f for f in _files_under(out) if f != MANIFEST) + "\n")
     return {**{k: v for k, v in counts.items() if k != "dumps"},
             "bad_lines": counts["dumps"].get("bad_lines", 0), "world_json": str(out / "world.json"),
             "dumps_dir": str(out / "dumps"), "images_dir": str(out / "images"),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bz2
 import colorsys
-import csv
 import functools
 import gzip
 import hashlib
@@ -32,6 +31,7 @@ from urllib.parse import quote_plus
 import numpy as np
 from PIL import Image
 
+from swagcli.fileio import atomic_file, atomic_write_bytes, atomic_write_text
 from swagcli.prep.parallel import map_shards
 
 SHAPES = ("circle", "square", "triangle", "diamond", "ring", "plus", "star", "ellipse_h",
@@ -226,7 +226,7 @@ def write_dump_shard(path, gz, start, primary, extra, country, tags, junk, probs
             lines.append(bad)
         lines.append(line)
     data = b"\n".join(lines) + b"\n"
-    with open(path, "wb") as f:
+    with atomic_file(path, "wb", fsync=False) as f:
         if gz:
             with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=6) as g:
                 g.write(data)
@@ -306,8 +306,7 @@ def write_yfcc_shard(path, bz, row_numbers, start, primary, extra, country, tags
                                   quote_plus(spaced.get(tags[c][0][0], tags[c][0][0])), video=True).encode())
             stats["videos"] += 1
     data = b"\n".join(out) + b"\n"
-    with open(path, "wb") as f:
-        f.write(bz2.compress(data, 9) if bz else data)
+    atomic_write_bytes(path, bz2.compress(data, 9) if bz else data, fsync=False)
     return {"lines": len(out), **stats}
 
 
@@ -327,7 +326,8 @@ def write_img2dataset_shard(folder, shard, start, primary, extra, country, tags,
     n_rows = len(posts) + int(np.ceil(len(posts) * failed_prob * 2)) + 1
     digits = max(4, len(str(n_rows)))
     name = f"{shard:05d}"
-    with tarfile.open(Path(folder) / f"{name}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+    with atomic_file(Path(folder) / f"{name}.tar", "wb", fsync=False) as f, \
+            tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         j = 0
         while j < len(posts):
             key = f"{name}{len(rows):0{digits}d}"
@@ -353,9 +353,10 @@ def write_img2dataset_shard(folder, shard, start, primary, extra, country, tags,
             _tar_add(tar, key + ".txt", caption.encode())
             j += 1
     table = pa.Table.from_pylist(rows, schema=_i2d_schema())
-    pq.write_table(table, Path(folder) / f"{name}.parquet")
+    with atomic_file(Path(folder) / f"{name}.parquet", "wb", fsync=False) as f:
+        pq.write_table(table, f)
     failed = len(rows) - statuses["success"]
-    (Path(folder) / f"{name}_stats.json").write_text(json.dumps({
+    atomic_write_text(Path(folder) / f"{name}_stats.json", json.dumps({
         "count": len(rows), "successes": statuses["success"], "failed_to_download": failed,
         "failed_to_resize": 0, "duration": 0.0, "start_time": 0.0, "end_time": 0.0,
         "status_dict": dict(sorted(statuses.items()))}, indent=4))
@@ -391,7 +392,7 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_image_shard(path, start, primary, extra, concepts, size, seed, shard) -> dict:
     """One webdataset shard: ``<post id>.jpg`` and ``<post id>.json`` ({"concepts": shown})."""
     rng = rng_for(seed, 3, shard)
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with atomic_file(path, "wb", fsync=False) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for j in range(len(primary)):
             shown = [int(primary[j])] + ([int(extra[j])] if extra[j] >= 0 else [])
             pid = f"p{start + j:07d}"
@@ -406,7 +407,7 @@ def render_files(root, items, concepts, size, seed, stream) -> dict:
     for rel, shown, noise in items:
         path = Path(root) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(jpeg(render(concepts, shown, rng, size, noise)))
+        atomic_write_bytes(path, jpeg(render(concepts, shown, rng, size, noise)), fsync=False)
     return {"images": len(items)}
 
 
@@ -533,7 +534,7 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
             elif stage in ("yfcc", "img2dataset"):
                 layout_counts.update({f"{stage}_{k}": v for k, v in res.items()})
     _write_manifest(out / "groups" / "manifest.csv", rows, world)
-    (out / "downstream" / "classes.json").write_text(json.dumps({c["wnid"]: {
+    atomic_write_text(out / "downstream" / "classes.json", json.dumps({c["wnid"]: {
         "synset": c["synset"], "concept": c["concept_synset"], "expected_tags": c["expected_tags"],
         "expected_keys": c["expected_keys"], "relation": c["relation"]} for c in down["classes"]},
         indent=1, sort_keys=True) + "\n")
@@ -565,9 +566,9 @@ def spaced_tags(world: dict) -> dict:
 
 
 def _write_manifest(path: Path, rows, world) -> None:
+    from swagcli.tables import write_csv
+
     names = [c["synset"] for c in world["concepts"]]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["path", "group", "country", "label", "concept"])
-        for rel, group, country, label, shown, _ in rows:
-            w.writerow([rel, group, country, label, "+".join(names[c] for c in shown)])
+    write_csv(path, [["path", "group", "country", "label", "concept"]] +
+              [[rel, group, country, label, "+".join(names[c] for c in shown)]
+               for rel, group, country, label, shown, _ in rows])

@@ -1,21 +1,23 @@
-"""Checkpoints: written atomically, loadable without unpickling arbitrary objects.
+"""Checkpoints: written atomically, read back without unpickling anything, checked before use.
 
 A checkpoint is a directory ``RUN/checkpoints/step-00001000/`` holding
 
 * ``model.safetensors``: the weights, hashtag head included;
-* ``train_state.pt``: optimizer, scheduler, grad scaler, RNG, step, samples seen and every data
-  stream's position: tensors and plain containers only, read back with ``weights_only=True``;
+* ``train_state.safetensors``: optimizer, scheduler, grad scaler, RNG, step, samples seen and every
+  data stream's position, as a tensor tree (:mod:`swagcli.safetree`: tensors and a JSON
+  structure; nothing in it is code);
 * ``vocab.json`` (the vocabulary the head predicts), ``recipe.yaml`` (resolved) and ``meta.json``.
 
-It is written into a hidden ``.step-N.partial`` directory and renamed into place, then
-``RUN/checkpoints/latest`` is replaced (also by rename): a crash mid-write leaves the previous
-checkpoint and pointer intact.
+It is written into a hidden temporary directory (:func:`swagcli.fileio.atomic_dir`) and renamed
+into place, then ``RUN/checkpoints/latest`` is replaced (also by rename): a crash or a full disk
+mid-write leaves the previous checkpoint and pointer intact and no partial files. Every file is
+checked before a checkpoint is used (:func:`damage`): a truncated or garbled one is named in one
+line; ``resume: auto`` falls back to the newest intact checkpoint and says so.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -24,64 +26,166 @@ import torch
 from swagcli.errors import SwagError
 
 CKPT_FORMAT = "swag-checkpoint/1"
+TRAIN_STATE = "train_state.safetensors"
 
 
 def save(root: str | Path, step: int, model: torch.nn.Module, train_state: dict, vocab_doc: dict | None,
          recipe_yaml: str, meta: dict, keep: int = 2, files: dict[str, str] | None = None) -> Path:
     from safetensors.torch import save_model
 
-    from swagcli.runinfo import atomic_write_text
+    from swagcli.fileio import atomic_dir, atomic_write_text, clean_stale_temps, os_error, out_dir, write_error
+    from swagcli.safetree import save_tree
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = out_dir(root, "checkpoints")
+    clean_stale_temps(root)  # what a killed writer left (never a live writer's: pids are checked)
     name = f"step-{step:08d}"
-    tmp = root / f".{name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": CKPT_FORMAT, "step": str(step)})
-    torch.save(train_state, tmp / "train_state.pt")
-    if vocab_doc is not None:
-        (tmp / "vocab.json").write_text(json.dumps(vocab_doc, ensure_ascii=False) + "\n")
-    for fname, text in (files or {}).items():
-        (tmp / fname).write_text(text)
-    (tmp / "recipe.yaml").write_text(recipe_yaml)
-    (tmp / "meta.json").write_text(json.dumps({"format": CKPT_FORMAT, "step": step, **meta}, indent=1) + "\n")
     final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        for fname, write in (("model.safetensors", lambda f: save_model(
+                model, str(f), metadata={"format": CKPT_FORMAT, "step": str(step)})),
+                (TRAIN_STATE, lambda f: save_tree(train_state, f))):
+            try:
+                write(tmp / fname)
+            except Exception as e:  # noqa: BLE001 - safetensors wraps OS errors in its own type
+                err = write_error(e, final / fname)
+                if err is None:
+                    raise
+                raise err from None
+        texts = dict(files or {})
+        if vocab_doc is not None:
+            texts["vocab.json"] = json.dumps(vocab_doc, ensure_ascii=False) + "\n"
+        texts["recipe.yaml"] = recipe_yaml
+        texts["meta.json"] = json.dumps({"format": CKPT_FORMAT, "step": step, **meta}, indent=1) + "\n"
+        for fname, text in texts.items():
+            try:
+                (tmp / fname).write_text(text)
+            except OSError as e:
+                raise os_error(e, final / fname) from None
     atomic_write_text(root / "latest", name + "\n")
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep > 0:  # the newest `keep` by step, and never the one just written
+        for old in [p for p in steps(root) if p != final][: max(0, len(steps(root)) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest(root: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``root`` (following ``latest``), or None."""
+def steps(root: str | Path) -> list[Path]:
+    """The checkpoint directories under ``root``, oldest step first (complete or not)."""
     root = Path(root)
+    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+
+
+def _safetensors_damage(f: Path) -> str | None:
+    """Why a safetensors file cannot be whole (header unreadable, data cut short), or None."""
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"truncated ({size} bytes)"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return f"truncated or not safetensors ({size:,} bytes, header of {n:,})"
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"not readable ({type(e).__name__})"
+    if 8 + n + end != size:
+        return f"truncated ({size:,} of {8 + n + end:,} bytes)"
+    return None
+
+
+def damage(ckpt: Path, resume: bool = False) -> tuple[str, str] | None:
+    """(file, why) for the first file of ``ckpt`` that is missing or damaged, or None when it is
+    whole. ``resume`` also checks the training state (evaluation does not read it)."""
+    meta = ckpt / "meta.json"
+    try:
+        doc = json.loads(meta.read_text())
+        if not isinstance(doc, dict) or doc.get("format") != CKPT_FORMAT:
+            return str(meta), f"not a swag checkpoint (format {doc.get('format') if isinstance(doc, dict) else doc!r})"
+    except FileNotFoundError:
+        return str(meta), "missing (the checkpoint was not completed)"
+    except (OSError, ValueError) as e:
+        return str(meta), f"not valid JSON ({type(e).__name__})"
+    files = ["model.safetensors"] + ([TRAIN_STATE] if resume else [])
+    for name in files:
+        f = ckpt / name
+        if name == TRAIN_STATE and not f.exists() and (ckpt / "train_state.pt").exists():
+            return str(ckpt / "train_state.pt"), "written by an older swag as a pickle, which swag no longer reads"
+        if not f.is_file():
+            return str(f), "missing"
+        why = _safetensors_damage(f)
+        if why:
+            return str(f), why
+    for name in ("vocab.json", "recipe.yaml", "classes.json"):
+        f = ckpt / name
+        if not f.exists():
+            if name == "recipe.yaml" or (name == "vocab.json" and doc.get("hashtags")):
+                return str(f), "missing"
+            continue
+        try:
+            text = f.read_text()
+            if name.endswith(".json"):
+                json.loads(text)
+            else:
+                import yaml
+
+                yaml.safe_load(text)
+        except (OSError, ValueError, UnicodeDecodeError, Exception) as e:  # noqa: BLE001 - yaml's errors
+            return str(f), f"not readable ({type(e).__name__})"
+    return None
+
+
+def latest(root: str | Path, resume: bool = False, skipped: list | None = None) -> Path | None:
+    """The newest whole checkpoint under ``root`` (the ``latest`` pointer's first), or None; the
+    damaged ones passed over are appended to ``skipped`` as (checkpoint, file, why)."""
+    root = Path(root)
+    cands = steps(root)[::-1]
     pointer = root / "latest"
     if pointer.is_file():
-        p = root / pointer.read_text().strip()
-        if (p / "meta.json").is_file():
+        named = root / pointer.read_text().strip()
+        if named in cands:
+            cands.remove(named)
+            cands.insert(0, named)
+    for p in cands:
+        if not (p / "meta.json").exists():
+            continue  # never completed (an older swag's leftovers): not a checkpoint
+        bad = damage(p, resume)
+        if bad is None:
             return p
-    done = sorted(p for p in root.glob("step-*") if (p / "meta.json").is_file())
-    return done[-1] if done else None
+        if skipped is not None:
+            skipped.append((p, *bad))
+    return None
 
 
-def resolve(path: str | Path) -> Path:
-    """A checkpoint directory, a run directory (its latest checkpoint) or a checkpoints/ dir."""
+def resolve(path: str | Path, resume: bool = False) -> Path:
+    """A whole checkpoint: a checkpoint directory, a run directory (its latest checkpoint) or a
+    checkpoints/ dir. A damaged checkpoint is a one-line error naming the file (and the newest
+    intact one, if any); it is never passed over silently."""
     p = Path(path)
+    if (p / "meta.json").exists():
+        bad = damage(p, resume)
+        if bad:
+            raise SwagError(f"{bad[0]}: damaged checkpoint: {bad[1]}")
+        return p
     for cand in (p, p / "checkpoints"):
-        if (cand / "meta.json").is_file():
-            return cand
-        got = latest(cand) if cand.is_dir() else None
+        if not cand.is_dir():
+            continue
+        skipped: list = []
+        got = latest(cand, resume, skipped)
+        if skipped:
+            ck, f, why = skipped[0]
+            ok = f"; the newest intact one is {got} (pass it explicitly)" if got else ""
+            raise SwagError(f"{f}: damaged checkpoint: {why}{ok}")
         if got is not None:
             return got
     raise SwagError(f"{p}: no swag checkpoint here (expected a run or step-N directory with meta.json)")
 
 
 def load_meta(ckpt: Path) -> dict:
-    meta = json.loads((ckpt / "meta.json").read_text())
+    try:
+        meta = json.loads((ckpt / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SwagError(f"{ckpt / 'meta.json'}: unreadable ({type(e).__name__})") from None
     if meta.get("format") != CKPT_FORMAT:
         raise SwagError(f"{ckpt}: not a swag checkpoint (format {meta.get('format')!r})")
     return meta
@@ -94,13 +198,14 @@ def load_weights(model: torch.nn.Module, ckpt: Path, strict: bool = True):
         return load_model(model, str(ckpt / "model.safetensors"), strict=strict)
     except (OSError, RuntimeError) as e:
         raise SwagError(f"{ckpt}: cannot load weights ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 - safetensors' own errors for a damaged file
+        raise SwagError(f"{ckpt / 'model.safetensors'}: unreadable ({str(e).splitlines()[0][:200]})") from None
 
 
 def load_train_state(ckpt: Path) -> dict:
-    try:
-        return torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
-        raise SwagError(f"{ckpt}: unreadable train state ({str(e).splitlines()[0]})") from None
+    from swagcli.safetree import load_tree
+
+    return load_tree(ckpt / TRAIN_STATE)
 
 
 def load_encoder(model, source: str) -> dict:

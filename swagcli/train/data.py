@@ -16,23 +16,24 @@ exactly one stream. Streams run epoch after epoch without end (a rank never runs
 still trains); :class:`StreamPosition` says where each stream is, and a stream restarted with it
 fast-forwards (no decoding) to the same place, with the same shuffle and augmentation draws.
 
-Undecodable images, samples without an image, truncated shards and planned samples without
-hashtags are skipped and counted; past ``max_bad_fraction`` of the planned samples read, the
+Undecodable images, images over the pixel budget (``max_pixels``, judged on the header before
+decoding: :mod:`swagcli.images`), samples without an image, truncated shards and planned samples
+without hashtags are skipped and counted; past ``max_bad_fraction`` of the planned samples read, the
 stream stops with a :class:`SwagError`.
 """
 
 from __future__ import annotations
 
 import bisect
-import io
-import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
 
 from swagcli.errors import SwagError
+from swagcli.train import account
+from swagcli.images import MAX_PIXELS, ImageTooLarge, center_box, decode, rrc_box  # noqa: F401 - re-exported
 from swagcli.prep.sample import load_part, load_plan
 from swagcli.tario import BadTar, tar_samples
 
@@ -95,15 +96,18 @@ class StreamStats:
     no_image: int = 0        # planned, but the sample has no image member
     no_labels: int = 0       # planned, but without hashtags
     undecodable: int = 0     # the image would not decode
+    too_large: int = 0       # over the pixel budget (max_pixels): never decoded
     bad_shards: int = 0      # truncated or corrupt shards (the rest of the shard is lost)
     yielded: int = 0
 
     @property
     def bad(self) -> int:
-        return self.no_image + self.no_labels + self.undecodable + self.bad_shards
+        return self.no_image + self.no_labels + self.undecodable + self.too_large + self.bad_shards
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"bad": self.bad}
+        """The counts, ``bad``, and ``epoch_planned``: planned samples met in the current epoch."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {
+            "bad": self.bad, "epoch_planned": self.planned - getattr(self, "epoch_base", 0)}
 
 
 @dataclass
@@ -139,60 +143,10 @@ class SampleRNG:
         return lo + min(int(self.random() * (hi - lo)), hi - lo - 1)
 
 
-# -- crops -----------------------------------------------------------------------------------
-def rrc_box(w: int, h: int, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """torchvision's RandomResizedCrop parameters, drawn from ``rng`` (a numpy Generator)."""
-    area = w * h
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        ar = math.exp(rng.uniform(*log_ratio))
-        cw = int(round(math.sqrt(target * ar)))
-        ch = int(round(math.sqrt(target / ar)))
-        if 0 < cw <= w and 0 < ch <= h:
-            x = int(rng.integers(0, w - cw + 1))
-            y = int(rng.integers(0, h - ch + 1))
-            return x, y, x + cw, y + ch
-    in_ratio = w / h  # fallback: central crop at the closest allowed ratio
-    if in_ratio < ratio[0]:
-        cw, ch = w, int(round(w / ratio[0]))
-    elif in_ratio > ratio[1]:
-        ch, cw = h, int(round(h * ratio[1]))
-    else:
-        cw, ch = w, h
-    x, y = (w - cw) // 2, (h - ch) // 2
-    return x, y, x + cw, y + ch
-
-
-def center_box(w: int, h: int):
-    """Resize the short side, then a center crop of the same size: the square at the center."""
-    s = min(w, h)
-    x, y = (w - s) / 2, (h - s) / 2
-    return x, y, x + s, y + s
-
-
-def load_image(data: bytes, size: int, train: bool, rng=None) -> np.ndarray:
-    """Bytes -> uint8 HWC array of ``size`` x ``size`` (RRC + flip for training; a flip is a
-    negative-stride view, made contiguous when the batch is stacked).
-
-    A JPEG whose crop is at least twice the output size is decoded at a reduced DCT scale
-    (``Image.draft``, as ``thumbnail`` does: 1/2, 1/4 or 1/8, never below the crop's output
-    size), then resized with the same bilinear filter: for camera-sized images most of the decode
-    is skipped. The crop is drawn on the full-size image first, so the draws do not change."""
-    with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
-        box = rrc_box(w, h, rng) if train else center_box(w, h)
-        reduce = min(box[2] - box[0], box[3] - box[1]) / size
-        if reduce >= 2 and im.format == "JPEG":
-            im.draft("RGB", (math.ceil(w / reduce), math.ceil(h / reduce)))
-            sx, sy = im.size[0] / w, im.size[1] / h
-            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        out = np.asarray(im.resize((size, size), Image.BILINEAR, box=box))
-    if train and rng.random() < 0.5:
-        out = out[:, ::-1]
-    return out
+# -- decoding ------------------------------------------------------------------------------------
+# rrc_box, center_box and the decoder live in swagcli.images (torch-free, shared with the transfer
+# stages); load_image(data, size, train, rng=None, max_pixels=MAX_PIXELS) is that decoder
+load_image = decode
 
 
 # -- the stream ------------------------------------------------------------------------------------
@@ -205,6 +159,8 @@ class StreamConfig:
     shuffle_buffer: int = 2000
     seed: int = 0
     max_bad_fraction: float = 0.01
+    max_pixels: int = MAX_PIXELS  # decoded pixels per image (data.max_pixels)
+    account_dir: str | None = None  # where the streams write what each epoch's shards held
     loop: bool = True  # epoch after epoch; False: one epoch (evaluation, tests)
     with_keys: bool = False
     start: dict = field(default_factory=dict)  # stream index -> StreamPosition
@@ -254,6 +210,17 @@ def _planned(urls, lookup: PlanLookup, stats: StreamStats):
                 yield item
 
 
+_ACCOUNTED = ("planned", "read", "not_planned", "no_image", "no_labels", "bad_shards")
+
+
+def _accounted(items, stats: StreamStats, root, epoch: int, index: int, shards: int):
+    """``items``, then (when the epoch's shards are read) what they held, written for the run's
+    planned-versus-found account (:mod:`swagcli.train.account`)."""
+    before = {k: getattr(stats, k) for k in _ACCOUNTED}
+    yield from items
+    account.write(root, epoch, index, {"shards": shards, **{k: getattr(stats, k) - before[k] for k in _ACCOUNTED}})
+
+
 def _shuffled(items, size: int, rng):
     buf = []
     for item in items:
@@ -290,17 +257,29 @@ class HashtagStream(torch.utils.data.IterableDataset):
         stats = StreamStats()
         epoch = pos.epoch
         skip = pos.offset
+        root = Path(cfg.account_dir) if cfg.account_dir else None
         while True:
             urls = stream_shards(cfg.shards, epoch, cfg.seed, index, streams)
-            order = _shuffled(_planned(urls, self.lookup, stats), cfg.shuffle_buffer,
-                              np.random.default_rng([cfg.seed, 11, epoch, index]))
+            if not urls:  # more streams than shards: this one never has any (every epoch deals the same count)
+                return
+            stats.epoch_base = stats.planned
+            items = _planned(urls, self.lookup, stats)
+            if root is not None:
+                items = _accounted(items, stats, root, epoch, index, len(urls))
+            order = _shuffled(items, cfg.shuffle_buffer, np.random.default_rng([cfg.seed, 11, epoch, index]))
+            met = 0
             for offset, (key, data, labels) in enumerate(order):
+                met += 1
                 if offset < skip:  # fast-forward after a restart: no decoding
                     continue
                 rng = SampleRNG(cfg.seed, 13, epoch, index, offset)
                 try:
-                    img = load_image(data, cfg.resolution, cfg.train, rng)
-                except Exception:  # PIL raises many types for corrupt data
+                    img = load_image(data, cfg.resolution, cfg.train, rng, cfg.max_pixels)
+                except ImageTooLarge:  # judged on the header: never decoded
+                    stats.too_large += 1
+                    self._check(stats)
+                    continue
+                except Exception:  # Undecodable (swagcli.images turns what PIL raises into it)
                     stats.undecodable += 1
                     self._check(stats)
                     continue
@@ -308,6 +287,11 @@ class HashtagStream(torch.utils.data.IterableDataset):
                 # the live stats object: collate reads it once per batch, when it is current
                 yield img, labels, (index, epoch, offset, key if cfg.with_keys else None, stats)
             self._check(stats, end=True)
+            if met == 0 and root is not None:  # nothing for this stream: is there anything anywhere?
+                expected = account.expected_streams(streams, len(cfg.shards))
+                if account.nothing_anywhere(root, epoch, expected):
+                    raise SwagError(account.verdict(account.epoch_total(root, epoch, expected),
+                                                    self.lookup.total_samples, cfg.max_bad_fraction))
             skip = 0
             epoch += 1
             if not cfg.loop:
@@ -320,6 +304,7 @@ class HashtagStream(torch.utils.data.IterableDataset):
             raise SwagError(
                 f"training stream: {stats.bad} bad of {stats.planned} planned samples "
                 f"(> max_bad_fraction {self.cfg.max_bad_fraction}): {stats.undecodable} undecodable, "
+                f"{stats.too_large} too large (over data.max_pixels={self.cfg.max_pixels:,} pixels), "
                 f"{stats.no_image} without image, {stats.bad_shards} truncated shards")
 
 
@@ -350,8 +335,11 @@ def _latest_per_stream(infos) -> dict:
 
 def make_loader(cfg: StreamConfig, batch_size: int, workers: int = 2, rank: int = 0,
                 world: int = 1) -> torch.utils.data.DataLoader:
+    from swagcli.signals import dataloader_worker_init
+
     ds = HashtagStream(cfg, rank, world)
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, num_workers=workers, collate_fn=collate,
         persistent_workers=False, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if workers else None, drop_last=False)
+        prefetch_factor=4 if workers else None, drop_last=False,
+        worker_init_fn=dataloader_worker_init if workers else None)

@@ -13,14 +13,18 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from swagcli.errors import SwagError
+from swagcli.errors import Interrupted, SwagError
+from swagcli.signals import (STOP, check_stop, restore_signals, shutdown_loader, take_signals, waiting_for_data,
+                             worker_death, workers_outlast_sigterm)
+from swagcli.signals import name as signal_name
+from swagcli.signals import request_stop  # noqa: F401 - the loops' API (finetune, tests)
+from swagcli.train import account
 from swagcli.train import checkpoint as ckpt_io
 from swagcli.train.data import StreamConfig, StreamPosition, make_loader
 from swagcli.train.dist import DistEnv
@@ -28,38 +32,17 @@ from swagcli.train.losses import LOSSES
 from swagcli.train.models import build_model
 from swagcli.train.optim import build_optimizer, build_scheduler
 
-STOP = {"requested": False}
-
-
-def _request_stop(signum, frame):  # noqa: ARG001
-    STOP["requested"] = True
-
-
-def request_stop() -> None:
-    """What SIGUSR1/SIGTERM do: checkpoint after the current update and stop."""
-    STOP["requested"] = True
-
-
-def take_signals() -> dict:
-    """Make SIGUSR1/SIGUSR2/SIGTERM request a stop after the current update (and clear any earlier
-    request); returns the previous handlers for :func:`restore_signals`."""
-    prev = {s: signal.signal(s, _request_stop) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
-    STOP["requested"] = False
-    return prev
-
-
-def restore_signals(prev: dict) -> None:
-    for s, h in prev.items():
-        signal.signal(s, h)
-
-
-def end_of_update(step: int, total: int, checkpoint_every: int, env, device, on_step, save) -> bool:
+def end_of_update(step: int, total: int, checkpoint_every: int, env, device, on_step, save,
+                  abort: str | None = None) -> bool:
     """What every training loop does after an update: tell ``on_step``, agree across ranks whether
-    a stop was requested, checkpoint (every ``checkpoint_every`` steps, at the end, or to stop);
-    returns True when the loop must stop (preempted)."""
+    a stop was requested (or rank 0 found a reason to abort: ``abort``), checkpoint (every
+    ``checkpoint_every`` steps, at the end, or to stop); returns True when the loop must stop
+    (preempted). An abort raises its message on rank 0, a pointer to it elsewhere."""
     if on_step:
         on_step(step)
-    stop = _any_rank(STOP["requested"], env, device)
+    stop, aborted = _any_rank((STOP["requested"], abort is not None), env, device)
+    if aborted:
+        raise SwagError(abort or "stopped: rank 0 found a reason to abort (its error says which)")
     if step % checkpoint_every == 0 or step == total or stop:
         save()
     return stop
@@ -90,31 +73,39 @@ def expand_shards(specs: list[str], plan: dict | None = None) -> list[str]:
     """Image shards: files, globs, brace ranges and folders (their ``*.tar``: an img2dataset
     output folder as it is). None given: the tar shards of the plan's sources where it was drawn
     from img2dataset shards (their keys are the plan's ids)."""
-    import glob
-
-    from braceexpand import braceexpand
+    from swagcli.paths import expand, is_pattern
 
     if not specs and plan is not None:
         from swagcli.prep.columnar import shard_tars
+        from swagcli.prep.dumps import SHARD_RE
 
-        out = shard_tars([p["source"] for p in plan["parts"] if p.get("source")])
-        if out:
+        parts = [p for p in plan["parts"] if p.get("source")]
+        out = shard_tars([p["source"] for p in parts])
+        if out:  # every img2dataset shard the plan draws from must be there: a missing one is not filled in
+            gone = [p for p in parts if p["samples"] and SHARD_RE.match(Path(p["source"]).name)
+                    and not Path(p["source"]).with_suffix(".tar").is_file()]
+            if gone:
+                n = sum(p["samples"] for p in gone)
+                raise SwagError(f"data.shards: {Path(gone[0]['source']).with_suffix('.tar')}: image shard missing "
+                                f"({len(gone)} of the plan's shards, {n:,} of its "
+                                f"{plan['summary']['total_samples']:,} samples); restore it, or draw a new plan "
+                                "from the folder as it is")
             return out
         raise SwagError("data.shards: no image shards given (and the plan was not drawn from "
                         "img2dataset shards whose tars could stand in)")
     out = []
-    for spec in specs:
-        for item in braceexpand(spec):
+    for spec in specs:  # existing names as they are ('[2020]/x.tar'), else brace ranges, globs
+        for item in expand(spec):
             if Path(item).is_dir():
                 hits = sorted(str(p) for p in Path(item).glob("*.tar"))
                 if not hits:
                     raise SwagError(f"data.shards: {item}: folder holds no .tar shards")
                 out.extend(hits)
-                continue
-            hits = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
-            if not hits or not all(Path(h).is_file() for h in hits):
-                raise SwagError(f"data.shards: {item}: no such image shard")
-            out.extend(hits)
+            elif Path(item).is_file():
+                out.append(item)
+            else:
+                raise SwagError(f"data.shards: {item}: no such image shard"
+                                + (" (nothing matches this pattern)" if is_pattern(item) else ""))
     if not out:
         raise SwagError("data.shards: no image shards given")
     return out
@@ -154,10 +145,9 @@ def plan_layout(recipe, env: DistEnv) -> dict:
     return {"micro": micro, "accum": recipe.batch_size // (env.world * micro)}
 
 
-def evaluate(model, norm, plan_dir: str, shards: list[str], recipe, env, device, limit=None) -> dict:
-    """Hashtag accuracy on held-out images: top-1 (the top hashtag is one of the image's) and
-    top-5, and the loss, summed over ranks."""
-    loader = _eval_loader(recipe, plan_dir, shards, env)
+def evaluate(model, norm, loader, recipe, env, device, limit=None) -> dict:
+    """Hashtag accuracy on held-out images (``loader``'s batches): top-1 (the top hashtag is one of
+    the image's) and top-5, and the loss, summed over ranks."""
     loss_fn = LOSSES[recipe.loss]
     tot = torch.zeros(4, dtype=torch.float64)  # n, top1, top5, loss sum
     model.eval()
@@ -182,20 +172,41 @@ def evaluate(model, norm, plan_dir: str, shards: list[str], recipe, env, device,
             "eval_loss": tot[3].item() / n}
 
 
-def resume(how: str, out: Path, model, opt, sched, scaler):
-    """Restore a run (``how``: auto | never | a checkpoint path) into model, optimizer, scheduler and
-    scaler; returns (the checkpoint resumed from, its train state) or (None, None)."""
-    if how == "never":
-        return None, None
-    path = ckpt_io.latest(out / "checkpoints") if how == "auto" else ckpt_io.resolve(how)
+def resume(how: str, out: Path, model, opt, sched, scaler, recipe_yaml: str | None = None,
+           kind: str = "pretrain", found=None):
+    """Restore a run (``how``: auto | force | never | a checkpoint path) into model, optimizer,
+    scheduler and scaler; returns (the checkpoint resumed from, its train state, the recipe changes
+    accepted) or (None, None, []). ``found``: (path, changes) from :func:`find_resume` already."""
+    path, changes = found if found is not None else find_resume(how, out, recipe_yaml, kind)
     if path is None:
-        return None, None
+        return None, None, []
     ckpt_io.load_weights(model, path)
     st = ckpt_io.load_train_state(path)
-    opt.load_state_dict(st["optimizer"])
-    sched.load_state_dict(st["scheduler"])
-    scaler.load_state_dict(st["scaler"])
-    return path, st
+    try:
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        scaler.load_state_dict(st["scaler"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise SwagError(f"{path}: its optimizer state does not fit this run "
+                        f"({str(e).splitlines()[0][:120]})") from None
+    return path, st, changes
+
+
+def find_resume(how: str, out: Path, recipe_yaml: str | None, kind: str, quiet: bool = False):
+    """(checkpoint to continue from or None, accepted recipe changes); damaged checkpoints passed
+    over are said on stderr (unless ``quiet``)."""
+    from swagcli.train import resume as R
+
+    path, skipped = R.find(how, out)
+    if skipped and not quiet:
+        from swagcli.ui import err_console, note
+
+        for ck, f, why in skipped:
+            err_console.print(note(f"{ck.name} is damaged ({Path(f).name}: {why}); "
+                                   f"resuming from {path.name if path else 'the start'}"))
+    if path is None:
+        return None, []
+    return path, (R.check(path, how, recipe_yaml, kind) if recipe_yaml else [])
 
 
 def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
@@ -216,8 +227,17 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     device = pick_device(recipe.device, env)
     init_distributed(env, device)
     layout = plan_layout(recipe, env)
+    per_rank = max(1, recipe.data.workers)
+    if (env.world - 1) * per_rank >= len(shards):
+        raise SwagError(f"data.shards: {len(shards)} shard(s) for {env.world} processes x {per_rank} streams: the "
+                        "last processes would get none; use more shards, or fewer processes or data.workers")
     total_samples = recipe.samples or int(plan["summary"]["total_samples"] * recipe.epochs)
     total_steps = max(1, math.ceil(total_samples / recipe.batch_size))
+    recipe_yaml = R.dump(recipe, "pretrain")
+    found = find_resume(recipe.resume, out, recipe_yaml, "pretrain", quiet=not env.is_main)
+    done = finished_result(out, found[0], total_steps)
+    if done is not None:  # a rerun of a finished run: nothing to do, nothing rewritten
+        return done
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank
     mae = recipe.objective == "mae"
@@ -236,7 +256,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     loss_fn = LOSSES[recipe.loss]
 
     step, samples_seen, positions = 0, 0, {}
-    resume_from, st = resume(recipe.resume, out, model, opt, sched, scaler)
+    resume_from, st, changes = resume(recipe.resume, out, model, opt, sched, scaler, found=found)
     init = None
     if resume_from is None and recipe.init.from_:
         init = ckpt_io.load_encoder(model, recipe.init.from_)
@@ -245,23 +265,32 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
         positions = {int(k): StreamPosition(*v) for k, v in st["streams"].items()}
 
     ddp = torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model
+    streams = env.world * max(1, recipe.data.workers)
+    audit_root = account.account_dir(out, streams, recipe.seed)
     stream = StreamConfig(shards=shards, plan_dir=recipe.data.plan, resolution=recipe.data.resolution,
                           shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.seed,
-                          max_bad_fraction=recipe.data.max_bad_fraction, start=positions,
+                          max_bad_fraction=recipe.data.max_bad_fraction, max_pixels=recipe.data.max_pixels,
+                          start=positions, account_dir=str(audit_root),
                           rotate=(step * layout["accum"]) % max(1, recipe.data.workers))
+    plan_samples = int(plan["summary"]["total_samples"])
+    auditor = account.Auditor(audit_root, streams, len(shards), plan_samples,
+                              recipe.data.max_bad_fraction) if env.is_main else None
     loader = make_loader(stream, layout["micro"], recipe.data.workers, env.rank, env.world)
-    it = iter(loader)
+    with workers_outlast_sigterm():
+        it = iter(loader)
     if resume_from is not None:  # after iter(): starting the loader draws from the torch RNG
         torch.set_rng_state(st["rng"][env.rank % len(st["rng"])])
 
-    recipe_yaml = R.dump(recipe, "pretrain")
     log = RunLog(out, env, recipe, total_steps, progress) if env.is_main else None
     if log and init:
         log.event({"step": step, "init": init})
+    if log and changes:
+        log.event({"step": step, "resumed_from": str(resume_from), "resumed_with_changes": changes})
     prev = take_signals()
     stream_stats: dict = {}
     status = "finished"
     last_ckpt = resume_from
+    loss_val = None
     t_start, s_start = time.time(), samples_seen
 
     def save_checkpoint():
@@ -290,7 +319,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             opt.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
             for micro in range(layout["accum"]):
-                batch = next(it)
+                batch = next_batch(it, "training stream")
                 sync = micro == layout["accum"] - 1 or not env.distributed
                 ctx = contextlib.nullcontext() if sync else ddp.no_sync()
                 with ctx, torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -322,15 +351,16 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             metrics = {"step": step, "samples": samples_seen, "loss": loss_val, "lr": lr,
                        "samples_per_s": (samples_seen - s_start) / max(time.time() - t_start, 1e-9)}
             if recipe.eval_every and step % recipe.eval_every == 0 and step < total_steps:
-                metrics.update(_eval(model, norm, recipe, plan, shards, env, device))
+                metrics.update(_eval(model, norm, recipe, plan, shards, env, device, final=False))
             if log:
                 log.step(metrics, stream_stats)
-            if end_of_update(step, total_steps, recipe.checkpoint_every, env, device, on_step, save_checkpoint):
+            if end_of_update(step, total_steps, recipe.checkpoint_every, env, device, on_step, save_checkpoint,
+                             abort=auditor.poll() if auditor else None):
                 status = "preempted"
                 break
         final = {}
         if status == "finished":
-            final = _eval(model, norm, recipe, plan, shards, env, device)
+            final = _eval(model, norm, recipe, plan, shards, env, device, final=True)
             if log:
                 log.event({"step": step, **final})
             if mae and env.is_main:
@@ -338,20 +368,69 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
 
                 final["reconstruction"] = str(reconstruction_figure(model, norm, _figure_batch(recipe, plan, shards),
                                                                     out / "reconstruction.png", device))
+        short = None
+        if status == "finished":  # epoch 0 whole, even if some streams did not finish it
+            positions_now = _gather_streams(stream_stats, positions, env)
+            if auditor:
+                if account.needs_scan(audit_root, positions_now, streams, len(shards), plan_samples,
+                                      recipe.data.max_bad_fraction):
+                    account.complete_by_scan(audit_root, shards, loader.dataset.lookup, recipe.seed, streams)
+                auditor.poll()
+                short = next((v for v in (account.verdict(e, plan_samples, recipe.data.max_bad_fraction)
+                                          for e in auditor.epochs) if v), None)
         result = {"status": status, "step": step, "total_steps": total_steps, "samples": samples_seen,
                   "checkpoint": str(last_ckpt) if last_ckpt else None, "run_dir": str(out),
                   "resumed_from": str(resume_from) if resume_from else None,
-                  "last_loss": loss_val if step else None, "stream": _sum_stats(stream_stats),
+                  "last_loss": loss_val, "stream": _sum_stats(stream_stats),
+                  **({"signal": signal_name(STOP["signum"])} if status == "preempted" else {}),
                   "image_shards": {"count": len(shards), "first": shards[0], "last": shards[-1],
                                    "from": "data.shards" if recipe.data.shards else "the plan's img2dataset sources"},
-                  "objective": recipe.objective, **({"init": init} if init else {}), **final}
+                  "objective": recipe.objective, **({"init": init} if init else {}),
+                  **({"account": auditor.summary()} if auditor else {}), **final}
         if log:
             log.close(result)
+        if short:
+            raise SwagError(f"{short.replace('training stream: ', 'the run finished, but ')} (see {out / 'result.json'})")
         return result
+    except (Interrupted, RuntimeError) as e:  # a stop that could not wait for an update boundary: say where
+        e = worker_death(e, "training stream")  # (torch raises a worker's death anywhere, as a RuntimeError)
+        if not isinstance(e, Interrupted):
+            raise e
+        where = f"; last checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
+        raise Interrupted(f"{e} at step {step}{where}: rerun the same command to resume", e.signum) from None
     finally:
+        shutdown_loader(it)
         restore_signals(prev)
         if log:
             log.stop()
+
+
+def next_batch(it, what: str):
+    """The next batch, waiting as a stop signal allows (:func:`swagcli.signals.waiting_for_data`);
+    streams that all ended (none has data) are a one-line error, not a StopIteration."""
+    with waiting_for_data():
+        try:
+            return next(it)
+        except StopIteration:
+            raise SwagError(f"{what}: every stream ended without data: the image shards hold none of the "
+                            "plan's samples (are these the shards the plan was drawn from? data.shards)") from None
+        except RuntimeError as e:
+            raise worker_death(e, what) from None
+
+
+def finished_result(out: Path, ckpt: Path | None, total_steps: int) -> dict | None:
+    """The stored result of a finished run whose last checkpoint is ``ckpt`` (a rerun), else None."""
+    if ckpt is None:
+        return None
+    try:
+        if ckpt_io.load_meta(ckpt)["step"] < total_steps:
+            return None
+        res = json.loads((out / "result.json").read_text())
+    except (OSError, ValueError, KeyError, SwagError):
+        return None
+    if res.get("status") != "finished" or res.get("checkpoint") != str(ckpt):
+        return None
+    return {**res, "note": "already finished: nothing to do (the result above is the stored one)"}
 
 
 def _holdout(recipe, plan) -> str | None:
@@ -359,22 +438,52 @@ def _holdout(recipe, plan) -> str | None:
     return holdout if (Path(holdout) / "plan.json").is_file() else None
 
 
-def _eval(model, norm, recipe, plan, shards, env, device) -> dict:
+def _eval(model, norm, recipe, plan, shards, env, device, final: bool) -> dict:
+    """Held-out evaluation. A stop signal during it: mid-training, the evaluation is dropped (the
+    update's checkpoint comes next); at the end, :class:`Interrupted` (the last checkpoint is whole;
+    a rerun evaluates it)."""
     holdout = _holdout(recipe, plan)
     if holdout is None:
         return {}
+    loader = _eval_loader(recipe, holdout, shards, env)
+    batches = eval_batches(loader, "the final evaluation" if final else None)
     if recipe.objective == "mae":
         from swagcli.train.mae import evaluate_mae
 
-        return evaluate_mae(model, norm, _eval_loader(recipe, holdout, shards, env), env, device, recipe.eval_samples)
-    return evaluate(model, norm, holdout, shards, recipe, env, device, recipe.eval_samples)
+        res = evaluate_mae(model, norm, batches, env, device, recipe.eval_samples)
+    else:
+        res = evaluate(model, norm, batches, recipe, env, device, recipe.eval_samples)
+    return {} if STOP["requested"] and not final else res
+
+
+def eval_batches(loader, final_what: str | None):
+    """A loader's batches, ending early on a stop request (raising ``Interrupted`` when
+    ``final_what`` names an evaluation that cannot be skipped)."""
+    it = iter(loader)
+    try:
+        while True:
+            if STOP["requested"]:
+                if final_what:
+                    check_stop(final_what)
+                return
+            with waiting_for_data():
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                except RuntimeError as e:
+                    raise worker_death(e, "evaluation") from None
+            yield batch
+    finally:
+        shutdown_loader(it)
 
 
 def _eval_loader(recipe, plan_dir: str, shards: list[str], env, batch_size: int | None = None,
                  workers: int | None = None):
     """The images of a plan in order, once, without augmentation; split over ranks."""
     cfg = StreamConfig(shards=shards, plan_dir=plan_dir, resolution=recipe.data.resolution, train=False,
-                       loop=False, shuffle_buffer=1, seed=recipe.seed, max_bad_fraction=recipe.data.max_bad_fraction)
+                       loop=False, shuffle_buffer=1, seed=recipe.seed, max_bad_fraction=recipe.data.max_bad_fraction,
+                       max_pixels=recipe.data.max_pixels)
     return make_loader(cfg, batch_size=batch_size or recipe.micro_batch or 64,
                        workers=recipe.data.workers if workers is None else workers, rank=env.rank, world=env.world)
 
@@ -385,20 +494,32 @@ def _figure_batch(recipe, plan, shards, n: int = 8) -> torch.Tensor:
     return next(iter(loader))["image"]
 
 
-def _any_rank(flag: bool, env: DistEnv, device) -> bool:
+def _any_rank(flags: tuple, env: DistEnv, device) -> tuple:
+    """Each flag: true on some rank (one all-reduce for all of them)."""
     if not env.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t)
-    return bool(t.item() > 0)
+    return tuple(bool(v > 0) for v in t.tolist())
 
 
 def _sum_stats(per_stream: dict) -> dict:
     out: dict = {}
     for stats in per_stream.values():
         for k, v in stats.items():
-            out[k] = out.get(k, 0) + v
+            if k != "epoch_planned":
+                out[k] = out.get(k, 0) + v
     return out
+
+
+def _gather_streams(stream_stats: dict, positions: dict, env: DistEnv) -> dict:
+    """stream -> (epoch, planned samples met in that epoch so far), every rank's streams."""
+    mine = {k: (positions[k].epoch, st.get("epoch_planned", 0)) for k, st in stream_stats.items() if k in positions}
+    if not env.distributed:
+        return mine
+    parts = [None] * env.world
+    dist.all_gather_object(parts, mine)
+    return {k: v for p in parts for k, v in p.items()}
 
 
 class RunLog:
@@ -425,7 +546,7 @@ class RunLog:
 
             from swagcli.ui import err_console
 
-            self.bar = Progress(TextColumn(f"[bold]{label or kind}"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn(label or kind, style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                                 TimeRemainingColumn(), console=err_console)
             self.task = self.bar.add_task("steps", total=total_steps, info="")

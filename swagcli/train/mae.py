@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from swagcli.errors import SwagError
+from swagcli.fileio import savefig
 
 
 def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
@@ -210,6 +211,6 @@ def reconstruction_figure(model, norm, images: torch.Tensor, path, device):
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(name, fontsize=8)
-    fig.savefig(path, dpi=120)
+    savefig(fig, path, dpi=120)
     plt.close(fig)
     return path

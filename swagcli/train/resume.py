@@ -1,0 +1,99 @@
+"""Which checkpoint a training run continues from, and whether it may.
+
+``resume`` in a recipe (``--resume``):
+
+* ``auto`` (default): the newest intact checkpoint of the run directory, if any; damaged ones are
+  passed over and named. The recipe must be the one the checkpoint was trained with, apart from
+  what does not change what is trained (:data:`MAY_CHANGE`): a changed one is refused in one line
+  listing the changes.
+* ``force``: the same, accepting recipe changes (they are listed in ``metrics.jsonl``).
+* ``never``: a fresh run; refused when the directory already holds a run's checkpoints (the two
+  would mix: pruning would delete one's checkpoints, ``result.json`` would name the other's).
+* a path: that checkpoint (or run directory), checked the same way as ``auto``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from swagcli.errors import SwagError
+from swagcli.train import checkpoint as ckpt_io
+
+# dotted recipe keys (and sections) a resumed run may change: how it is logged, checkpointed,
+# evaluated, where it runs; never what it trains on or how
+MAY_CHANGE = {
+    "pretrain": ("out", "resume", "launcher", "log_every", "checkpoint_every", "keep_checkpoints",
+                 "eval_every", "eval_samples", "tensorboard", "device", "init", "stages", "data.holdout",
+                 "data.max_bad_fraction", "data.max_pixels"),
+    "finetune": ("out", "resume", "launcher", "log_every", "checkpoint_every", "keep_checkpoints",
+                 "eval_every", "tensorboard", "device", "data.workers", "data.batch_size", "data.val",
+                 "data.max_bad_fraction", "data.max_pixels", "lr_grid", "grid_updates"),
+}
+
+
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def recipe_changes(ckpt: Path, recipe_yaml: str, kind: str) -> list[str]:
+    """``key: old -> new`` for every recipe key that differs from the checkpoint's recipe and may
+    not change on a resume."""
+    try:
+        then = yaml.safe_load((ckpt / "recipe.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SwagError(f"{ckpt / 'recipe.yaml'}: unreadable ({type(e).__name__})") from None
+    now = yaml.safe_load(recipe_yaml) or {}
+    a, b = _flat(then), _flat(now)
+    free = MAY_CHANGE.get(kind, ())
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key == "kind" or any(key == f or key.startswith(f + ".") for f in free):
+            continue
+        if a.get(key) != b.get(key):
+            out.append(f"{key}: {_show(a.get(key))} -> {_show(b.get(key))}")
+    return out
+
+
+def _show(v) -> str:
+    text = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def find(how: str, out: Path, total_steps: int | None = None) -> tuple[Path | None, list]:
+    """The checkpoint to continue from (or None: a fresh run) and the damaged ones passed over,
+    as (checkpoint, file, why)."""
+    root = out / "checkpoints"
+    if how == "never":
+        have = [p for p in ckpt_io.steps(root) if (p / "meta.json").exists()]
+        if have:
+            raise SwagError(f"{out}: holds a run (checkpoints up to step {int(have[-1].name.split('-')[1])}); "
+                            "--resume never would mix a new run into it: choose another --out, or delete "
+                            f"{root} to start over")
+        return None, []
+    if how in ("auto", "force"):
+        skipped: list = []
+        return ckpt_io.latest(root, resume=True, skipped=skipped), skipped
+    try:
+        return ckpt_io.resolve(how, resume=True), []
+    except SwagError as e:
+        raise SwagError(f"--resume {how}: {e}") from None
+
+
+def check(path: Path, how: str, recipe_yaml: str, kind: str) -> list[str]:
+    """The recipe changes since ``path`` was written; refused (one line) unless ``how`` is force."""
+    changes = recipe_changes(path, recipe_yaml, kind)
+    if changes and how != "force":
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise SwagError(f"{path}: the recipe changed since this checkpoint was written ({shown}): resuming "
+                        "would continue another run; pass --resume force to accept, or choose another --out")
+    return changes
