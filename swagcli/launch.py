@@ -118,9 +118,10 @@ class SlurmTask:
     requeued job resumes from that checkpoint (``resume: auto``) with the same data stream.
     """
 
-    def __init__(self, fn, recipe):
+    def __init__(self, fn, recipe, name: str = "swag-job"):
         self.fn = fn
         self.recipe = recipe
+        self.name = name
 
     def __call__(self):
         import signal
@@ -136,7 +137,7 @@ class SlurmTask:
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         from swagcli.runlock import run_lock
 
-        lock = run_lock(self.recipe.out if job.global_rank == 0 else None, getattr(self.fn, "__name__", "job"))
+        lock = run_lock(self.recipe.out if job.global_rank == 0 else None, self.name.removeprefix("swag-"))
         try:
             with lock:  # rank 0 holds the run directory; a requeue of this job takes it over
                 result = self.fn(self.recipe, dist_env(), progress=False)
@@ -156,7 +157,7 @@ class SlurmTask:
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SlurmTask(self.fn, self.recipe))
+        return submitit.helpers.DelayedSubmission(SlurmTask(self.fn, self.recipe, self.name))
 
 
 def _sinfo() -> list[dict]:
@@ -223,7 +224,7 @@ def submit_slurm(fn, recipe, out: Path, name: str):
               "slurm_additional_parameters": dict(cfg.extra) or None}
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
     (out / CANCEL_MARK).unlink(missing_ok=True)
-    job = ex.submit(SlurmTask(fn, recipe))
+    job = ex.submit(SlurmTask(fn, recipe, name))
     out.mkdir(parents=True, exist_ok=True)
     info = {"job_id": job.job_id, "folder": str(folder), "stdout": str(job.paths.stdout),
             "stderr": str(job.paths.stderr), "name": name}
@@ -237,13 +238,21 @@ _ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CON
 
 def _refuse_if_active(out: Path) -> None:
     """A second job into a run directory whose job is still queued or running would race it."""
-    if not (Path(out) / "slurm-job.json").is_file():
+    import json
+    import subprocess
+
+    f = Path(out) / "slurm-job.json"
+    if not f.is_file():
         return
     try:
-        job, info = slurm_job(out)
-        state = str(job.state)
-    except Exception:  # noqa: BLE001 - SLURM not reachable from here: nothing to compare with
-        return
+        info = json.loads(f.read_text())
+        job_id = str(info["job_id"]).split("_")[0]
+        # squeue knows a job the moment it is queued (accounting may not yet: submitit says UNKNOWN)
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                               timeout=30).stdout.strip().splitlines()
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        return  # SLURM not reachable from here: nothing to compare with
+    state = state[0] if state else ""
     if any(state.startswith(a) for a in _ACTIVE):
         raise SwagError(f"{out}: SLURM job {info['job_id']} is already {state} for this run directory; "
                         f"wait for it, or cancel it first (swag pretrain --cancel {out})")

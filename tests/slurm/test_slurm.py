@@ -98,10 +98,15 @@ def test_status_and_cancel(cluster, tiny_world, tmp_path, swag):
     rec.write_text(recipes.dump(slurm_recipe(tiny_world, tmp_path / "long", 100000), "pretrain"))
     res = swag("pretrain", "--recipe", rec, check=True)
     assert "job id" in res.stdout and "swag pretrain --cancel" in res.stdout
-    again = swag("pretrain", "--recipe", rec)  # a second job into the same run directory: refused
-    assert again.returncode == 2 and "is already" in again.stderr and "--cancel" in again.stderr, again.stderr
-    assert swag("pretrain", "--status", tmp_path / "long", check=True).returncode == 0
-    swag("pretrain", "--cancel", tmp_path / "long", check=True)
+    try:
+        again = swag("pretrain", "--recipe", rec)  # a second job into the same run directory: refused
+        # (pending: the job recorded there is queued; running: its rank 0 holds the directory's lock)
+        line = again.stderr.strip().splitlines()[-1]
+        assert again.returncode == 2 and "SLURM job" in line and ("is already" in line or "in use by swag pretrain"
+                                                                  in line), again.stderr
+        assert swag("pretrain", "--status", tmp_path / "long", check=True).returncode == 0
+    finally:
+        swag("pretrain", "--cancel", tmp_path / "long", check=True)
     job, _ = launch.slurm_job(tmp_path / "long")
     deadline = time.time() + 60
     while "CANCELLED" not in job.state and time.time() < deadline:
