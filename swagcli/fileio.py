@@ -163,14 +163,15 @@ def out_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     return p
 
 
-def clean_stale_temps(folder: str | os.PathLike) -> int:
-    """Remove the temporary files and directories an interrupted (killed) writer left in ``folder``;
-    returns how many. Only names this module makes (``.NAME.<pid>-<id>.tmp`` / ``.partial-``)."""
+def clean_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
+    """Remove the temporary files and directories an interrupted (killed) writer left in ``folder``
+    (and its subfolders with ``recursive``); returns how many. Only names this module makes
+    (``.NAME.<pid>-<id>.tmp`` / ``.partial-``) whose process is gone."""
     n = 0
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    for p in folder.iterdir():
+    for p in (folder.rglob(".*") if recursive else folder.iterdir()):
         name = p.name
         if name.startswith(".") and (name.endswith((".tmp", ".old")) or ".partial-" in name):
             pid = name.rsplit(".", 2)[-2].split("-")[0] if name.endswith((".tmp", ".old")) else \

@@ -193,27 +193,33 @@ def shutdown_loader(it) -> None:
     """Stop a DataLoader iterator's workers now (not at interpreter exit, where a worker waiting
     for work and the exiting parent would wait for each other)."""
     stop = getattr(it, "_shutdown_workers", None)
-    if stop is not None:
+    if stop is None:
+        return
+    try:
+        stop()
+    except Exception:  # noqa: BLE001 - a worker already gone
+        pass
+    for w in getattr(it, "_workers", []):  # one that could not even run its SIGTERM handler
         try:
-            stop()
-        except Exception:  # noqa: BLE001 - a worker already gone
+            w.join(timeout=2)
+            if w.is_alive():
+                os.kill(w.pid, signal.SIGKILL)
+                w.join(timeout=2)
+        except (OSError, ValueError, AssertionError):
             pass
 
 
 def pool_worker_init() -> None:
     """Worker pools of data preparation: killed with their parent; SIGTERM (a pool's terminate)
-    ends them through an exception, so a file being written is removed on the way out; Ctrl-C is
-    the parent's to handle."""
+    ends them at once, whatever they are doing (a Python handler would wait for the interpreter,
+    and a worker stuck in a lock would then never end: the pool's join with it); Ctrl-C is the
+    parent's to handle. The files a killed worker was writing are temporary names, which the
+    stage removes (:func:`swagcli.fileio.clean_stale_temps`)."""
     _die_with_parent(signal.SIGKILL)
-    signal.signal(signal.SIGTERM, _exit_on_term)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() == 1:
         os._exit(1)
-
-
-def _exit_on_term(signum, frame):  # noqa: ARG001
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends it at once
-    raise SystemExit(128 + signum)
 
 
 def rank_process_init() -> None:

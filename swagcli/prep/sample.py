@@ -32,6 +32,7 @@ import json
 import time
 import zlib
 from dataclasses import dataclass
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -344,9 +345,10 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk, recipe.holdout) for p, f in zip(paths, fmts)]
     hist_images = np.zeros(len(vocab), dtype=np.int64)
     sums = []
-    for s in mapper(shard_sums, jobs, recipe.workers, progress, "weigh images"):
-        hist_images += s.pop("hist_images")  # per-shard histograms are summed as they come
-        sums.append(s)
+    with closing(mapper(shard_sums, jobs, recipe.workers, progress, "weigh images")) as results:
+        for s in results:  # (closing: an error here ends the worker pool at once)
+            hist_images += s.pop("hist_images")  # per-shard histograms are summed as they come
+            sums.append(s)
     split = strategy == "head_tail"
     if split:
         head_w = [s["w_head"] for s in sums]
@@ -385,9 +387,16 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
              for i, (p, f) in enumerate(zip(paths, fmts))]
     hist_samples = np.zeros(len(vocab), dtype=np.int64)
     parts = []
-    for p in mapper(plan_shard, jobs2, recipe.workers, progress, "draw samples"):
-        hist_samples += p.pop("hist_samples")
-        parts.append(p)
+    try:
+        with closing(mapper(plan_shard, jobs2, recipe.workers, progress, "draw samples")) as results:
+            for p in results:
+                hist_samples += p.pop("hist_samples")
+                parts.append(p)
+    except BaseException:  # workers killed mid-part (SIGTERM, an error): no temporary file stays
+        from swagcli.fileio import clean_stale_temps
+
+        clean_stale_temps(out, recursive=True)
+        raise
     assert all(p["left"] == (0, 0) for p in parts), "every quota is drawn"
     total = sum(p["samples"] for p in parts)
     tail_samples = sum(p["tail_samples"] for p in parts)

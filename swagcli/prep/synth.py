@@ -406,7 +406,13 @@ def run(recipe, progress=None) -> dict:
     world = build_world(recipe)
     if progress:
         progress("world", 1, 1)
-    written = sr.write_files(world, recipe, out, progress)
+    try:
+        written = sr.write_files(world, recipe, out, progress)
+    except BaseException:  # workers killed mid-file (SIGTERM, an error): no temporary file stays
+        from swagcli.fileio import clean_stale_temps
+
+        clean_stale_temps(out, recursive=True)
+        raise
     for concept, posts in zip(world["concepts"], written.pop("concept_posts")):
         concept["posts"] = posts
     world["groups"]["planted_shown"] = written.pop("planted_shown")

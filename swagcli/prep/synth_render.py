@@ -25,6 +25,7 @@ import itertools
 import json
 import tarfile
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -528,11 +529,12 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
     for stage, fn, jobs in stages:
         if not jobs:
             continue
-        for res in map_shards(fn, jobs, recipe.workers, progress, stage):
-            if stage == "dumps":
-                dumps.update(res)
-            elif stage in ("yfcc", "img2dataset"):
-                layout_counts.update({f"{stage}_{k}": v for k, v in res.items()})
+        with closing(map_shards(fn, jobs, recipe.workers, progress, stage)) as results:  # (an error: pool ended)
+            for res in results:
+                if stage == "dumps":
+                    dumps.update(res)
+                elif stage in ("yfcc", "img2dataset"):
+                    layout_counts.update({f"{stage}_{k}": v for k, v in res.items()})
     _write_manifest(out / "groups" / "manifest.csv", rows, world)
     atomic_write_text(out / "downstream" / "classes.json", json.dumps({c["wnid"]: {
         "synset": c["synset"], "concept": c["concept_synset"], "expected_tags": c["expected_tags"],

@@ -20,6 +20,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
+from contextlib import closing
 from pathlib import Path
 
 from swagcli.errors import SwagError
@@ -117,7 +118,8 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     paths = [str(p) for p in expand_dumps(recipe.dumps)]
     specs = [read_spec(Path(p), recipe) for p in paths]
     jobs = [(p, s, recipe.countries) for p, s in zip(paths, specs)]
-    tag_counts, shard_stats = merge_counts(mapper(count_tags, jobs, recipe.workers, progress, "count tags"))
+    with closing(mapper(count_tags, jobs, recipe.workers, progress, "count tags")) as results:
+        tag_counts, shard_stats = merge_counts(results)
     read = read_report(shard_stats, [s.fmt for s in specs])
     if read["posts"] == 0:
         raise no_posts_error(paths, read)
@@ -136,9 +138,10 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     jobs2 = [(p, tag_to_id, s) for p, s in zip(paths, specs)]
     canon_counts: Counter = Counter()
     images_in_vocab = 0
-    for counts, n in mapper(count_canonical, jobs2, recipe.workers, progress, "count hashtags"):
-        canon_counts.update(counts)
-        images_in_vocab += n
+    with closing(mapper(count_canonical, jobs2, recipe.workers, progress, "count hashtags")) as results:
+        for counts, n in results:  # (closing: an error here ends the worker pool at once)
+            canon_counts.update(counts)
+            images_in_vocab += n
     hashtags = []
     for i, g in enumerate(groups):
         n = canon_counts.get(i, 0)
