@@ -72,14 +72,14 @@ TagsFieldOpt = typer.Option(None, "--tags-field", help="field (column) holding t
 
 
 
-def _locked(out, command: str):
+def _locked(out, command: str, keep_file: bool = True):
     """The output directory's lock for the whole command (``swagcli.runlock``): a second command
     into it is refused in one line naming the holder; an --out that is a file is one line too."""
     import contextlib
 
     from swagcli.runlock import run_lock
 
-    return run_lock(out, command) if out else contextlib.nullcontext()
+    return run_lock(out, command, keep_file) if out else contextlib.nullcontext()
 
 
 def _exit_if_interrupted(result: dict) -> None:
@@ -273,6 +273,35 @@ def pretrain(
         result = launch.run_local(train_stages, r, r.launcher.local.processes, Path(r.out))
     ui.pretrain_report(result)
     _exit_if_interrupted(result)
+
+
+# -- export ---------------------------------------------------------------------------------------
+@app.command("export")
+def export(
+    source: Optional[str] = typer.Argument(None, help="a swag run or checkpoint directory"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder"),
+    format: Optional[str] = typer.Option(None, "--format", help="timm (a timm / Hugging Face Hub folder) | "
+                                         "torchvision (weights its architectures load strictly) [timm]"),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="a finetune run's EMA weights"),
+    backbone_only: Optional[bool] = typer.Option(None, "--backbone-only/--with-head", help="drop the head"),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[List[str]] = SetOpt,
+):
+    """Write a checkpoint as the folder timm and the Hub load (config.json with the hashtags as
+    label_names, model.safetensors, a model card), or as torchvision weights."""
+    from swagcli import recipes, ui
+    from swagcli.export import run
+
+    r = recipes.load("export", recipe, flags={"source": source, "out": str(out) if out else None,
+                                              "format": format, "ema": ema, "backbone_only": backbone_only},
+                     overrides=set_)
+    with _locked(r.out, "export", keep_file=False):  # the folder is meant to be uploaded as it is
+        res = run(r)
+    ui.console.print(ui.kv_table("Exported", [
+        ("checkpoint", res["source"]), ("format", res["format"]), ("model", res["model"]),
+        ("head", f"{res['labels']:,} labels" if res["head"] else "none (features only)"),
+        ("weights", "EMA" if res["ema"] else "raw")]))
+    ui.console.print(ui.wrote(*res["files"]))
 
 
 # -- synth ----------------------------------------------------------------------------------------

@@ -205,6 +205,9 @@ class PretrainRecipe(Recipe):
                                                 "{objective: wsp}])")
     mae: MaeSpec = Field(default_factory=MaeSpec)
     init: InitSpec = Field(default_factory=InitSpec)
+    freeze: Literal["none", "backbone"] = Field("none", description="backbone: train only the (pre-logits and) "
+                                                "hashtag head on the init.from trunk, e.g. a released SWAG "
+                                                "trunk given a head from a plan (its weights stay bit-identical)")
     model: ModelSpec = Field(default_factory=ModelSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -441,6 +444,19 @@ class FairnessRecipe(Recipe):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
+# -- swag export --------------------------------------------------------------------------------
+class ExportRecipe(Recipe):
+    """`swag export`: a swag checkpoint as a timm / Hugging Face Hub folder, or torchvision weights."""
+
+    source: str | None = Field(None, description="a swag run or checkpoint directory")
+    out: str | None = Field(None, description="output folder (config.json, model.safetensors, README.md)")
+    format: Literal["timm", "torchvision"] = Field("timm", description="timm: the folder timm.create_model("
+                                                   "'local-dir:OUT') and the Hub load | torchvision: weights its "
+                                                   "RegNet / VisionTransformer load strictly")
+    ema: bool = Field(False, description="a finetune run's EMA weights instead of its raw ones")
+    backbone_only: bool = Field(False, description="no head: the backbone's features only")
+
+
 # -- swag synth ---------------------------------------------------------------------------------
 class SynthRecipe(Recipe):
     """`swag synth`: the built-in synthetic hashtag world."""
@@ -599,6 +615,7 @@ RECIPES: dict[str, type[Recipe]] = {
     "finetune": FinetuneRecipe,
     "fairness": FairnessRecipe,
     "synth": SynthRecipe,
+    "export": ExportRecipe,
     "findings": FindingsRecipe,
     "ablation": AblationRecipe,
 }

@@ -151,8 +151,9 @@ class _Lock:
 
 
 @contextlib.contextmanager
-def run_lock(out: str | os.PathLike | None, command: str):
-    """Hold ``out``'s lock while the block runs (no-op for ``None`` or a lock an ancestor holds)."""
+def run_lock(out: str | os.PathLike | None, command: str, keep_file: bool = True):
+    """Hold ``out``'s lock while the block runs (no-op for ``None`` or a lock an ancestor holds);
+    ``keep_file=False`` removes the lock file afterwards (a folder meant to be uploaded as it is)."""
     if out is None:
         yield
         return
@@ -174,6 +175,9 @@ def run_lock(out: str | os.PathLike | None, command: str):
         else:
             os.environ[_ENV] = before
         lock.release()
+        if not keep_file:
+            with contextlib.suppress(OSError):
+                (out / LOCK_NAME).unlink()
         if created:  # a command that failed before writing anything leaves no directory behind
             with contextlib.suppress(OSError):
                 if [p.name for p in out.iterdir()] == [LOCK_NAME]:

@@ -93,3 +93,32 @@ def layouts(tmp_path_factory):
                               group_images=0, bad_line_prob=0.02, failed_download_prob=0.1, video_prob=0.05,
                               layouts=["yfcc", "img2dataset"]))
     return out, summary
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``cli("vocab", "build", ...)`` runs ``swag`` in this process; returns exit code, stdout, stderr."""
+    from swagcli.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    def run(*args) -> Result:
+        capsys.readouterr()
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        cap = capsys.readouterr()
+        return Result(code, cap.out, cap.err)
+
+    return run

@@ -235,7 +235,7 @@ def run(recipe, progress=None) -> dict:
         if empty is not None:
             raise SwagError(f"geography: row {man.number(empty)} of {man.path} has no country or no label")
     split = manifest_split(man, recipe.data.path_column, labels)
-    source = load_source(recipe.source)
+    source = load_source(recipe.source, resolution=recipe.data.resolution)
     if source.vocab is None:
         raise SwagError(f"fairness: needs a swag checkpoint (its hashtag head and vocabulary); {source.path} "
                         "has no hashtag head")

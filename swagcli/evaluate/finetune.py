@@ -305,8 +305,10 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                      "step": step, "ema": ema.state_dict() if ema is not None else {}}
             last_ckpt = ckpt_io.save(out / "checkpoints", step, model, state, None, recipe_yaml,
-                                     {"model": source.name, "classes": len(train.classes), "lr": lr,
-                                      "updates": updates, "resolution": resolution, "kind": "finetune"},
+                                     {**ckpt_io.describe_model(model, source.name, source.kwargs, resolution,
+                                                               "finetune"),
+                                      "classes": len(train.classes), "lr": lr, "updates": updates,
+                                      "kind": "finetune"},
                                      keep=recipe.keep_checkpoints, files={"classes.json": classes_json})
         if env.distributed:
             dist.barrier()

@@ -40,7 +40,7 @@ def run(recipe, progress=None) -> dict:
     require_classes(train)
     val = load_split(recipe.data.val, "val", train.classes)
     require_trained_classes(train, val)
-    source = load_source(recipe.source, recipe.seed)
+    source = load_source(recipe.source, recipe.seed, recipe.data.resolution)
     resolution = recipe.data.resolution or source.resolution
     device = pick_device(recipe.device, DistEnv())
     dtype = amp_dtype(recipe.precision, device)

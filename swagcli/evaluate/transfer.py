@@ -44,6 +44,7 @@ class Source:
     vocab: object | None = None  # swagcli.prep.vocab.Vocab (swag checkpoints)
     fingerprint: str = ""
     meta: dict = field(default_factory=dict)
+    kwargs: dict = field(default_factory=dict)  # the timm kwargs it was built with
 
 
 def _default_resolution(backbone) -> int:
@@ -53,106 +54,80 @@ def _default_resolution(backbone) -> int:
     return int(img[0]) if img else int(size[-1])
 
 
-def load_source(spec, seed: int = 0) -> Source:
-    """The model named by a :class:`~swagcli.recipes.SourceSpec`, on the CPU, in eval mode."""
+def load_source(spec, seed: int = 0, resolution: int | None = None) -> Source:
+    """The model named by a :class:`~swagcli.recipes.SourceSpec`, on the CPU, in eval mode: a swag run
+    or checkpoint, a weight file in any layout :mod:`swagcli.weights` knows (timm, torchvision, the
+    SWAG torch.hub models, a swag ``model.safetensors``; the architecture inferred unless
+    ``source.model`` names it), or random weights. ``resolution``: the input size it will see (a
+    ViT's position embeddings are resampled to it)."""
     from swagcli.train.models import build_model
 
     path = spec.checkpoint
     if path and Path(path).is_dir():
-        return _load_swag(Path(path))
-    if path and not Path(path).is_file():
-        raise SwagError(f"source.checkpoint: {path}: no such file or directory")
-    if not spec.model:
-        raise SwagError("source.model: a timm model name is needed for a weight file or random weights")
-    torch.manual_seed(seed)
-    model = build_model(spec.model, 1, spec.kwargs, pre_logits=False)
-    if path:
-        _load_backbone(model.backbone, Path(path))
+        src = _load_swag(Path(path))
+    elif path:
+        if not Path(path).is_file():
+            raise SwagError(f"source.checkpoint: {path}: no such file or directory")
+        from swagcli import weights
+
+        torch.manual_seed(seed)
+        model, conv, name, kwargs = weights.model_for_file(path, spec.model, spec.kwargs)
         st = Path(path).stat()
-        fp = f"timm:{spec.model}:{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        src = Source(model.eval(), name, conv.layout, _default_resolution(model.backbone), str(path), None,
+                     f"file:{name}:{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}",
+                     {"layout": conv.layout, "family": conv.family, "pre_logits": conv.pre_logits is not None},
+                     kwargs)
     else:
-        fp = f"random:{spec.model}:{json.dumps(spec.kwargs, sort_keys=True)}:{seed}"
-    return Source(model.eval(), spec.model, "timm" if path else "random", _default_resolution(model.backbone),
-                  path, None, fp)
+        if not spec.model:
+            raise SwagError("source.model: a timm model name is needed for random weights (or give a "
+                            "checkpoint: a swag run or a weight file)")
+        torch.manual_seed(seed)
+        model = build_model(spec.model, 1, spec.kwargs, pre_logits=False)
+        src = Source(model.eval(), spec.model, "random", _default_resolution(model.backbone), None, None,
+                     f"random:{spec.model}:{json.dumps(spec.kwargs, sort_keys=True)}:{seed}", {}, dict(spec.kwargs))
+    if resolution and resolution != src.resolution:
+        at_resolution(src, resolution)
+    return src
+
+
+def at_resolution(src: Source, resolution: int) -> None:
+    """A ViT backbone set to ``resolution`` (position embeddings resampled, as timm does);
+    convolutional backbones take any size as they are."""
+    bb = src.model.backbone
+    size = getattr(getattr(bb, "patch_embed", None), "img_size", None)
+    if size is None or tuple(size) == (resolution, resolution):
+        return
+    if not hasattr(bb, "set_input_size"):
+        raise SwagError(f"data.resolution: {src.name} is fixed at {size[0]} px")
+    bb.set_input_size(img_size=resolution)
+    src.fingerprint += f":@{resolution}"
 
 
 def _load_swag(path: Path) -> Source:
-    from swagcli import recipes
+    """A swag checkpoint, rebuilt from what its meta.json says (:func:`checkpoint.model_spec`),
+    never from today's recipe schema."""
     from swagcli.prep.vocab import Vocab
     from swagcli.train import checkpoint as ckpt_io
     from swagcli.train.models import build_model
 
     ckpt = ckpt_io.resolve(path)
-    meta = ckpt_io.load_meta(ckpt)
-    rec = recipes.load("pretrain", ckpt / "recipe.yaml")
-    if rec.objective == "mae":  # the encoder alone: no hashtag head, no pre-logits layer
-        from swagcli.train.checkpoint import load_encoder
-
-        model = build_model(rec.model.name, 1, rec.model.kwargs, pre_logits=False)
-        load_encoder(model, str(ckpt))
-        return Source(model.eval(), rec.model.name, "swag-mae", rec.data.resolution, str(ckpt), None,
-                      f"swag:{ckpt.resolve()}:{meta.get('step')}", meta)
-    vocab = Vocab(json.loads((ckpt / "vocab.json").read_text()), str(ckpt / "vocab.json"))
-    model = build_model(rec.model.name, len(vocab), rec.model.kwargs, rec.model.pre_logits)
-    ckpt_io.load_weights(model, ckpt)
-    return Source(model.eval(), rec.model.name, "swag", rec.data.resolution, str(ckpt), vocab,
-                  f"swag:{ckpt.resolve()}:{meta.get('step')}", meta)
-
-
-def _weight_file_error(path: Path, e: Exception) -> SwagError:
-    """One line for a weight file ``torch.load(weights_only=True)`` refused. torch's own message
-    for a pickle that needs other objects advises loading it with the check off: a pickle that
-    imports a function can run any code, so the advice here is to convert the file instead."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    detail = detail.group(1).strip() if detail else ""
-    names = re.findall(r"GLOBAL (\S+) was not an allowed global", detail)
-    if names or "Unsupported global" in detail:
-        what = f" ({', '.join(names[:3])})" if names else ""
-        return SwagError(f"{path}: holds Python objects other than tensors{what}: a pickle that could run code "
-                         "when loaded, so swag does not load it; if you trust it, convert it to .safetensors "
-                         "or re-save a plain state dict of tensors (torch.save(model.state_dict(), ...))")
-    if "weights_only" in text or "Weights only" in text:  # another refusal: never repeat its advice
-        why = f": {detail[:160]}" if detail else ""
-        return SwagError(f"{path}: not a readable weight file (not a torch zip archive or pickle of tensors "
-                         f"only{why}); swag reads .safetensors or a plain state dict of tensors")
-    first = (text.strip().splitlines() or [type(e).__name__])[0]
-    return SwagError(f"{path}: not a readable weight file ({first[:200]})")
-
-
-def _load_backbone(backbone: torch.nn.Module, path: Path) -> None:
-    """A timm state dict from a local file into a headless backbone: wrappers (``state_dict``,
-    ``model``, ``module.`` prefixes) are unwrapped and classifier weights dropped; every backbone
-    weight must be found."""
+    spec = ckpt_io.model_spec(ckpt)
+    name, kwargs, fp = spec["model"], spec.get("model_kwargs") or {}, f"swag:{ckpt.resolve()}:{spec.get('step')}"
+    if spec.get("objective") == "mae":  # the encoder alone: no hashtag head, no pre-logits layer
+        model = build_model(name, 1, kwargs, pre_logits=False)
+        ckpt_io.load_encoder(model, str(ckpt))
+        return Source(model.eval(), name, "swag-mae", spec["resolution"], str(ckpt), None, fp, spec, kwargs)
+    if spec.get("objective") == "finetune":
+        model = build_model(name, int(spec.get("classes") or spec["num_classes"]), kwargs, spec["pre_logits"])
+        ckpt_io.load_weights(model, ckpt)
+        return Source(model.eval(), name, "swag-finetune", spec["resolution"], str(ckpt), None, fp, spec, kwargs)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles objects
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
-        raise _weight_file_error(path, e) from None
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise SwagError(f"{path}: not a state dict of tensors")
-    own = backbone.state_dict()
-    for prefix in ("module.", "model.", "backbone."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    keep = {k: v for k, v in sd.items() if k in own}
-    missing = [k for k in own if k not in keep]
-    if missing:
-        raise SwagError(f"{path}: {len(missing)} of {len(own)} backbone weights missing (e.g. {missing[0]}); "
-                        f"is it a {type(backbone).__name__} checkpoint?")
-    bad = [k for k, v in keep.items() if v.shape != own[k].shape]
-    if bad:
-        raise SwagError(f"{path}: shape mismatch for {bad[0]}: {tuple(keep[bad[0]].shape)} vs "
-                        f"{tuple(own[bad[0]].shape)} (another model size or resolution?)")
-    backbone.load_state_dict(keep)
+        vocab = Vocab(json.loads((ckpt / "vocab.json").read_text()), str(ckpt / "vocab.json"))
+    except (OSError, ValueError) as e:
+        raise SwagError(f"{ckpt / 'vocab.json'}: unreadable ({type(e).__name__})") from None
+    model = build_model(name, len(vocab), kwargs, spec["pre_logits"])
+    ckpt_io.load_weights(model, ckpt)
+    return Source(model.eval(), name, "swag", spec["resolution"], str(ckpt), vocab, fp, spec, kwargs)
 
 
 # -- downstream splits ------------------------------------------------------------------------------

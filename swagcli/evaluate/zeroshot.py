@@ -281,7 +281,7 @@ def load(recipe):
         raise SwagError("zeroshot: no checkpoint (a swag run or checkpoint directory with its hashtag head)")
     split = load_split(recipe.data.val, "val")
     names = class_names(split, recipe.data.classes)
-    source = load_source(recipe.source)
+    source = load_source(recipe.source, resolution=recipe.data.resolution)
     if source.vocab is None:
         raise SwagError("zeroshot: needs a swag checkpoint (its hashtag head and vocabulary); "
                         f"{source.path} has no hashtag head")

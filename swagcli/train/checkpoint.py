@@ -181,6 +181,58 @@ def resolve(path: str | Path, resume: bool = False) -> Path:
     raise SwagError(f"{p}: no swag checkpoint here (expected a run or step-N directory with meta.json)")
 
 
+FORMAT_VERSION = 2  # 2: meta.json describes the model (describe_model); 1: only its recipe.yaml did
+
+
+def describe_model(model, name: str, kwargs: dict | None, resolution: int, objective: str = "wsp",
+                   extra: dict | None = None) -> dict:
+    """What rebuilds a checkpoint's model without today's recipe schema (``meta.json``): the timm
+    name and kwargs, the pre-logits layer, the head's size, the input (resolution, mean, std), the
+    objective, the swag version and this format's version."""
+    from swagcli import __version__
+
+    backbone = model.backbone
+    cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+    head = getattr(model, "head", None)
+    return {"format_version": FORMAT_VERSION, "swag_version": __version__, "model": name,
+            "model_kwargs": dict(kwargs or {}), "pre_logits": not isinstance(getattr(model, "pre_logits", None),
+                                                                            (type(None), torch.nn.Identity)),
+            "num_classes": int(head.out_features) if isinstance(head, torch.nn.Linear) else 0,
+            "num_features": int(backbone.num_features), "resolution": int(resolution),
+            "mean": [float(x) for x in cfg.get("mean", (0.485, 0.456, 0.406))],
+            "std": [float(x) for x in cfg.get("std", (0.229, 0.224, 0.225))], "objective": objective,
+            **(extra or {})}
+
+
+def model_spec(ckpt: Path) -> dict:
+    """meta.json with what rebuilds the model: as written (format 2), or for a checkpoint of format 1
+    from its ``recipe.yaml`` read as plain YAML (never validated against today's schema, so a key
+    renamed or removed since does not matter)."""
+    import yaml
+
+    from swagcli.train.models import is_vit
+
+    meta = load_meta(ckpt)
+    if meta.get("format_version", 1) >= 2 and "model_kwargs" in meta:
+        return meta
+    try:
+        rec = yaml.safe_load((ckpt / "recipe.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SwagError(f"{ckpt / 'recipe.yaml'}: unreadable ({type(e).__name__})") from None
+    finetune = meta.get("kind") == "finetune" or rec.get("kind") == "finetune"
+    spec = rec.get("source") if finetune else rec.get("model")
+    spec = spec if isinstance(spec, dict) else {}
+    name = (spec.get("model") if finetune else spec.get("name")) or meta.get("model")
+    if not name:
+        raise SwagError(f"{ckpt}: its meta.json and recipe.yaml do not say which model it is")
+    pre = None if finetune else spec.get("pre_logits")
+    return {**meta, "model": name, "model_kwargs": dict(spec.get("kwargs") or {}),
+            "pre_logits": is_vit(name) if pre is None else bool(pre),
+            "num_classes": meta.get("classes") or meta.get("hashtags") or 0,
+            "resolution": meta.get("resolution") or (rec.get("data") or {}).get("resolution") or 224,
+            "objective": rec.get("objective", "wsp") if not finetune else "finetune"}
+
+
 def load_meta(ckpt: Path) -> dict:
     try:
         meta = json.loads((ckpt / "meta.json").read_text())
@@ -209,17 +261,29 @@ def load_train_state(ckpt: Path) -> dict:
 
 
 def load_encoder(model, source: str) -> dict:
-    """The encoder (``backbone.*``) of a swag run or checkpoint into ``model``: which keys were
-    loaded, which of the model's were not found, which of the checkpoint's were left out."""
+    """The encoder (``backbone.*``) of a swag run or checkpoint, or of a weight file in any layout
+    :mod:`swagcli.weights` reads (timm, torchvision, the SWAG torch.hub models; its pre-logits
+    layer too, where the model has one), into ``model``: which keys were loaded, which of the
+    model's were not found, which of the source's were left out."""
     from safetensors.torch import load_file
 
-    try:
-        ckpt = resolve(source)
-    except SwagError as e:
-        raise SwagError(f"init.from: {e}") from None
-    weights = load_file(str(ckpt / "model.safetensors"))
+    if Path(source).is_file():
+        from swagcli import weights as W
+
+        conv = W.convert(W.read_state_dict(source))
+        weights = {f"backbone.{k}": v for k, v in W.resampled(model.backbone, conv.backbone).items()}
+        if conv.pre_logits is not None and isinstance(getattr(model, "pre_logits", None), torch.nn.Sequential):
+            weights.update({f"pre_logits.0.{k}": v for k, v in conv.pre_logits.items()})
+        ckpt = Path(source)
+    else:
+        try:
+            ckpt = resolve(source)
+        except SwagError as e:
+            raise SwagError(f"init.from: {e}") from None
+        weights = load_file(str(ckpt / "model.safetensors"))
     own = model.state_dict()
-    enc = {k: v for k, v in weights.items() if k.startswith("backbone.")}
+    enc = {k: v for k, v in weights.items()  # a file's pre-logits layer (torchvision's heads.pre_logits) too
+           if k.startswith(("backbone.", "pre_logits.") if Path(source).is_file() else "backbone.")}
     if not enc:
         raise SwagError(f"init.from: {ckpt} has no encoder weights (backbone.*)")
     shape = [k for k, v in enc.items() if k in own and own[k].shape != v.shape]
@@ -231,6 +295,6 @@ def load_encoder(model, source: str) -> dict:
     if not load:
         raise SwagError(f"init.from: none of {ckpt}'s encoder weights fit this model (another architecture?)")
     model.load_state_dict(load, strict=False)
-    missing = sorted(k for k in own if k.startswith("backbone.") and k not in load)
+    missing = sorted(k for k in own if k.startswith("backbone.") and k not in load and "num_batches" not in k)
     return {"from": str(ckpt), "loaded": len(load), "missing": missing,
             "not_loaded": sorted(k for k in weights if k not in load)}

@@ -248,7 +248,15 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
         model = MaeModel(backbone, **recipe.mae.model_dump()).to(device)
     else:
         model = build_model(recipe.model.name, len(vocab), recipe.model.kwargs, recipe.model.pre_logits).to(device)
+    if recipe.freeze == "backbone":
+        if mae:
+            raise SwagError("freeze: backbone trains a hashtag head on a fixed trunk; objective mae has none")
+        if not recipe.init.from_ and not found[0]:
+            raise SwagError("freeze: backbone needs a trunk to freeze (init.from: a swag run or a weight file)")
+        model.freeze_backbone()
     norm = Normalizer(model.backbone).to(device)
+    model_meta = ckpt_io.describe_model(model, recipe.model.name, recipe.model.kwargs, recipe.data.resolution,
+                                        recipe.objective, {"mae": recipe.mae.model_dump()} if mae else None)
     opt = build_optimizer(model, recipe.optim, recipe.batch_size)
     sched = build_scheduler(opt, total_steps, recipe.optim)
     dtype = amp_dtype(recipe.precision, device)
@@ -308,8 +316,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                      "scaler": scaler.state_dict(), "step": step, "samples": samples_seen,
                      "streams": streams, "rng": [r for _, r in gathered]}
             last_ckpt = ckpt_io.save(out / "checkpoints", step, model, state, vocab.doc, recipe_yaml,
-                                     {"model": recipe.model.name, "hashtags": len(vocab),
-                                      "samples": samples_seen, "total_steps": total_steps},
+                                     {**model_meta, "hashtags": len(vocab), "samples": samples_seen,
+                                      "total_steps": total_steps, "plan": str(recipe.data.plan)},
                                      keep=recipe.keep_checkpoints)
         if env.distributed:
             dist.barrier()

@@ -33,6 +33,23 @@ class HashtagModel(nn.Module):
     def num_features(self) -> int:
         return self.head.in_features
 
+    frozen = False
+
+    def freeze_backbone(self) -> "HashtagModel":
+        """Train the pre-logits layer and the head only: the backbone's parameters get no gradient
+        and it stays in eval mode (batch-norm statistics kept), whatever ``train()`` is called."""
+        self.frozen = True
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What transfer uses: the representation the hashtag head reads."""
         return self.pre_logits(self.backbone(x))

@@ -1,41 +1,12 @@
-"""Shared by the fault sweep: the CLI as a user meets it (in this process: no start-up cost), the
-one-line-error check, and hashes that show earlier outputs are intact."""
+"""Shared by the fault sweep (and other tests): the one-line-error check and hashes that show
+earlier outputs are intact; the `cli` fixture (swag in this process) is in tests/conftest.py."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-import pytest
-
-
-class Result:
-    def __init__(self, code: int, out: str, err: str):
-        self.code, self.out, self.err = code, out, err
-
-    def __repr__(self) -> str:
-        return f"exit {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """``cli("vocab", "build", ...)`` runs ``swag`` in this process; returns exit code, stdout, stderr."""
-    from swagcli.cli import main
-
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setenv("NO_COLOR", "1")
-
-    def run(*args) -> Result:
-        capsys.readouterr()
-        code = 0
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        cap = capsys.readouterr()
-        return Result(code, cap.out, cap.err)
-
-    return run
+from tests.conftest import Result  # noqa: F401 - the `cli` fixture lives in tests/conftest.py
 
 
 def one_line_error(res: Result, *needles: str, code: int = 2) -> str:

@@ -484,10 +484,10 @@ def test_garbage_weight_file_is_still_one_line(cli, tmp_path):
 
 # -- 4. no unpickling read in swagcli/ -----------------------------------------------------------
 UNPICKLERS = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve", "jsonpickle"}
-# allowed torch.load calls (with weights_only=True), by file and how many: transfer.py reads user
+# allowed torch.load calls (with weights_only=True), by file and how many: weights.py reads user
 # .pth/.bin weight files (a refused pickle is one line). (checkpoint.py's train_state.pt was the
 # other, by file name only, until it moved to swagcli.safetree.)
-TORCH_LOAD_ALLOWED = {"swagcli/evaluate/transfer.py": 1}
+TORCH_LOAD_ALLOWED = {"swagcli/weights.py": 1}
 TEXT_FORBIDDEN = ("allow_pickle=True", "weights_only=False", "pickle.Unpickler", "import Unpickler", "read_pickle",
                   "pickle.load")  # also caught in text: subclassing an Unpickler, a torch.load(weights_only=False)
 
