@@ -13,6 +13,10 @@
   show (at rank 3 the tiny test model put #cap in the top 5 of 30% of the images without a cap), so
   its rate has room to rise in the planted group; in the fairness set the planted concept is the main
   object of the image (the class a smaller one);
+* **captions**: the lemmas each concept is named by in its posts' captions (``caption_names``:
+  the main lemma, mostly, and the synonyms among its variants, with plurals and the words never put
+  next to them; :mod:`swagcli.prep.synth_captions`), so that labels read from caption noun phrases
+  can be scored against the concepts;
 * **downstream classes**: concepts at evenly spaced ranks, head to tail; each class is a WordNet
   neighbour of its concept, no world concept or tag, whose nearest world hashtags by path
   similarity (SPEC §6) are its concept's (:func:`_neighbour`).
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from swagcli.errors import SwagError
+from swagcli.prep import synth_captions as sc
 from swagcli.prep import synth_render as sr
 from swagcli.prep.synth_render import rng_for
 from swagcli.prep.canon import ALLOWED_SENSES, Canonicalizer, synset_key
@@ -298,11 +303,15 @@ def build_world(recipe) -> dict:
         name, family, tag, lemma, synsets = picked[j]
         others = frozenset().union(*(p[4] for k, p in enumerate(picked) if k != j))
         synset, f = get_wordnet().synset(name), families.index(family)
+        variants = _variants(name, tag, lemma, others)
+        synonyms = {v["tag"] for v in variants if v["kind"] == "synonym"}
         concepts.append({
             "index": rank, "rank": rank + 1, "prob": round(float(probs[rank] / probs.sum()), 8),
             "synset": name, "wnid": wnid_of(synset), "definition": synset.definition(),
-            "family": f, "family_synset": family, "main_tag": tag, "key": synset_key(synsets),
-            "variants": _variants(name, tag, lemma, others),
+            "lexname": synset.lexname(), "family": f, "family_synset": family, "main_tag": tag,
+            "key": synset_key(synsets), "variants": variants,
+            "caption_names": sc.caption_names(name, lemma, [m for t, m in _lemma_tags(name) if t in synonyms],
+                                              get_wordnet()),
             "visual": sr.concept_visual(f, *next(looks[family]))})
     junk = [w for w in JUNK_WORDS if not _canon().synsets(w)]
     junk_w = np.arange(1, len(junk) + 1, dtype=float) ** -0.7
@@ -316,6 +325,7 @@ def build_world(recipe) -> dict:
         "junk_tags": [{"tag": t, "weight": round(float(w / junk_w.sum()), 6)}
                       for t, w in zip(junk, junk_w)],
         "countries": {c: round(w, 6) for c, w in countries.items()},
+        "captions": sc.world_captions(),
         "downstream": {"classes": _downstream(concepts, recipe.downstream_classes, planted,
                                                   recipe.downstream_families),
                        "train_per_class": recipe.downstream_train_per_class,

@@ -7,7 +7,8 @@
 * :func:`write_files` samples the posts' ground truth, plans the files as jobs (dump shards,
   webdataset image shards, downstream and fairness images), runs them stage by stage in this
   process or a pool of ``workers`` (:func:`~swagcli.prep.parallel.map_shards`), and writes the
-  fairness manifest and ``downstream/classes.json``.
+  fairness manifest and ``downstream/classes.json``. Every post's caption is a sentence naming its
+  shown concepts (:mod:`swagcli.prep.synth_captions`), in every layout.
 
 Every task draws from its own seeded stream and every byte written is fixed (gzip mtime 0, tar
 members with fixed mtime/uid/gid/names, JPEG settings), so outputs do not depend on ``workers``.
@@ -33,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from swagcli.fileio import atomic_file, atomic_write_bytes, atomic_write_text
+from swagcli.prep import synth_captions as sc
 from swagcli.prep.parallel import map_shards
 
 SHAPES = ("circle", "square", "triangle", "diamond", "ring", "plus", "star", "ellipse_h",
@@ -46,10 +48,12 @@ HUES = 12                                  # foreground hues
 STYLES = 12                                # grating styles: 4 orientations x 3 frequencies
 _POLYGONS = {"square": (4, 0.0), "diamond": (4, np.pi / 4), "triangle": (3, np.pi / 2),
              "triangle_down": (3, -np.pi / 2), "pentagon": (5, np.pi / 2), "hexagon": (6, 0.0)}
-CAPTIONS = ("what a day", "look at this", "weekend vibes", "so happy right now", "new in",
-            "cannot get enough", "throwback to this", "guess what", "best one yet", "today")
+CAPTIONS = sc.FILLER_PHRASES              # a post's filler phrase (drawn with its hashtags)
 SIBLING_PROB = 0.5                         # a second shown concept is a family sibling this often
-CAPTION_PROB = 0.3                         # ordinary posts that also have a (tag-free) caption
+# Before captions named concepts, this share of the posts with hashtags had the filler phrase as a
+# caption; the draw stays (the stream of hashtags after it stays put), and so does the length of
+# that line, on which a corrupt line's cut is drawn.
+CAPTION_PROB = 0.3
 
 
 def rng_for(seed: int, *stream: int) -> np.random.Generator:
@@ -176,12 +180,15 @@ def _sample(cum: np.ndarray, u):
     return np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), len(cum) - 1)
 
 
-def _shard_posts(start, primary, extra, country, tags, junk, probs, rates, seed, shard, stats):
+def _shard_posts(start, primary, extra, country, tags, junk, names, probs, rates, seed, shard, stats):
     """The posts of one dump shard, drawn from the stream ``(seed, 2, shard)`` in one fixed order,
     so that every layout of the world holds the same posts: yields ``(post, hashtags, phrase,
-    caption_only, line, bad)`` with ``line`` the JSONL line and ``bad`` the corrupt line written
-    before it (or None); counts into ``stats``."""
-    rng = rng_for(seed, 2, shard)
+    sentence, caption_only, line, bad)`` with ``sentence`` the caption naming the shown concepts
+    (``names``: {"names", "lexname"} per concept), drawn from its own stream ``(seed,
+    synth_captions.STREAM, shard)``, ``line`` the JSONL line and ``bad`` the corrupt line written
+    before it (or None); counts into ``stats``. Every post has a caption: the sentence, followed by
+    the #tags on a caption-only post; the sentence holds no '#'."""
+    rng, caption_rng = rng_for(seed, 2, shard), rng_for(seed, sc.STREAM, shard)
     tag_cum = [np.cumsum([w for _, w in t]) for t in tags]
     junk_cum, zipf_cum = np.cumsum([w for _, w in junk]), np.cumsum(probs)
     for j in range(len(primary)):
@@ -197,32 +204,37 @@ def _shard_posts(start, primary, extra, country, tags, junk, probs, rates, seed,
         hashtags = ["#" + raw[i] for i in rng.permutation(len(raw))]
         post = {"id": f"p{start + j:07d}", "country": country[j]}
         phrase = CAPTIONS[int(rng.integers(len(CAPTIONS)))]
+        sentence = sc.sentence(caption_rng, shown, names, phrase)
         caption_only = rng.random() < rates["caption_only"]
         if caption_only:
-            post["caption"] = " ".join([phrase, *hashtags])  # no "hashtags" key
+            post["caption"] = " ".join([sentence, *hashtags])  # no "hashtags" key
+            before = {**post, "caption": " ".join([phrase, *hashtags])}
             stats["caption_only"] += 1
         else:
             post["hashtags"] = hashtags
             stats["empty_hashtags"] += not hashtags
+            before = dict(post)
             if rng.random() < CAPTION_PROB:
-                post["caption"] = phrase
+                before["caption"] = phrase
+            post["caption"] = sentence
         line = json.dumps(post).encode()
         bad = None
         if rng.random() < rates["bad_line"]:
             stats["bad_lines"] += 1
             if rng.random() < 0.5:  # cut JSON: never valid, the closing brace is gone
-                bad = line[: int(rng.integers(1, len(line) - 1))]
+                cut = int(rng.integers(1, len(json.dumps(before).encode()) - 1))
+                bad = line[: min(cut, len(line) - 2)]
             else:  # bytes that are not UTF-8 (0xff never is)
                 bad = b"\xff" + rng.integers(0x80, 0x100, 12, dtype=np.uint8).tobytes()
-        yield post, hashtags, phrase, caption_only, line, bad
+        yield post, hashtags, phrase, sentence, caption_only, line, bad
 
 
-def write_dump_shard(path, gz, start, primary, extra, country, tags, junk, probs, rates, seed,
+def write_dump_shard(path, gz, start, primary, extra, country, tags, junk, names, probs, rates, seed,
                      shard) -> dict:
     """One hashtag dump shard (JSONL, gzip when ``gz``); see SPEC §1 for the format."""
     lines, stats = [], Counter()
-    for _, _, _, _, line, bad in _shard_posts(start, primary, extra, country, tags, junk, probs,
-                                             rates, seed, shard, stats):
+    for *_, line, bad in _shard_posts(start, primary, extra, country, tags, junk, names, probs,
+                                      rates, seed, shard, stats):
         if bad is not None:
             lines.append(bad)
         lines.append(line)
@@ -277,17 +289,18 @@ def _user_tags(hashtags: list, spaced: dict) -> str:
     return ",".join(quote_plus(spaced.get(t[1:], t[1:])) for t in hashtags)
 
 
-def write_yfcc_shard(path, bz, row_numbers, start, primary, extra, country, tags, junk, probs,
+def write_yfcc_shard(path, bz, row_numbers, start, primary, extra, country, tags, junk, names, probs,
                      rates, seed, shard, spaced, video_prob) -> dict:
-    """The posts of one dump shard as YFCC100M metadata (bz2 when ``bz``): user tags in the
-    user-tags field (a caption-only post's #tags in its description), a video line (marker 1)
+    """The posts of one dump shard as YFCC100M metadata (bz2 when ``bz``): the caption's sentence
+    in the title, user tags in the user-tags field (a caption-only post's filler phrase and #tags
+    in its description), a video line (marker 1)
     after a post with ``video_prob``, and a broken line (cut short, or not UTF-8) wherever the
     JSONL dump has one."""
     rng = rng_for(seed, 6, shard)
     out, stats = [], Counter()
     row = start
-    for post, hashtags, phrase, caption_only, _, bad in _shard_posts(
-            start, primary, extra, country, tags, junk, probs, rates, seed, shard, Counter()):
+    for post, hashtags, phrase, sentence, caption_only, _, bad in _shard_posts(
+            start, primary, extra, country, tags, junk, names, probs, rates, seed, shard, Counter()):
         if bad is not None:
             if rng.random() < 0.5:  # cut short: too few fields
                 cut = _yfcc_line(rng, yfcc_id(row), None, "", "", "").split("\t")
@@ -296,7 +309,7 @@ def write_yfcc_shard(path, bz, row_numbers, start, primary, extra, country, tags
                 out.append(b"\xff" + rng.integers(0x80, 0x100, 12, dtype=np.uint8).tobytes())
             stats["bad_lines"] += 1
         pid = yfcc_id(int(post["id"][1:]))
-        title = quote_plus(phrase)
+        title = quote_plus(sentence)
         description = quote_plus(" ".join([phrase, *hashtags])) if caption_only else ""
         user = "" if caption_only else _user_tags(hashtags, spaced)
         out.append(_yfcc_line(rng, pid, row if row_numbers else None, title, description, user).encode())
@@ -311,18 +324,19 @@ def write_yfcc_shard(path, bz, row_numbers, start, primary, extra, country, tags
     return {"lines": len(out), **stats}
 
 
-def write_img2dataset_shard(folder, shard, start, primary, extra, country, tags, junk, probs, rates,
+def write_img2dataset_shard(folder, shard, start, primary, extra, country, tags, junk, names, probs, rates,
                             seed, spaced, looks, size, failed_prob) -> dict:
     """The posts of one dump shard as img2dataset writes a shard (``output_format=webdataset``,
     ``save_additional_columns=[photoid, usertags]``): ``NNNNN.tar`` with ``KEY.jpg``, ``KEY.json``,
-    ``KEY.txt`` (the caption, with the #tags) per download, ``NNNNN.parquet`` with every row (failed
+    ``KEY.txt`` (the caption: the sentence, then the #tags) per download, ``NNNNN.parquet`` with every row (failed
     downloads, of random concepts, interleaved with their status) and ``NNNNN_stats.json``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rng, img_rng = rng_for(seed, 7, shard), rng_for(seed, 8, shard)
     zipf_cum = np.cumsum(probs)
-    posts = list(_shard_posts(start, primary, extra, country, tags, junk, probs, rates, seed, shard, Counter()))
+    posts = list(_shard_posts(start, primary, extra, country, tags, junk, names, probs, rates, seed, shard,
+                              Counter()))
     rows, statuses = [], Counter()
     n_rows = len(posts) + int(np.ceil(len(posts) * failed_prob * 2)) + 1
     digits = max(4, len(str(n_rows)))
@@ -341,10 +355,10 @@ def write_img2dataset_shard(folder, shard, start, primary, extra, country, tags,
                                      quote_plus(spaced.get(tag, tag)), "failed_to_download", err, None, size))
                 statuses[err] += 1
                 continue
-            post, hashtags, phrase, caption_only, _, _ = posts[j]
+            post, hashtags, _, sentence, caption_only, _, _ = posts[j]
             shown = [int(primary[j])] + ([int(extra[j])] if extra[j] >= 0 else [])
             img = jpeg(render(looks, shown, img_rng, size))
-            caption = " ".join([phrase, *hashtags])
+            caption = " ".join([sentence, *hashtags])
             row = _i2d_row(key, pid, caption, "" if caption_only else _user_tags(hashtags, spaced),
                            "success", None, hashlib.sha256(img).hexdigest(), size)
             rows.append(row)
@@ -467,6 +481,7 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
     looks = [{"visual": c["visual"]} for c in world["concepts"]]
     tags = [[(v["tag"], v["weight"]) for v in c["variants"]] for c in world["concepts"]]
     junk = [(j["tag"], j["weight"]) for j in world["junk_tags"]]
+    names = [{"names": c["caption_names"], "lexname": c["lexname"]} for c in world["concepts"]]
     rates = {"missing": recipe.missing_tag_prob, "wrong": recipe.wrong_tag_prob,
              "junk": recipe.junk_tags_mean, "caption_only": recipe.caption_only_prob,
              "bad_line": recipe.bad_line_prob}
@@ -478,7 +493,7 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
         gz = int((s + 1) * frac) > int(s * frac)  # a `frac` share of the shards, spread out
         files["dumps"].append(f"dumps/posts-{s:05d}.jsonl" + (".gz" if gz else ""))
         dump_jobs.append((out / files["dumps"][-1], gz, a, primary[a:b], extra[a:b],
-                          countries[a:b], tags, junk, [c["prob"] for c in world["concepts"]],
+                          countries[a:b], tags, junk, names, [c["prob"] for c in world["concepts"]],
                           rates, seed, s))
     for s, a in enumerate(range(0, recipe.posts, recipe.images_per_shard)):
         b = min(a + recipe.images_per_shard, recipe.posts)
@@ -499,7 +514,7 @@ def write_files(world: dict, recipe, out: Path, progress=None) -> dict:
     layouts = set(recipe.layouts)
     if layouts:
         spaced = spaced_tags(world)
-        shared = [(a, primary[a:b], extra[a:b], countries[a:b], tags, junk,
+        shared = [(a, primary[a:b], extra[a:b], countries[a:b], tags, junk, names,
                    [c["prob"] for c in world["concepts"]], rates, seed, s) for s, (a, b) in enumerate(bounds)]
     yfcc_jobs, i2d_jobs = [], []
     if "yfcc" in layouts:
