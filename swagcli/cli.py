@@ -66,6 +66,8 @@ def _split(values: Optional[List[str]]) -> Optional[List[str]]:
 
 
 FormatOpt = typer.Option(None, "--format", help=" | ".join(FORMATS) + " [auto]")
+LabelsOpt = typer.Option(None, "--labels", help="a post's raw tags: hashtags | caption (its noun phrases, "
+                         "WordNet nouns) | both [hashtags]")
 TagsFieldOpt = typer.Option(None, "--tags-field", help="field (column) holding the tags, e.g. usertags "
                             "(img2dataset, parquet, jsonl); default: the #tags of the caption for img2dataset")
 
@@ -120,6 +122,7 @@ def vocab_build(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel processes [1]"),
     format: Optional[str] = FormatOpt,
     tags_field: Optional[str] = TagsFieldOpt,
+    labels: Optional[str] = LabelsOpt,
     recipe: Optional[Path] = RecipeOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
@@ -133,7 +136,7 @@ def vocab_build(
     r = recipes.load("vocab", recipe, flags={
         "dumps": dumps or None, "out": str(out) if out else None, "min_count": min_count,
         "head_min_images": head_min_images, "countries": _split(countries), "workers": workers,
-        "format": format, "fields.tags": tags_field}, overrides=set_)
+        "format": format, "fields.tags": tags_field, "labels": labels}, overrides=set_)
     with _locked(r.out, "vocab"), ui.StageProgress() as prog:
         doc = build(r, prog, **_prep_mapper(r, "swag-vocab"))
     ui.vocab_report(doc, r.out)
@@ -192,13 +195,15 @@ def sample_run(
     vocab: Optional[Path] = typer.Option(None, help="vocab.json or its directory"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory"),
     samples: Optional[int] = typer.Option(None, "--samples", "-m", help="M: total samples"),
-    strategy: Optional[str] = typer.Option(None, help="head_tail | sqrt | natural | uniform"),
+    strategy: Optional[str] = typer.Option(None, help="head_tail | sqrt | natural | uniform | balanced "
+                                           "(cap: --set t=N)"),
     alpha: Optional[float] = typer.Option(None, help="head share (head_tail) [0.7]"),
     label_noise: Optional[float] = typer.Option(None, help="share of hashtags replaced [0]"),
     seed: Optional[int] = typer.Option(None, help="random seed [0]"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel processes [1]"),
     format: Optional[str] = FormatOpt,
     tags_field: Optional[str] = TagsFieldOpt,
+    labels: Optional[str] = typer.Option(None, "--labels", help="hashtags | caption | both [as the vocabulary]"),
     recipe: Optional[Path] = RecipeOpt,
     set_: Optional[List[str]] = SetOpt,
 ):
@@ -213,7 +218,7 @@ def sample_run(
         "dumps": dumps or None, "vocab": str(vocab) if vocab else None,
         "out": str(out) if out else None, "samples": samples, "strategy": strategy,
         "alpha": alpha, "label_noise": label_noise, "seed": seed, "workers": workers,
-        "format": format, "fields.tags": tags_field}, overrides=set_)
+        "format": format, "fields.tags": tags_field, "labels": labels}, overrides=set_)
     with _locked(r.out, "sample"), ui.StageProgress() as prog:
         summary = build(r, prog, **_prep_mapper(r, "swag-sample"))
     ui.sample_report(summary, r.out)

@@ -21,6 +21,19 @@ def demo_recipe(kind: str) -> Path:
     return RECIPE_DIR / kind / "demo.yaml"
 
 
+def caption_recovery(cdoc: dict, hdoc: dict, world_json: Path) -> list[tuple[str, object]]:
+    """The rows of how the caption vocabulary recovers the world's concepts."""
+    import json
+
+    from swagcli.prep.synth_captions import score_vocab
+
+    r = score_vocab(cdoc, hdoc, json.loads(Path(world_json).read_text()))
+    return [("canonical hashtags", r["hashtags"]),
+            ("of them a world concept (precision)", f"{r['correct']:,} ({r['precision']:.1%})"),
+            ("concepts the hashtag vocabulary has", r["reference"]),
+            ("of them found from captions (recall)", f"{r['recovered']:,} ({r['recall']:.1%})")]
+
+
 def run_demo(out: Path, posts: int | None = None, workers: int = 2) -> dict:
     from swagcli.prep import sample, synth
     from swagcli.prep.vocab import build
@@ -41,6 +54,15 @@ def run_demo(out: Path, posts: int | None = None, workers: int = 2) -> dict:
     with ui.StageProgress() as prog:
         doc = build(v, prog)
     ui.vocab_report(doc, v.out)
+    ui.console.rule(Text.assemble(("2b/7 swag vocab build --labels caption", "bold"),
+                                  ": the same world from its captions' noun phrases"))
+    vc = recipes.load("vocab", demo_recipe("vocab"), flags={
+        "dumps": [str(world / "dumps")], "out": str(out / "vocab-captions"), "workers": workers, "labels": "caption"})
+    with ui.StageProgress() as prog:
+        cdoc = build(vc, prog)
+    ui.caption_report(cdoc["stats"])
+    ui.console.print(ui.kv_table("Caption vocabulary against the world's concepts",
+                                 caption_recovery(cdoc, doc, world / "world.json")))
     ui.console.rule(Text.assemble(("3/7 swag sample", "bold"), ": head/tail resampling into a training plan"))
     s = recipes.load("sample", demo_recipe("sample"), flags={
         "vocab": str(out / "vocab"), "dumps": [str(world / "dumps")], "out": str(out / "plan"),
@@ -78,6 +100,7 @@ def run_demo(out: Path, posts: int | None = None, workers: int = 2) -> dict:
     outputs = {
         "world (dumps, image shards, downstream sets)": world,
         "vocabulary": out / "vocab" / "vocab.json",
+        "vocabulary from captions": out / "vocab-captions" / "vocab.json",
         "Zipf plot": out / "vocab" / "zipf.png",
         "sample plan": out / "plan" / "plan.json",
         "resampling plot": out / "plan" / "resampling.png",

@@ -46,9 +46,31 @@ class FieldsSpec(Recipe):
     parquet metadata); null = the usual names (jsonl: id, hashtags, caption, country)."""
 
     id: str | None = Field(None, description="id field (img2dataset: always the shard key)")
-    tags: str | None = Field(None, description="tags field: a list, or a comma- or space-separated string")
-    caption: str | None = Field(None, description="caption field whose #tags are read when there are no tags")
+    tags: str | None = Field(None, description="tags field: a list, or a string split by tags_sep")
+    tags_sep: str | None = Field(None, description="what separates the tags of a string tags field; null = "
+                                 "a comma if the field has one, else white space")
+    caption: str | None = Field(None, description="caption field (its noun phrases with labels: caption | "
+                                "both; its #tags when a post has no tags)")
     country: str | None = Field(None, description="country field")
+
+    @field_validator("tags_sep")
+    @classmethod
+    def _sep(cls, v):
+        if v is not None and v == "":
+            raise ValueError("an empty separator splits nothing: null (comma or white space) or a string")
+        return v
+
+
+class CaptionSpec(Recipe):
+    """How a caption's noun phrases become raw tags (SPEC.md §8, :mod:`swagcli.prep.captions`)."""
+
+    max_words: int = Field(3, ge=1, le=6, description="longest phrase tried (word n-grams, longest first)")
+    stop: list[str] | None = Field(None, description="phrases that name the medium, not the content, dropped "
+                                   "(lemmas: 'photo' also drops 'photos'); null = swag's list "
+                                   "(swagcli.prep.captions.MEDIUM_WORDS); [] = keep everything")
+    stop_extra: list[str] = Field(default_factory=list, description="added to the stop list")
+    function_words: bool = Field(True, description="never read English function words as nouns "
+                                 "('can', 'may', 'will', ...: swagcli.prep.captions.FUNCTION_WORDS)")
 
 
 # -- swag vocab ---------------------------------------------------------------------------------
@@ -66,6 +88,10 @@ class VocabRecipe(Recipe):
     min_len: int = Field(3, ge=1, description="Listing 1's MIN_LEN")
     head_min_images: int = Field(5000, ge=1, description="head: canonical hashtags on >= this many images")
     caption_hashtags: bool = Field(True, description="take #tags from the caption of posts without hashtags")
+    labels: Literal["hashtags", "caption", "both"] = Field(
+        "hashtags", description="a post's raw tags: its hashtags | its caption's noun phrases (WordNet "
+        "nouns, SPEC.md §8) | both")
+    caption: CaptionSpec = Field(default_factory=CaptionSpec)
     workers: int = Field(1, ge=1, description="processes counting shards in parallel")
     launcher: "PrepLauncher" = Field(default_factory=lambda: PrepLauncher(),
                                      description="slurm: count shards as a SLURM job array")
@@ -94,8 +120,14 @@ class SampleRecipe(Recipe):
     format: SourceFormat = Field("auto", description=" | ".join(FORMATS))
     fields: FieldsSpec = Field(default_factory=FieldsSpec)
     caption_hashtags: bool = Field(True, description="take #tags from the caption of posts without hashtags")
+    labels: Literal["hashtags", "caption", "both"] | None = Field(
+        None, description="null = as the vocabulary was built (vocab.json sources.labels)")
+    caption: CaptionSpec | None = Field(None, description="null = as the vocabulary was built")
     samples: int = Field(..., ge=1, description="M: total samples to draw (with replacement)")
-    strategy: Literal["head_tail", "sqrt", "natural", "uniform"] = "head_tail"
+    strategy: Literal["head_tail", "sqrt", "natural", "uniform", "balanced"] = Field(
+        "head_tail", description="balanced: MetaCLIP's per-hashtag cap t (SPEC.md §9)")
+    t: int = Field(20000, ge=1, description="balanced: a hashtag on more than t images keeps each with "
+                   "probability t / count (MetaCLIP: 20,000; scale it down for toy data)")
     alpha: float = Field(0.7, ge=0, le=1, description="head share of the samples (head_tail)")
     label_noise: float = Field(0.0, ge=0, lt=1, description="p: share of hashtags replaced from the marginal")
     seed: int = 0
@@ -211,7 +243,9 @@ class PretrainRecipe(Recipe):
     model: ModelSpec = Field(default_factory=ModelSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     data: DataSpec = Field(default_factory=DataSpec)
-    loss: Literal["softmax", "bce"] = "softmax"
+    loss: Literal["softmax", "bce", "softmax_idf"] = Field(
+        "softmax", description="softmax (1/K targets) | bce (per-hashtag sigmoid) | softmax_idf (SuperClass: "
+        "targets weighted by log(N / df), SPEC.md §9)")
     batch_size: int = Field(8192, ge=1, le=8192, description="global batch (the paper caps it at 8192)")
     micro_batch: int | None = Field(None, ge=1, description="per process per step; the rest is accumulation")
     samples: int | None = Field(None, ge=1, description="training samples; default: the plan's total x epochs")
@@ -507,6 +541,8 @@ class ArmSpec(Recipe):
 
     name: str = Field(..., pattern=_SLUG, description="short id, used in `expect` (a-z, 0-9, _ . -)")
     label: str | None = Field(None, description="how tables and plots name it (default: name)")
+    vocab: dict[str, Any] = Field(default_factory=dict, description="keys over the suite's vocab recipe: "
+                                  "this arm's own vocabulary (e.g. labels: caption)")
     sample: dict[str, Any] = Field(default_factory=dict, description="keys over the suite's sample recipe")
     pretrain: dict[str, Any] | None = Field(default_factory=dict, description="keys over the suite's "
                                             "pretrain recipe; null = no pretraining (random weights)")

@@ -96,10 +96,38 @@ def read_table(read: dict, shards: int | None = None) -> Table:
     return t
 
 
+def caption_report(read: dict, top: int = 10) -> None:
+    """What labelling captions saw (labels: caption | both), a column per format, and the most
+    frequent phrases kept and dropped: what the vocabulary was made of."""
+    if not read.get("caption"):
+        return
+    by = {f: v["caption"] for f, v in (read.get("by_format") or {}).items() if v.get("caption")}
+    if len(by) > 1:
+        by["total"] = read["caption"]
+    elif not by:
+        by = {"count": read["caption"]}
+    t = Table(title="Captions -> noun phrases", title_justify="left")
+    t.add_column("")
+    for c in by:
+        t.add_column(c, justify="right")
+    t.add_row("captions read", *(f"{c['captions']:,}" for c in by.values()))
+    t.add_row("yielded labels", *(f"{c['labelled']:,} ({c['labelled_share']:.1%})" for c in by.values()))
+    t.add_row("labels per caption", *(f"{c['mean_labels']:.2f}" for c in by.values()))
+    t.add_row("distinct phrases", *(f"{c['distinct_phrases']:,}" for c in by.values()))
+    t.add_row("dropped: stop list", *(f"{c['dropped_stop']:,}" for c in by.values()))
+    c = read["caption"]
+    kept = ", ".join(f"{w.replace('_', ' ')} {n:,}" for w, n in c["top_kept"][:top])
+    dropped = ", ".join(f"{w.replace('_', ' ')} {n:,}" for w, n in c["top_dropped"][:top])
+    console.print(t)
+    console.print(f"kept most: {kept or '-'}", highlight=False)
+    console.print(f"dropped most (stop list): {dropped or '-'}", highlight=False)
+
+
 def vocab_report(doc: dict, out_dir: str | Path | None = None, top: int = 12) -> None:
     s = doc["stats"]
     p = doc["params"]
     console.print(read_table(s, s.get("dumps")))
+    caption_report(s)
     _damaged_notes(s)
     countries = ",".join(p["countries"]) if p["countries"] else "all"
     console.print(kv_table("Vocabulary", [
@@ -139,8 +167,14 @@ def sample_report(summary: dict, out_dir: str | Path | None = None) -> None:
             ("hashtags sampled", f"{s['hashtags_sampled']:,} of {s['hashtags']:,}")]
     if s["label_noise"]:
         rows.append(("hashtags replaced", f"{s['noise_replaced_fraction']:.2%}"))
+    if s.get("balanced"):
+        b = s["balanced"]
+        rows[4:4] = [(f"  survived the cap t = {b['t']:,}",
+                      f"{b['survivors']:,} (expected {b['expected_survivors']:,.0f})"),
+                     (f"  hashtags on more than {b['t']:,} images", b["capped_hashtags"])]
     if "read" in s:
         console.print(read_table(s["read"]))
+        caption_report(s["read"])
         _damaged_notes(s["read"])
     console.print(kv_table("Sample plan", rows))
     for n in s.get("notes", []):
@@ -177,6 +211,10 @@ def pretrain_report(r: dict) -> None:
         i = r["init"]
         rows.append(("initialized from", f"{i['from']}: {i['loaded']} encoder tensors loaded, "
                      f"{len(i['missing'])} not found, {len(i['not_loaded'])} of the checkpoint's left out"))
+    if r.get("idf"):
+        d = r["idf"]
+        rows.append(("softmax_idf weights", f"idf {d['idf_min']:.3f} to {d['idf_max']:.3f} over {d['images']:,} plan "
+                     f"images, {d['hashtags']:,} hashtags ({d['images_kept_1_over_k']:,} images keep 1/K)"))
     if r.get("image_shards"):
         sh = r["image_shards"]
         rows.append(("image shards", f"{sh['count']:,} from {sh['from']}"))

@@ -48,6 +48,7 @@ class Job:
     probe: dict
     zeroshot: dict | None
     keys: dict = field(default_factory=dict)
+    vocab: dict | None = None  # the arm's own vocab recipe (None: the suite's vocabulary)
 
 
 def _key(*parts) -> str:
@@ -100,16 +101,21 @@ def plan_jobs(suite: R.FindingsRecipe, studies: list[Study], out: Path, seeds: i
                     job = Job(st.name, arm.name, seed, None, None, probe, None)
                     job.keys = {"run": _key("random", world_key, _canonical("probe", probe, where))}
                 else:
+                    vocab_data, vocab_dir = None, out / "vocab"
+                    if arm.vocab:  # the arm's own vocabulary, cached by what makes it
+                        vocab_data = R.merge(suite.vocab, arm.vocab)
+                        vocab_c = _canonical("vocab", {**vocab_data, "dumps": ["-"]}, where + ".vocab")
+                        vocab_dir = out / "vocabs" / _key("vocab", world_key, vocab_c)
                     sample = R.merge(suite.sample, R.merge(arm.sample, {"seed": seed}))
-                    sample.update(vocab=str(out / "vocab"), dumps=[str(world / "dumps")],
+                    sample.update(vocab=str(vocab_dir), dumps=[str(world / "dumps")],
                                   workers=suite.workers)
                     sample_c = _canonical("sample", sample, where + ".sample")
                     pretrain = R.merge(suite.pretrain, R.merge(arm.pretrain, {"seed": seed}))
                     pretrain.setdefault("data", {})["shards"] = [str(world / "images" / "*.tar")]
                     pretrain["data"].setdefault("workers", min(suite.workers, 2))
                     pretrain_c = _canonical("pretrain", pretrain, where + ".pretrain")
-                    job = Job(st.name, arm.name, seed, sample, pretrain, probe, zeroshot)
-                    plan_key = _key("plan", world_key, suite.vocab, sample_c)
+                    job = Job(st.name, arm.name, seed, sample, pretrain, probe, zeroshot, vocab=vocab_data)
+                    plan_key = _key("plan", world_key, suite.vocab if vocab_data is None else vocab_c, sample_c)
                     job.keys = {"plan": plan_key, "run": _key("run", plan_key, pretrain_c)}
                 R.validate("probe", R.merge(probe, {"out": "x"}), where + " (probe)")
                 if zeroshot:
@@ -182,9 +188,26 @@ class Runner:
             _mark(v, vkey)
             self.computed += 1
 
+    def vocab(self, job: Job) -> None:
+        """The arm's own vocabulary (``arms[].vocab``), where it has one and it is not cached."""
+        from swagcli.prep import vocab
+
+        if job.vocab is None:
+            return
+        v = Path(job.sample["vocab"])
+        if not _done(v, v.name):
+            self.log("vocabulary: " + ", ".join(f"{k}={val}" for k, val in job.vocab.items()))
+            shutil.rmtree(v, ignore_errors=True)
+            vocab.build(R.validate("vocab", {**job.vocab, "dumps": [str(self.out / "world" / "dumps")],
+                                             "out": str(v), "workers": self.suite.workers},
+                                   "findings: vocab"), self.progress)
+            _mark(v, v.name)
+            self.computed += 1
+
     def plan(self, job: Job) -> Path:
         from swagcli.prep import sample
 
+        self.vocab(job)
         d = self.out / "plans" / job.keys["plan"]
         if not _done(d, job.keys["plan"]):
             shutil.rmtree(d, ignore_errors=True)

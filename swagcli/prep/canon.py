@@ -275,15 +275,34 @@ def build_table(morph: Morphology, min_len: int = MIN_LEN) -> dict:
     return table
 
 
+def build_phrases(morph: Morphology) -> dict:
+    """{form: lemma} for every form with a noun lemma among its morphy forms (nltk's
+    ``_morphy(form, NOUN)``, as ``wordnet.synsets(form, NOUN)`` looks them up) that has an allowed
+    noun synset; the lemma is the first such: ``flies`` -> ``fly`` (``flies`` is a lemma too, of
+    no allowed sense). These are the words and phrases (``golden_retrievers``) a caption's noun
+    phrases are matched against (:mod:`swagcli.prep.captions`, SPEC.md §8). Any length:
+    ``min_len`` is Listing 1's, applied when the phrase is canonicalized as a hashtag."""
+    names = morph.names
+    noun_offsets = {o for q, o in names if q == "n"}
+    good = {w for w in morph.lemmas["n"] if not noun_offsets.isdisjoint(morph.index[w]["n"])}
+    out = {}
+    for form in morph.preimages(good, "n"):
+        lemma = next((f for f in morph.forms(form, "n") if f in good), None)
+        if lemma is not None:
+            out[form] = lemma
+    return out
+
+
 # -- the disk cache ------------------------------------------------------------------------------
 def _default_cache_dir() -> Path:
     base = os.environ.get("SWAG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "swag")
     return Path(base) / "canon"
 
 
-def _cache_entry(cache, root, allowed, min_len: int):
-    """(path, key) of the cache file for this table, or (None, None) if WordNet is not in plain
-    files. The name is ``table-<what>-<version>.json``: <what> digests the WordNet directory,
+def _cache_entry(cache, root, allowed, min_len: int, kind: str = "table"):
+    """(path, key) of the cache file for this table (``kind``: ``table``, or ``phrases`` for
+    :func:`build_phrases`), or (None, None) if WordNet is not in plain files. The name is
+    ``<kind>-<what>-<version>.json``: <what> digests the WordNet directory,
     the allowed senses and ``min_len``; <version> digests everything else the table depends on:
     this module's source, nltk's version and substitution rules, the WordNet files' sizes and
     mtimes. The full key is stored in the file and checked on reading."""
@@ -305,7 +324,7 @@ def _cache_entry(cache, root, allowed, min_len: int):
         return None, None
     version = h.hexdigest()
     cache_dir = _default_cache_dir() if cache is True else Path(cache)
-    return cache_dir / f"table-{what[:16]}-{version[:16]}.json", f"{what}-{version}"
+    return cache_dir / f"{kind}-{what[:16]}-{version[:16]}.json", f"{kind}-{what}-{version}"
 
 
 # The cache file is JSON, never a pickle: the cache directory may be shared, and whoever can write
@@ -376,6 +395,48 @@ def _write_cache(path: Path, key: str, table: dict) -> None:
         pass  # a read-only or full cache is no error: we just build next time
 
 
+PHRASES_ID = "swag-caption-phrases/1"
+
+
+def _read_phrases(path: Path, key: str):
+    """The phrase map stored at ``path`` under ``key``, or None (then it is built again)."""
+    try:
+        with open(path, "rb") as fp:
+            if os.fstat(fp.fileno()).st_size > _CACHE_MAX_BYTES:
+                return None
+            doc = json.loads(fp.read())
+        if type(doc) is not dict or doc.get("format") != PHRASES_ID or doc.get("key") != key:
+            return None
+        forms, lemmas = doc["forms"], doc["lemmas"]
+        if type(forms) is not str or type(lemmas) is not str:
+            return None
+        forms, lemmas = forms.split("\n"), lemmas.split("\n")
+        if len(forms) != len(lemmas):
+            return None
+        return {f: (lem or f) for f, lem in zip(forms, lemmas)}  # "" = the form is its own lemma
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError):
+        return None
+
+
+def _write_phrases(path: Path, key: str, phrases: dict) -> None:
+    from swagcli.errors import SwagError
+    from swagcli.fileio import atomic_write_bytes
+
+    if not phrases or any("\n" in f or "\n" in lem for f, lem in phrases.items()):
+        return
+    doc = {"format": PHRASES_ID, "key": key, "forms": "\n".join(phrases),
+           "lemmas": "\n".join("" if lem == f else lem for f, lem in phrases.items())}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(doc, separators=(",", ":")).encode("utf-8"), fsync=False)
+        what = path.name.split("-")[1]
+        for old in path.parent.glob(f"phrases-{what}-*.json"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except (OSError, SwagError):
+        pass
+
+
 class Canonicalizer:
     """Maps hashtags to frozensets of synset names, equal to Listing 1's ``get_synsets``.
 
@@ -389,7 +450,9 @@ class Canonicalizer:
         self.allowed = frozenset(allowed_senses)
         self.min_len = min_len
         self._wn = wn
+        self._cache = cache
         self._morph: Morphology | None = None
+        self._phrases: dict | None = None
         table = None
         if cache is not False:
             if wn is not None:
@@ -445,3 +508,22 @@ class Canonicalizer:
     def items(self):
         """Every (tag, synset set) with a non-empty set."""
         return self._table.items()
+
+    def phrases(self) -> dict:
+        """{form: noun lemma} (:func:`build_phrases`), from the disk cache where it is there."""
+        if self._phrases is None:
+            path = key = None
+            if self._cache is not False:
+                root = self._wn.root if self._wn is not None else None
+                if root is None:
+                    from swagcli.wordnet import find_wordnet_root
+
+                    root, _ = find_wordnet_root()
+                path, key = _cache_entry(self._cache, root, self.allowed, self.min_len, "phrases")
+            got = _read_phrases(path, key) if path is not None else None
+            if got is None:
+                got = build_phrases(self.morphology)
+                if path is not None:
+                    _write_phrases(path, key, got)
+            self._phrases = got
+        return self._phrases

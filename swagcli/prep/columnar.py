@@ -98,6 +98,9 @@ def iter_columnar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post
         if tag_col is None and cap_col is None:
             raise SwagError(f"{path}: no tags or caption column ({', '.join(TAG_COLUMNS + CAPTION_COLUMNS)}; "
                             "name one with fields.tags or fields.caption)")
+    if spec.labels != "hashtags" and cap_col is None:
+        raise SwagError(f"{path}: labels: {spec.labels} reads captions, and there is no caption column "
+                        f"({', '.join(CAPTION_COLUMNS)}; name it with fields.caption; columns: {', '.join(names)})")
     country_col = _column(names, spec.country, ("country",), "country", path)
     wanted = [id_col, tag_col, cap_col, country_col, status]
     columns = [c for c in dict.fromkeys(wanted) if c]

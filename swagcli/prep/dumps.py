@@ -42,13 +42,15 @@ from urllib.parse import unquote_plus
 
 from swagcli.errors import SwagError
 from swagcli.paths import expand, is_pattern
-from swagcli.prep.canon import normalize_tag
+from swagcli.prep.canon import ALLOWED_SENSES, normalize_tag
+from swagcli.prep.captions import CaptionConfig, CaptionStats, labeller
 
 DUMP_SUFFIXES = (".jsonl", ".json", ".ndjson", ".tsv", ".txt", ".parquet")
 COMPRESSIONS = (".gz", ".zst", ".zstd", ".bz2")
 # a caption's hashtags: '#' not right after a letter, digit, '&' or '/' (URL anchors, HTML entities
-# such as &#39; in YFCC100M descriptions are not hashtags)
-HASHTAG_RE = re.compile(r"(?<![\w&/])#(\w+)")
+# such as &#39; in YFCC100M descriptions are not hashtags); '#dog#beagle', as img2dataset captions
+# of Flickr and Instagram posts have them, is two hashtags
+HASHTAG_RE = re.compile(r"(?<![\w&/])#(\w+(?:#\w+)*)")
 SHARD_RE = re.compile(r"^(\d+)\.(tar|parquet)$")  # img2dataset: 00000.tar, 00000.parquet
 YFCC_FIELDS = (23, 24, 25)  # original; with the hash; with the row number and the hash
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -86,6 +88,8 @@ class ReadStats:
     no_tags: int = 0
     from_caption: int = 0
     truncated: int = 0  # files that broke part-way
+    # labels: caption | both: what labelling the captions saw (swagcli.prep.captions)
+    caption: CaptionStats = field(default_factory=CaptionStats)
     # those files: {"path", "lines_read": whole lines (records) read before the damage, "error"}
     damaged: list = field(default_factory=list)
 
@@ -105,7 +109,11 @@ class ReadStats:
         return sum(getattr(self, r) for r in RULE_LABELS if r not in FILE_RULES)
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {"skipped": self.skipped}
+        out = {f.name: getattr(self, f.name) for f in fields(self)} | {"skipped": self.skipped}
+        cap = out.pop("caption")
+        if cap.captions:
+            out["caption"] = cap.report()
+        return out
 
 
 def one_line(e: Exception) -> str:
@@ -151,7 +159,8 @@ class Post:
 
 @dataclass(frozen=True)
 class ReadSpec:
-    """How to read one source: its format, and the fields of formats with named fields."""
+    """How to read one source: its format, the fields of formats with named fields, and where a
+    post's raw tags come from (``labels``; ``captions``: the caption labeller's configuration)."""
 
     fmt: str
     caption_hashtags: bool = True
@@ -159,18 +168,59 @@ class ReadSpec:
     tags: str | None = None
     caption: str | None = None
     country: str | None = None
+    tags_sep: str | None = None
+    labels: str = "hashtags"
+    captions: CaptionConfig | None = None
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Where a run's raw tags come from: ``hashtags``, ``caption`` or ``both``, and for the last
+    two how captions are labelled."""
+
+    labels: str = "hashtags"
+    captions: CaptionConfig | None = None
+
+    @classmethod
+    def of_vocab_recipe(cls, recipe) -> "Labels":
+        if recipe.labels == "hashtags":
+            return cls()
+        return cls(recipe.labels, CaptionConfig.of(recipe.caption, recipe.allowed_senses, recipe.min_len))
+
+    @classmethod
+    def of_sample_recipe(cls, recipe, vocab_doc: dict) -> "Labels":
+        """A sample recipe's own settings, else the vocabulary's (labels must be read the same
+        way when planning as when the vocabulary was counted)."""
+        src = vocab_doc.get("sources") or {}
+        params = vocab_doc.get("params") or {}
+        labels = recipe.labels or src.get("labels") or "hashtags"
+        if labels == "hashtags":
+            return cls()
+        senses, min_len = params.get("allowed_senses") or ALLOWED_SENSES, params.get("min_len") or 3
+        if recipe.caption is not None:
+            return cls(labels, CaptionConfig.of(recipe.caption, senses, min_len))
+        c = src.get("caption") or {}
+        base = CaptionConfig(tuple(sorted(senses)), min_len)
+        return cls(labels, CaptionConfig(base.allowed_senses, min_len, c.get("max_words", base.max_words),
+                                         tuple(c.get("stop", base.stop)),
+                                         c.get("function_words", base.function_words)))
 
 
 def sources_info(specs: list[ReadSpec], recipe) -> dict:
     """What vocabularies and plans record of how their sources were read."""
-    return {"formats": sorted({s.fmt for s in specs}), "fields": recipe.fields.model_dump(exclude_none=True)}
+    out = {"formats": sorted({s.fmt for s in specs}), "fields": recipe.fields.model_dump(exclude_none=True),
+           "labels": specs[0].labels if specs else "hashtags"}
+    if specs and specs[0].captions is not None:
+        out["caption"] = specs[0].captions.as_dict()
+    return out
 
 
-def read_spec(path: Path, recipe) -> ReadSpec:
+def read_spec(path: Path, recipe, labels: Labels | None = None) -> ReadSpec:
     """The :class:`ReadSpec` of ``path`` under a vocab/sample recipe (format detected if auto)."""
     f = recipe.fields
+    labels = labels or Labels()
     return ReadSpec(detect_format(path, recipe.format), recipe.caption_hashtags,
-                    f.id, f.tags, f.caption, f.country)
+                    f.id, f.tags, f.caption, f.country, f.tags_sep, labels.labels, labels.captions)
 
 
 # -- which files ---------------------------------------------------------------------------------
@@ -351,9 +401,12 @@ def sniff_line(line: bytes) -> str:
 
 
 # -- tags -------------------------------------------------------------------------------------------
-def split_tags(text: str) -> list[str]:
-    """A tag string as sources write them: comma-separated (``brown+bear,new york``; one tag per
-    item, words joined later) or else white-space separated (``#dog #cat``)."""
+def split_tags(text: str, sep: str | None = None) -> list[str]:
+    """A tag string as sources write them: split by ``sep`` where it is declared
+    (``fields.tags_sep``), else comma-separated (``brown+bear,new york``; one tag per item, words
+    joined later) or else white-space separated (``#dog #cat``)."""
+    if sep is not None:
+        return [t for t in (item.strip() for item in text.split(sep)) if t]
     if "," not in text:
         return text.split()
     out = []
@@ -366,10 +419,10 @@ def split_tags(text: str) -> list[str]:
     return out
 
 
-def tag_list(value) -> list[str]:
+def tag_list(value, sep: str | None = None) -> list[str]:
     """Raw tags of a field: a list of strings, or a string (:func:`split_tags`)."""
     if isinstance(value, str):
-        return split_tags(value)
+        return split_tags(value, sep)
     if isinstance(value, (list, tuple)):
         return [t for t in value if type(t) is str]
     return []
@@ -382,9 +435,18 @@ def _dedupe(tags) -> list[str]:
     return list(out)
 
 
+def hashtags_in(caption: str) -> list[str]:
+    """The ``#tags`` of a caption (``#dog#beagle``: both)."""
+    found = HASHTAG_RE.findall(caption)
+    if any("#" in t for t in found):
+        found = [part for t in found for part in t.split("#")]
+    return found
+
+
 def make_post(pid, tags, caption, country, stats: ReadStats, spec: ReadSpec) -> Post | None:
-    """A post from its fields (any format), or None, counted: no id, no tags (after the caption's
-    ``#tags`` where there are none and ``caption_hashtags``)."""
+    """A post from its fields (any format), or None, counted: no id, no tags. The raw tags are,
+    by ``spec.labels``: its hashtags (the caption's ``#tags`` where there are none and
+    ``caption_hashtags``); its caption's noun phrases (:mod:`swagcli.prep.captions`); or both."""
     if isinstance(pid, str):
         pid = pid.strip()
     elif isinstance(pid, float) and pid.is_integer():
@@ -392,11 +454,16 @@ def make_post(pid, tags, caption, country, stats: ReadStats, spec: ReadSpec) -> 
     if pid is None or pid == "" or isinstance(pid, (dict, list, bool, float)):
         stats.no_id += 1
         return None
-    tags = tag_list(tags)
-    if not tags and spec.caption_hashtags and isinstance(caption, str):
-        tags = HASHTAG_RE.findall(caption)
-        if tags:
-            stats.from_caption += 1
+    if spec.labels == "caption":
+        tags = []
+    else:
+        tags = tag_list(tags, spec.tags_sep)
+        if not tags and spec.caption_hashtags and isinstance(caption, str):
+            tags = hashtags_in(caption)
+            if tags:
+                stats.from_caption += 1
+    if spec.labels != "hashtags" and isinstance(caption, str) and caption.strip():
+        tags = tags + labeller(spec.captions).label(caption, stats.caption)
     tags = _dedupe(tags)
     if not tags:
         stats.no_tags += 1
@@ -455,8 +522,9 @@ def _parse_yfcc(text: str, stats: ReadStats, spec: ReadSpec) -> Post | None:
         return None
     pid = cols[1] if n == 25 or (n == 24 and not _HEX32.match(cols[1])) else cols[0]
     caption = None
-    if spec.caption_hashtags and not cols[-15]:  # #tags written into the title or description
-        caption = unquote_plus(cols[-17]) + " " + unquote_plus(cols[-16])
+    if spec.labels != "hashtags" or (spec.caption_hashtags and not cols[-15]):
+        # the title and description: their noun phrases, or their #tags where there are no user tags
+        caption = (unquote_plus(cols[-17]) + " " + unquote_plus(cols[-16])).strip()
     return make_post(pid, [t for t in cols[-15].split(",") if t], caption, None, stats, spec)
 
 

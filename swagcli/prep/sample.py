@@ -9,7 +9,12 @@ its hashtags is a tail hashtag, else head. Then M samples are drawn with replace
 * ``sqrt`` (WSL): proportional to ``I_i`` over all images;
 * ``natural``: every image alike (images as they come);
 * ``uniform`` (WSL): a hashtag uniformly at random, then an image carrying it uniformly at
-  random, i.e. ``P(i) = sum_{h in i} 1 / (|C| f(h))``.
+  random, i.e. ``P(i) = sum_{h in i} 1 / (|C| f(h))``;
+* ``balanced`` (MetaCLIP, SPEC.md §9): first a cap ``t``: a hashtag with ``f(h) > t`` keeps each
+  of its images with probability ``t / f(h)``, an image survives when any of its hashtags keeps it
+  (``P(keep i) = 1 - prod_{h in i} (1 - min(1, t / f(h)))``), then every survivor alike. Each
+  (image, hashtag) decision is a hash of (seed, image id, hashtag id), not a draw from a stream:
+  the survivors are the same whatever the sharding, the order or the number of workers.
 
 The draw is an exact multinomial taken in a stream: pass 1 sums each shard's weights; the samples
 of each part are split over shards by a multinomial on those sums; within a shard, images are read
@@ -38,13 +43,13 @@ from pathlib import Path
 import numpy as np
 
 from swagcli.errors import SwagError
-from swagcli.prep.dumps import (ReadSpec, ReadStats, expand_dumps, iter_posts, no_posts_error, read_report,
+from swagcli.prep.dumps import (Labels, ReadSpec, ReadStats, expand_dumps, iter_posts, no_posts_error, read_report,
                                 read_spec, sources_info)
 from swagcli.prep.parallel import map_shards
 from swagcli.prep.vocab import Vocab
 
 PLAN_FORMAT = "swag-plan/1"
-STRATEGIES = ("head_tail", "sqrt", "natural", "uniform")
+STRATEGIES = ("head_tail", "sqrt", "natural", "uniform", "balanced")
 
 
 @dataclass
@@ -55,16 +60,64 @@ class Weights:
     tail: np.ndarray  # bool
     uniform: np.ndarray  # 1 / (|C| f(h))
     marginal: np.ndarray  # f(h) / sum f
+    keep: np.ndarray | None = None  # balanced: min(1, t / f(h)), the chance h keeps one of its images
+    seed: int = 0  # balanced: the key of the keep decisions
 
     @classmethod
-    def of(cls, vocab: Vocab) -> "Weights":
+    def of(cls, vocab: Vocab, t: int | None = None, seed: int = 0) -> "Weights":
         f = np.maximum(np.asarray(vocab.counts, dtype=np.float64), 1.0)
-        return cls(f ** -0.5, ~np.asarray(vocab.head, dtype=bool), 1.0 / (len(f) * f), f / f.sum())
+        keep = np.minimum(1.0, t / f) if t is not None else None
+        return cls(f ** -0.5, ~np.asarray(vocab.head, dtype=bool), 1.0 / (len(f) * f), f / f.sum(), keep, seed)
 
 
 def is_held_out(post_id: str, fraction: float) -> bool:
     """Deterministic hold-out by id (CRC32), the same in every run and process."""
     return fraction > 0 and zlib.crc32(post_id.encode()) % 1_000_000 < fraction * 1_000_000
+
+
+# -- balancing (MetaCLIP): keep decisions by hash ------------------------------------------------
+_U64 = np.uint64
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, elementwise on uint64 arrays (multiplication wraps mod 2^64)."""
+    x = x + _U64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
+
+
+def _id_hashes(ids: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each image id (BLAKE2b: the same in every process, run and platform)."""
+    from hashlib import blake2b
+
+    return np.frombuffer(b"".join(blake2b(i.encode(), digest_size=8, person=b"swag-bal").digest()
+                                  for i in ids.tolist()), dtype="<u8").astype(np.uint64)
+
+
+def keep_uniforms(ids: np.ndarray, hashtags: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform in [0, 1) per (image id, hashtag id) pair, a pure function of (seed, id, hashtag)."""
+    key = _mix64(np.full(1, seed & ((1 << 64) - 1), dtype=np.uint64))
+    x = _mix64(_id_hashes(ids) ^ key)
+    x = _mix64(x + hashtags.astype(np.uint64) * _U64(0xD1B54A32D192ED03))
+    return (x >> _U64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def balance_keep(ids: np.ndarray, labels: np.ndarray, ptr: np.ndarray, keep: np.ndarray, seed: int) -> np.ndarray:
+    """Which images survive the cap: image j (hashtags ``labels[ptr[j]:ptr[j+1]]``, at least one)
+    survives when one of its hashtags keeps it, hashtag h keeping it with probability ``keep[h]``
+    (a hashed decision: :func:`keep_uniforms`; hashtags under the cap keep without one)."""
+    own = np.ones(len(labels), dtype=bool)
+    capped = np.flatnonzero(keep[labels] < 1.0)
+    if len(capped):
+        img = np.repeat(np.arange(len(ids)), np.diff(ptr))[capped]
+        own[capped] = keep_uniforms(ids[img], labels[capped], seed) < keep[labels[capped]]
+    return np.logical_or.reduceat(own, ptr[:-1]) if len(ids) else np.zeros(0, dtype=bool)
+
+
+def keep_probability(labels: np.ndarray, ptr: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``P(keep i) = 1 - prod_{h in i} (1 - keep[h])`` per image."""
+    return 1.0 - np.multiply.reduceat(1.0 - keep[labels], ptr[:-1]) if len(ptr) > 1 else np.zeros(0)
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -128,6 +181,8 @@ def _chunks(path: str, fmt: "str | ReadSpec", tag_to_id: dict, w: Weights, strat
         tails = np.logical_or.reduceat(w.tail[lab], starts)
         if strategy == "natural":
             weights = np.ones(len(cnt))
+        elif strategy == "balanced":  # every survivor alike; the others can never be drawn
+            weights = balance_keep(idarr, lab, ptr, w.keep, w.seed).astype(np.float64)
         elif strategy == "uniform":
             weights = np.add.reduceat(w.uniform[lab], starts)
         else:
@@ -154,13 +209,25 @@ def shard_sums(path: str, fmt: "str | ReadSpec", tag_to_id: dict, w: Weights, st
     stats, drops, held = ReadStats(), [0], []
     out = {"w_head": 0.0, "w_tail": 0.0, "n_head": 0, "n_tail": 0,
            "hist_images": np.zeros(len(w.tail), dtype=np.int64)}
-    for _, labels, _, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk, stats, drops,
-                                                holdout, held):
+    balanced = strategy == "balanced"
+    if balanced:  # survivors (the weights are 0/1) and what the cap makes of them, per hashtag
+        out.update(expected=0.0, variance=0.0, hist_survivors=np.zeros(len(w.tail), dtype=np.int64),
+                   hist_expected=np.zeros(len(w.tail)))
+    for _, labels, ptr, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk, stats, drops,
+                                                  holdout, held):
         out["w_head"] += float(weights[~tails].sum())
         out["w_tail"] += float(weights[tails].sum())
         out["n_tail"] += int(tails.sum())
         out["n_head"] += int((~tails).sum())
         out["hist_images"] += np.bincount(labels, minlength=len(w.tail))
+        if balanced:
+            cnt = np.diff(ptr)
+            p = keep_probability(labels, ptr, w.keep)
+            out["expected"] += float(p.sum())
+            out["variance"] += float((p * (1 - p)).sum())
+            out["hist_survivors"] += np.bincount(labels, weights=np.repeat(weights, cnt),
+                                                 minlength=len(w.tail)).astype(np.int64)
+            out["hist_expected"] += np.bincount(labels, weights=np.repeat(p, cnt), minlength=len(w.tail))
     out["dropped"] = drops[0]
     out["held_out"] = len(held)
     out["stats"] = stats
@@ -337,17 +404,24 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         raise SwagError("sample: no vocabulary (--vocab DIR/vocab.json or 'vocab:' in the recipe)")
     t0 = time.time()
     vocab = Vocab.load(recipe.vocab)
-    w = Weights.of(vocab)
-    paths = [str(p) for p in expand_dumps(recipe.dumps)]
-    fmts = [read_spec(Path(p), recipe) for p in paths]
-    _check_shard_keys(paths, fmts)
     strategy = recipe.strategy
+    balanced = strategy == "balanced"
+    w = Weights.of(vocab, recipe.t if balanced else None, recipe.seed)
+    paths = [str(p) for p in expand_dumps(recipe.dumps)]
+    labels = Labels.of_sample_recipe(recipe, vocab.doc)
+    fmts = [read_spec(Path(p), recipe, labels) for p in paths]
+    _check_shard_keys(paths, fmts)
     jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk, recipe.holdout) for p, f in zip(paths, fmts)]
     hist_images = np.zeros(len(vocab), dtype=np.int64)
+    hist_survivors = np.zeros(len(vocab), dtype=np.int64)
+    hist_expected = np.zeros(len(vocab))
     sums = []
     with closing(mapper(shard_sums, jobs, recipe.workers, progress, "weigh images")) as results:
         for s in results:  # (closing: an error here ends the worker pool at once)
             hist_images += s.pop("hist_images")  # per-shard histograms are summed as they come
+            if balanced:
+                hist_survivors += s.pop("hist_survivors")
+                hist_expected += s.pop("hist_expected")
             sums.append(s)
     split = strategy == "head_tail"
     if split:
@@ -364,6 +438,8 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         raise no_posts_error(paths, read)
     if images == 0:
         raise SwagError(f"{paths[0]}: no image carries a hashtag of {recipe.vocab}")
+    if balanced and sum(head_w) == 0:
+        raise SwagError(f"sample: strategy balanced: no image survived the cap t={recipe.t} (raise t)")
     m = recipe.samples
     m_head = int(round(recipe.alpha * m)) if split else m
     notes = []
@@ -417,6 +493,8 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         "tail_images": sum(s["n_tail"] for s in sums),
         "noise_replaced_fraction": (sum(p["noise_replaced"] for p in parts) / noise_labels
                                     if noise_labels else 0.0),
+        **({"balanced": _balance_summary(recipe.t, vocab, w.keep, sums, hist_images, hist_survivors,
+                                         hist_expected)} if balanced else {}),
         "hashtags": len(vocab),
         "hashtags_sampled": int((hist_samples > 0).sum()),
         "read": read,
@@ -449,6 +527,28 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
 
     resampling_plot(hist_images, hist_samples, np.asarray(vocab.head), out / "resampling.png")
     return summary
+
+
+BALANCE_LARGEST = 5
+
+
+def _balance_summary(t: int, vocab: Vocab, keep: np.ndarray, sums: list, hist_images, hist_survivors,
+                     hist_expected) -> dict:
+    """What the cap did: survivors observed and expected, and for the few largest hashtags their
+    images, survivors and expected survivors (the full per-hashtag arrays would swamp the summary)."""
+    counts = np.asarray(vocab.counts)
+    largest = np.argsort(-counts, kind="stable")[:BALANCE_LARGEST]
+    return {
+        "t": t,
+        "survivors": int(sum(s["w_head"] + s["w_tail"] for s in sums)),
+        "expected_survivors": round(sum(s["expected"] for s in sums), 2),
+        "survivors_sd": round(float(np.sqrt(sum(s["variance"] for s in sums))), 2),  # of the count, by the formula
+        "capped_hashtags": int((counts > t).sum()),
+        "largest": [{"id": int(h), "name": vocab.names[h], "count": int(counts[h]),
+                     "keep": round(float(keep[h]), 6), "images": int(hist_images[h]),
+                     "survivors": int(hist_survivors[h]), "expected_survivors": round(float(hist_expected[h]), 2)}
+                    for h in largest],
+    }
 
 
 # -- reading a plan back ---------------------------------------------------------------------------

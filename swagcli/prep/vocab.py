@@ -25,7 +25,7 @@ from pathlib import Path
 
 from swagcli.errors import SwagError
 from swagcli.prep.canon import Canonicalizer, synset_key
-from swagcli.prep.dumps import (ReadSpec, ReadStats, expand_dumps, iter_posts, no_posts_error, read_report,
+from swagcli.prep.dumps import (Labels, ReadSpec, ReadStats, expand_dumps, iter_posts, no_posts_error, read_report,
                                 read_spec, sources_info)
 from swagcli.prep.parallel import map_shards
 
@@ -116,7 +116,8 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         raise SwagError("vocab build: no output directory (--out DIR or 'out:' in the recipe)")
     t0 = time.time()
     paths = [str(p) for p in expand_dumps(recipe.dumps)]
-    specs = [read_spec(Path(p), recipe) for p in paths]
+    labels = Labels.of_vocab_recipe(recipe)
+    specs = [read_spec(Path(p), recipe, labels) for p in paths]
     jobs = [(p, s, recipe.countries) for p, s in zip(paths, specs)]
     with closing(mapper(count_tags, jobs, recipe.workers, progress, "count tags")) as results:
         tag_counts, shard_stats = merge_counts(results)

@@ -41,6 +41,31 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MIN_SEEN_FOR_BAD_CHECK = 50
 
 
+def plan_df(plan_dir, hashtags: int) -> dict:
+    """Over a plan's unique images (every part, in order; the same on every rank): ``images`` (N),
+    ``df`` (per hashtag id, the plan images carrying it, labels as planned, after label noise) and
+    ``all_universal``: the images whose every hashtag is on all N images (an image holds each such
+    hashtag, so these are the images with exactly that many hashtags)."""
+    plan = load_plan(plan_dir)
+    df = np.zeros(hashtags, dtype=np.int64)
+    by_k: dict[int, int] = {}
+    n = 0
+    for part in plan["parts"]:
+        if not part["images"]:
+            continue
+        arr = load_part(plan, part)
+        labels, ptr = arr["labels"].astype(np.int64), arr["label_ptr"]
+        if len(labels) and (labels.max() >= hashtags or labels.min() < 0):
+            raise SwagError(f"{plan['dir']}: plan part {part['path']} has hashtag id {int(labels.max())}, "
+                            f"outside the vocabulary's {hashtags} hashtags")
+        n += len(arr["ids"])
+        df += np.bincount(labels, minlength=hashtags)
+        for k, c in zip(*np.unique(np.diff(ptr), return_counts=True)):
+            by_k[int(k)] = by_k.get(int(k), 0) + int(c)
+    universal = int((df == n).sum()) if n else 0
+    return {"images": n, "df": df, "all_universal": by_k.get(universal, 0) if universal else 0}
+
+
 class PlanLookup:
     """key -> (multiplicity, hashtag ids) over a plan's parts (two parts cached at a time)."""
 

@@ -28,7 +28,7 @@ from swagcli.train import account
 from swagcli.train import checkpoint as ckpt_io
 from swagcli.train.data import StreamConfig, StreamPosition, make_loader
 from swagcli.train.dist import DistEnv
-from swagcli.train.losses import LOSSES
+from swagcli.train.losses import LOSSES, SoftmaxIdf, plan_idf, softmax_ce
 from swagcli.train.models import build_model
 from swagcli.train.optim import build_optimizer, build_scheduler
 
@@ -145,11 +145,31 @@ def plan_layout(recipe, env: DistEnv) -> dict:
     return {"micro": micro, "accum": recipe.batch_size // (env.world * micro)}
 
 
-def evaluate(model, norm, loader, recipe, env, device, limit=None) -> dict:
+def build_loss(recipe, plan_dir, hashtags: int):
+    """The training loss and, for ``softmax_idf``, what its weights are (N, hashtags, idf range,
+    images that keep 1/K), for the run's result: the idf is computed once, from the plan's labels."""
+    if recipe.loss != "softmax_idf":
+        return LOSSES[recipe.loss], None
+    from swagcli.train.data import plan_df
+
+    d = plan_df(plan_dir, hashtags)
+    idf = plan_idf(d["df"], d["images"])
+    on = d["df"] > 0
+    info = {"images": d["images"], "hashtags": int(on.sum()),
+            "idf_min": round(float(idf[on].min()), 6) if on.any() else None,
+            "idf_max": round(float(idf[on].max()), 6) if on.any() else None,
+            "images_kept_1_over_k": d["all_universal"]}
+    return SoftmaxIdf(idf), info
+
+
+def evaluate(model, norm, loader, recipe, env, device, limit=None, loss_fn=None) -> dict:
     """Hashtag accuracy on held-out images (``loader``'s batches): top-1 (the top hashtag is one of
-    the image's) and top-5, and the loss, summed over ranks."""
-    loss_fn = LOSSES[recipe.loss]
-    tot = torch.zeros(4, dtype=torch.float64)  # n, top1, top5, loss sum
+    the image's) and top-5, and the loss, summed over ranks. ``loss_fn``: the training loss (the
+    softmax_idf weights of the training plan); softmax_idf also reports the plain 1/K softmax loss
+    (``eval_softmax_loss``), comparable with a softmax run's ``eval_loss``."""
+    loss_fn = loss_fn or LOSSES[recipe.loss]
+    plain = recipe.loss == "softmax_idf"
+    tot = torch.zeros(5, dtype=torch.float64)  # n, top1, top5, loss sum, plain softmax loss sum
     model.eval()
     with torch.no_grad():
         for batch in loader:
@@ -162,6 +182,8 @@ def evaluate(model, norm, loader, recipe, env, device, limit=None) -> dict:
             tot[1] += hit[:, 0].any(1).sum().item()
             tot[2] += hit.any(2).any(1).sum().item()
             tot[3] += loss_fn(logits, idx, w).item() * len(x)
+            if plain:
+                tot[4] += softmax_ce(logits, idx, w).item() * len(x)
             if limit and tot[0] * env.world >= limit:
                 break
     model.train()
@@ -169,7 +191,7 @@ def evaluate(model, norm, loader, recipe, env, device, limit=None) -> dict:
         dist.all_reduce(tot)
     n = max(tot[0].item(), 1)
     return {"eval_images": int(tot[0]), "eval_top1": tot[1].item() / n, "eval_top5": tot[2].item() / n,
-            "eval_loss": tot[3].item() / n}
+            "eval_loss": tot[3].item() / n, **({"eval_softmax_loss": tot[4].item() / n} if plain else {})}
 
 
 def resume(how: str, out: Path, model, opt, sched, scaler, recipe_yaml: str | None = None,
@@ -261,7 +283,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     sched = build_scheduler(opt, total_steps, recipe.optim)
     dtype = amp_dtype(recipe.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn = LOSSES[recipe.loss]
+    loss_fn, idf_info = (None, None) if mae else build_loss(recipe, recipe.data.plan, len(vocab))
 
     step, samples_seen, positions = 0, 0, {}
     resume_from, st, changes = resume(recipe.resume, out, model, opt, sched, scaler, found=found)
@@ -292,6 +314,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     log = RunLog(out, env, recipe, total_steps, progress) if env.is_main else None
     if log and init:
         log.event({"step": step, "init": init})
+    if log and idf_info:
+        log.event({"step": step, "idf": idf_info})
     if log and changes:
         log.event({"step": step, "resumed_from": str(resume_from), "resumed_with_changes": changes})
     prev = take_signals()
@@ -317,7 +341,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                      "streams": streams, "rng": [r for _, r in gathered]}
             last_ckpt = ckpt_io.save(out / "checkpoints", step, model, state, vocab.doc, recipe_yaml,
                                      {**model_meta, "hashtags": len(vocab), "samples": samples_seen,
-                                      "total_steps": total_steps, "plan": str(recipe.data.plan)},
+                                      "total_steps": total_steps, "plan": str(recipe.data.plan),
+                                      **({"idf": idf_info} if idf_info else {})},
                                      keep=recipe.keep_checkpoints)
         if env.distributed:
             dist.barrier()
@@ -359,7 +384,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             metrics = {"step": step, "samples": samples_seen, "loss": loss_val, "lr": lr,
                        "samples_per_s": (samples_seen - s_start) / max(time.time() - t_start, 1e-9)}
             if recipe.eval_every and step % recipe.eval_every == 0 and step < total_steps:
-                metrics.update(_eval(model, norm, recipe, plan, shards, env, device, final=False))
+                metrics.update(_eval(model, norm, recipe, plan, shards, env, device, final=False,
+                                     loss_fn=loss_fn))
             if log:
                 log.step(metrics, stream_stats)
             if end_of_update(step, total_steps, recipe.checkpoint_every, env, device, on_step, save_checkpoint,
@@ -368,7 +394,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                 break
         final = {}
         if status == "finished":
-            final = _eval(model, norm, recipe, plan, shards, env, device, final=True)
+            final = _eval(model, norm, recipe, plan, shards, env, device, final=True, loss_fn=loss_fn)
             if log:
                 log.event({"step": step, **final})
             if mae and env.is_main:
@@ -394,6 +420,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                   "image_shards": {"count": len(shards), "first": shards[0], "last": shards[-1],
                                    "from": "data.shards" if recipe.data.shards else "the plan's img2dataset sources"},
                   "objective": recipe.objective, **({"init": init} if init else {}),
+                  **({"idf": idf_info} if idf_info else {}),
                   **({"account": auditor.summary()} if auditor else {}), **final}
         if log:
             log.close(result)
@@ -446,7 +473,7 @@ def _holdout(recipe, plan) -> str | None:
     return holdout if (Path(holdout) / "plan.json").is_file() else None
 
 
-def _eval(model, norm, recipe, plan, shards, env, device, final: bool) -> dict:
+def _eval(model, norm, recipe, plan, shards, env, device, final: bool, loss_fn=None) -> dict:
     """Held-out evaluation. A stop signal during it: mid-training, the evaluation is dropped (the
     update's checkpoint comes next); at the end, :class:`Interrupted` (the last checkpoint is whole;
     a rerun evaluates it)."""
@@ -460,7 +487,7 @@ def _eval(model, norm, recipe, plan, shards, env, device, final: bool) -> dict:
 
         res = evaluate_mae(model, norm, batches, env, device, recipe.eval_samples)
     else:
-        res = evaluate(model, norm, batches, recipe, env, device, recipe.eval_samples)
+        res = evaluate(model, norm, batches, recipe, env, device, recipe.eval_samples, loss_fn)
     return {} if STOP["requested"] and not final else res
 
 

@@ -77,14 +77,20 @@ def test_shipped_suite_plans_every_job(tmp_path):
     baseline is one run; evaluation needs are merged per run."""
     suite = R.load("findings", SUITE, flags={"out": str(tmp_path)})
     studies = load_studies(suite, SUITE.parent)
-    assert {s.name for s in studies} == {"sampling", "noise", "loss", "init", "zeroshot", "mae"}
+    assert {s.name for s in studies} == {"sampling", "noise", "loss", "init", "zeroshot", "mae", "labels"}
     jobs = plan_jobs(suite, studies, tmp_path, seeds=2)
     runs = {j.keys["run"] for j in jobs}
     base = {(j.study, j.arm): j.keys["run"] for j in jobs if j.seed == 0}
     shared = {base[("sampling", "head_tail_0.7")], base[("noise", "noise_0")], base[("loss", "softmax")],
-              base[("init", "pretrained")], base[("zeroshot", "pretrained")], base[("mae", "random_init")]}
+              base[("init", "pretrained")], base[("zeroshot", "pretrained")], base[("mae", "random_init")],
+              base[("labels", "hashtags")]}
     assert len(shared) == 1
-    assert len(runs) == 2 * (6 + 2 + 1 + 1 + 1)  # sampling 6, noise +2, loss +1, random init, MAE init
+    assert len(runs) == 2 * (7 + 2 + 1 + 1 + 1 + 2)  # sampling 7, noise +2, loss +1, random init, MAE init, labels +2
+    # an arm with its own vocabulary plans from it: one per labels setting, shared by its seeds
+    vocabs = {j.arm: j.sample["vocab"] for j in jobs if j.study == "labels"}
+    assert vocabs["hashtags"] == str(tmp_path / "vocab") and len(set(vocabs.values())) == 3
+    cap = next(j for j in jobs if j.study == "labels" and j.arm == "caption")
+    assert cap.vocab["labels"] == "caption" and "/vocabs/" in cap.sample["vocab"]
     j = next(j for j in jobs if j.keys["run"] in shared)
     assert j.probe["fractions"] == [0.01, 0.1, 1.0] and j.zeroshot is not None
     assert not any(tmp_path.iterdir())  # planning writes nothing
@@ -95,7 +101,7 @@ def test_bad_arm_fails_before_anything_runs(tmp_path, swag):
     study.write_text("kind: ablation\ntitle: t\npaper: {source: s, claim: c}\n"
                      "arms: [{name: a, sample: {strategy: sqrtt}}, {name: b}]\nexpect: ['a > b']\n")
     suite = tmp_path / "suite.yaml"
-    suite.write_text(SUITE.read_text().replace("studies: [sampling, noise, loss, init, zeroshot, mae]",
+    suite.write_text(SUITE.read_text().replace("studies: [sampling, noise, loss, init, zeroshot, mae, labels]",
                                                f"studies: [{study}]"))
     res = swag("findings", "-r", suite, "-o", tmp_path / "out")
     assert res.returncode == 2 and "Traceback" not in res.stderr

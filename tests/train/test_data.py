@@ -234,7 +234,7 @@ def test_stream_reads_img2dataset_shards_by_key(i2d_plan):
 
     folder, root = i2d_plan
     plan = load_plan(root / "plan")
-    assert plan["sources"] == {"formats": ["img2dataset"], "fields": {"tags": "usertags"}}
+    assert plan["sources"] == {"formats": ["img2dataset"], "fields": {"tags": "usertags"}, "labels": "hashtags"}
     shards = expand_shards([], plan)  # none given: the tars beside the plan's parquet sources
     assert shards == sorted(str(p) for p in folder.glob("*.tar")) == expand_shards([str(folder)])
     want, labels = planned(root / "plan")
