@@ -132,9 +132,18 @@ def read_report(stats: list[ReadStats], fmts: list[str]) -> dict:
     return total.as_dict() | {"by_format": per}
 
 
-def no_posts_error(paths: list[str], read: dict) -> SwagError:
+def no_posts_error(paths: list[str], read: dict, labels: str = "hashtags") -> SwagError:
     """The error for sources without one readable post: what the lines were skipped for, and
-    where the damaged files broke."""
+    where the damaged files broke; with labels from captions, whether there were captions at all."""
+    if labels == "caption" and read.get("lines") and not read.get("damaged"):
+        cap = read.get("caption") or {}
+        if not cap.get("captions"):
+            return SwagError(f"{paths[0]}{' ...' if len(paths) > 1 else ''}: labels: caption, and no post has a "
+                             f"caption (read as {', '.join(read.get('by_format', {}))}; name the field with "
+                             "fields.caption, or use labels: hashtags)")
+        return SwagError(f"{paths[0]}{' ...' if len(paths) > 1 else ''}: labels: caption, and none of "
+                         f"{cap['captions']:,} captions names a WordNet noun of the allowed senses "
+                         f"(dropped by the stop list: {cap.get('dropped_stop', 0):,})")
     why = ", ".join(f"{read[r]:,} {RULE_LABELS[r]}" for r in RULE_LABELS if read.get(r))
     fmts = ", ".join(read.get("by_format", {}))
     damaged = read.get("damaged") or []

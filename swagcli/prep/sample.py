@@ -435,7 +435,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     images = sum(s["n_head"] + s["n_tail"] for s in sums)
     read = read_report([s["stats"] for s in sums], [f.fmt for f in fmts])
     if read["posts"] == 0:
-        raise no_posts_error(paths, read)
+        raise no_posts_error(paths, read, labels.labels)
     if images == 0:
         raise SwagError(f"{paths[0]}: no image carries a hashtag of {recipe.vocab}")
     if balanced and sum(head_w) == 0:
@@ -443,6 +443,9 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     m = recipe.samples
     m_head = int(round(recipe.alpha * m)) if split else m
     notes = []
+    built = (vocab.doc.get("sources") or {}).get("labels") or "hashtags"
+    if labels.labels != built:
+        notes.append(f"labels: {labels.labels}, but the vocabulary was counted with labels: {built}")
     if split and sum(tail_w) == 0:
         notes.append("no tail images: all samples drawn from the head")
         m_head = m

@@ -123,7 +123,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         tag_counts, shard_stats = merge_counts(results)
     read = read_report(shard_stats, [s.fmt for s in specs])
     if read["posts"] == 0:
-        raise no_posts_error(paths, read)
+        raise no_posts_error(paths, read, labels.labels)
     if recipe.countries and not tag_counts:
         hint = ("YFCC100M metadata has no country field: countries: null" if any(s.fmt == "yfcc" for s in specs)
                 else "a post's country is the JSONL 'country' key, a third TSV column or the field "

@@ -244,3 +244,27 @@ def test_every_layout_reads_its_captions(cli, layouts, tmp_path):
     for n, d in docs.items():
         (fmt,) = d["stats"]["by_format"]
         assert d["stats"]["by_format"][fmt]["caption"]["captions"] == d["stats"]["caption"]["captions"] > 0
+
+
+def test_hostile_captions(cli, lab, tmp_path):
+    """No caption, captions that are not strings, a megabyte caption, control characters and
+    emoji: skipped and counted, or labelled in linear time; a source without captions is one line."""
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text("1\t#dog #cat\n2\t#beagle\n")
+    res = cli("vocab", "build", tsv, "-o", tmp_path / "v", "--labels", "caption")
+    assert res.code == 2 and "no post has a caption" in res.err.strip().splitlines()[-1]
+    assert not (tmp_path / "v").exists()
+    rows = [{"id": 1, "caption": 123}, {"id": 2, "caption": ["a dog"]}, {"id": 3, "caption": None},
+            {"id": 4, "caption": "\x00dog\u200b \U0001F436 beagle\x1b[31m cat"}, {"id": 5, "caption": "a photo"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = cli("vocab", "build", tmp_path / "d.jsonl", "-o", tmp_path / "w", "--labels", "caption", "--min-count", "1")
+    assert res.code == 0, res
+    doc = json.loads((tmp_path / "w" / "vocab.json").read_text())
+    assert doc["stats"]["no_tags"] == 4 and doc["stats"]["caption"]["captions"] == 2
+    assert {h["name"] for h in doc["hashtags"]} == {"dog", "beagle", "cat"}
+    big = "a golden retriever and a beagle near the lake " * 25000  # 1.2 MB
+    assert lab.label(big) == ["goldenretriever", "beagle", "lake"]
+    only_stop = tmp_path / "s.jsonl"
+    only_stop.write_text(json.dumps({"id": 1, "caption": "stock photo"}) + "\n")
+    res = cli("vocab", "build", only_stop, "-o", tmp_path / "x", "--labels", "caption")
+    assert res.code == 2 and "none of 1 captions names a WordNet noun" in res.err
