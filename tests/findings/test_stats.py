@@ -122,3 +122,14 @@ def test_stages_hash_as_resolved(tmp_path):
     assert _canonical("pretrain", implicit, "x") == _canonical("pretrain", explicit, "x")
     other = {**suite.pretrain, "stages": [{**stage, "samples": 640}, {"objective": "wsp"}]}
     assert _canonical("pretrain", other, "x") != _canonical("pretrain", implicit, "x")
+
+
+def test_captions_suite_plans(tmp_path):
+    """recipes/ablations/findings-captions.yaml (the labels and balancing studies) resolves; its
+    head/tail baseline is the labels study's hashtags arm."""
+    path = SUITE.parent / "findings-captions.yaml"
+    suite = R.load("findings", path, flags={"out": str(tmp_path)})
+    jobs = plan_jobs(suite, load_studies(suite, path.parent), tmp_path)
+    base = {(j.study, j.arm): j.keys["run"] for j in jobs if j.seed == 0}
+    assert base[("labels", "hashtags")] == base[("balancing", "head_tail_0.7")]
+    assert len({j.keys["run"] for j in jobs}) == 3 * 5
