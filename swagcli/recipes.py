@@ -175,6 +175,15 @@ class DataSpec(Recipe):
                             "that fits, anything else over it is skipped and counted as too_large")
 
 
+class SpeedSpec(Recipe):
+    """Throughput settings (:mod:`swagcli.train.speed`); none changes what is trained."""
+
+    compile: bool = Field(False, description="torch.compile the model (minutes of compilation first)")
+    channels_last: bool = Field(False, description="NHWC weights and inputs (conv nets on GPUs)")
+    grad_checkpointing: bool = Field(False, description="recompute block activations in backward (timm)")
+    fused: Literal["auto", "on", "off"] = Field("auto", description="fused AdamW/SGD kernels (auto: on CUDA)")
+
+
 class LocalLauncher(Recipe):
     processes: int = Field(1, ge=1, description="local processes (torch.distributed: gloo on CPU, nccl on GPU)")
 
@@ -250,7 +259,10 @@ class PretrainRecipe(Recipe):
     micro_batch: int | None = Field(None, ge=1, description="per process per step; the rest is accumulation")
     samples: int | None = Field(None, ge=1, description="training samples; default: the plan's total x epochs")
     epochs: float = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: fp16 AMP on CUDA, fp32 on CPU")
+    speed: SpeedSpec = Field(default_factory=SpeedSpec)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on GPUs "
+                                                               "that have it, fp16 with loss scaling where not "
+                                                               "(V100), fp32 on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     log_every: int = Field(10, ge=1)
@@ -355,6 +367,7 @@ class FinetuneRecipe(Recipe):
     heldout: float = Field(0.1, gt=0, lt=1, description="held-out part of train for lr_grid")
     grid_updates: int | None = Field(None, ge=1, description="updates per lr_grid trial (default: updates / 4)")
     sync_bn: bool = Field(True, description="synchronous batch norm across processes")
+    speed: SpeedSpec = Field(default_factory=SpeedSpec)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0

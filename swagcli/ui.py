@@ -195,6 +195,13 @@ def pretrain_report(r: dict) -> None:
     if "eval_top1" in r:
         rows += [("held-out hashtag top-1", f"{r['eval_top1']:.2%}"), ("held-out top-5", f"{r['eval_top5']:.2%}"),
                  ("held-out images", r["eval_images"])]
+    t = r.get("throughput")
+    if t:
+        mfu = f"{t['mfu']:.1%}" if t.get("mfu") is not None else f"unknown (no peak for {t['device']})"
+        wait = t["data_wait"]
+        rows += [("samples/s (per device)", f"{t['samples_per_s']:,.0f} ({t['samples_per_s_per_device']:,.0f})"),
+                 ("waiting on data", f"{wait:.0%} of the time" + (": the loader is the bottleneck" if wait > 0.3 else "")),
+                 ("model FLOPs utilization", mfu)]
     st = r.get("stream") or {}
     if st:
         rows.append(("skipped samples (bad)", f"{st.get('bad', 0):,}: {st.get('undecodable', 0)} undecodable, "

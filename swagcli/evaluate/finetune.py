@@ -261,10 +261,14 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
     model.train()
     if env.distributed and recipe.sync_bn and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    from swagcli.train import speed
+
+    speed.prepare(model, recipe.speed, device)
     norm = Normalizer(model.backbone).to(device)
     layout = plan_layout(recipe, env)
     opt = torch.optim.SGD(model.parameters(), lr=lr * recipe.batch_size / 512, momentum=recipe.optim.momentum,
-                          nesterov=recipe.optim.nesterov, weight_decay=recipe.optim.weight_decay)
+                          nesterov=recipe.optim.nesterov, weight_decay=recipe.optim.weight_decay,
+                          **({"fused": True} if speed.fused(recipe.speed, device) else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, updates, recipe.optim.warmup_fraction, 0.1 if recipe.optim.warmup_fraction else 1.0))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -282,6 +286,7 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
             ema.load_state_dict(st["ema"])
         step = st["step"]
     ddp = torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model
+    fwd = speed.compiled(ddp, recipe.speed)
     per_step = layout["micro"] * layout["accum"]
     sampler = StepSampler(len(train), recipe.seed, env.rank, env.world, start=step * per_step)
     max_pixels, max_bad = recipe.data.max_pixels, recipe.data.max_bad_fraction
@@ -334,10 +339,11 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
                 gen = torch.Generator().manual_seed(hash((recipe.seed, 29, step, env.rank, micro)) & (2**62 - 1))
                 x = norm(x.to(device, non_blocking=True))
                 x, target = mixup(x, y.to(device), len(train.classes), recipe.mixup, gen)
+                x = speed.inputs(x, recipe.speed)
                 sync = micro == layout["accum"] - 1 or not env.distributed
                 with (ddp.no_sync() if not sync else contextlib.nullcontext()), torch.autocast(
                         device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    loss = torch.sum(-target * F.log_softmax(ddp(x).float(), 1), 1).mean()
+                    loss = torch.sum(-target * F.log_softmax(fwd(x).float(), 1), 1).mean()
                 scaler.scale(loss / layout["accum"]).backward()
                 loss_sum += loss.detach()
             loss_val = _all_mean(loss_sum / layout["accum"], env)

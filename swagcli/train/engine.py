@@ -26,6 +26,7 @@ from swagcli.signals import name as signal_name
 from swagcli.signals import request_stop  # noqa: F401 - the loops' API (finetune, tests)
 from swagcli.train import account
 from swagcli.train import checkpoint as ckpt_io
+from swagcli.train import speed
 from swagcli.train.data import StreamConfig, StreamPosition, make_loader
 from swagcli.train.dist import DistEnv
 from swagcli.train.losses import LOSSES, SoftmaxIdf, plan_idf, softmax_ce
@@ -63,9 +64,19 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
+def auto_dtype(device_type: str, bf16_supported: bool):
+    """``precision: auto``: bf16 autocast on GPUs that have it (A100, H100, ...: no loss scaling
+    needed), fp16 with a GradScaler only where they do not (V100, T4), fp32 on the CPU."""
+    if device_type != "cuda":
+        return None
+    return torch.bfloat16 if bf16_supported else torch.float16
+
+
 def amp_dtype(precision: str, device: torch.device):
+    """The autocast dtype of a recipe's ``precision`` on ``device`` (None: fp32, no autocast). A
+    GradScaler is used exactly when this is fp16."""
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else None
+        return auto_dtype(device.type, device.type == "cuda" and torch.cuda.is_bf16_supported())
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -276,10 +287,11 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
         if not recipe.init.from_ and not found[0]:
             raise SwagError("freeze: backbone needs a trunk to freeze (init.from: a swag run or a weight file)")
         model.freeze_backbone()
+    speed.prepare(model, recipe.speed, device)
     norm = Normalizer(model.backbone).to(device)
     model_meta = ckpt_io.describe_model(model, recipe.model.name, recipe.model.kwargs, recipe.data.resolution,
                                         recipe.objective, {"mae": recipe.mae.model_dump()} if mae else None)
-    opt = build_optimizer(model, recipe.optim, recipe.batch_size)
+    opt = build_optimizer(model, recipe.optim, recipe.batch_size, fused=speed.fused(recipe.speed, device))
     sched = build_scheduler(opt, total_steps, recipe.optim)
     dtype = amp_dtype(recipe.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -295,6 +307,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
         positions = {int(k): StreamPosition(*v) for k, v in st["streams"].items()}
 
     ddp = torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model
+    fwd = speed.compiled(ddp, recipe.speed)  # what the loop calls; ddp.no_sync() still on ddp
     streams = env.world * max(1, recipe.data.workers)
     audit_root = account.account_dir(out, streams, recipe.seed)
     stream = StreamConfig(shards=shards, plan_dir=recipe.data.plan, resolution=recipe.data.resolution,
@@ -323,7 +336,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     status = "finished"
     last_ckpt = resume_from
     loss_val = None
-    t_start, s_start = time.time(), samples_seen
+    s_start = samples_seen
+    speedo = speed.meter(model, recipe, device, dtype, env.world, recipe.objective)
 
     def save_checkpoint():
         nonlocal last_ckpt
@@ -352,15 +366,17 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             opt.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
             for micro in range(layout["accum"]):
+                t_wait = time.perf_counter()
                 batch = next_batch(it, "training stream")
+                speedo.waited(time.perf_counter() - t_wait)
                 sync = micro == layout["accum"] - 1 or not env.distributed
                 ctx = contextlib.nullcontext() if sync else ddp.no_sync()
                 with ctx, torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    x = norm(batch["image"].to(device, non_blocking=True))
+                    x = speed.inputs(norm(batch["image"].to(device, non_blocking=True)), recipe.speed)
                     if mae:
-                        loss = ddp(x)[0]
+                        loss = fwd(x)[0]
                     else:
-                        logits = ddp(x)
+                        logits = fwd(x)
                         loss = loss_fn(logits, batch["target_idx"].to(device), batch["target_w"].to(device))
                 scaler.scale(loss / layout["accum"]).backward()
                 loss_sum += loss.detach()
@@ -382,7 +398,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             step += 1
             samples_seen += recipe.batch_size
             metrics = {"step": step, "samples": samples_seen, "loss": loss_val, "lr": lr,
-                       "samples_per_s": (samples_seen - s_start) / max(time.time() - t_start, 1e-9)}
+                       **speedo.snapshot(samples_seen - s_start)}
             if recipe.eval_every and step % recipe.eval_every == 0 and step < total_steps:
                 metrics.update(_eval(model, norm, recipe, plan, shards, env, device, final=False,
                                      loss_fn=loss_fn))
@@ -420,6 +436,10 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                   "image_shards": {"count": len(shards), "first": shards[0], "last": shards[-1],
                                    "from": "data.shards" if recipe.data.shards else "the plan's img2dataset sources"},
                   "objective": recipe.objective, **({"init": init} if init else {}),
+                  "speed": speed.describe(recipe.speed, device),
+                  "throughput": speedo.summary(samples_seen - s_start),
+                  "precision": {"autocast": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
+                                "grad_scaler": scaler.is_enabled(), "device": device.type},
                   **({"idf": idf_info} if idf_info else {}),
                   **({"account": auditor.summary()} if auditor else {}), **final}
         if log:
@@ -592,8 +612,10 @@ class RunLog:
             bad = _sum_stats(stream_stats).get("bad", 0)
             self.event({**m, "bad_samples": bad})
         if self.bar:
+            extra = (f"  data wait {m['data_wait']:.0%}" if "data_wait" in m else "") + (
+                f"  MFU {m['mfu']:.0%}" if m.get("mfu") is not None else "")
             self.bar.update(self.task, completed=m["step"],
-                            info=f"{m['samples_per_s']:.0f} samples/s  loss {m['loss']:.3f}  lr {m['lr']:.2e}")
+                            info=f"{m['samples_per_s']:.0f} samples/s  loss {m['loss']:.3f}  lr {m['lr']:.2e}{extra}")
 
     def event(self, m: dict) -> None:
         self.metrics.write(json.dumps({"time": round(time.time(), 3), **m}) + "\n")

@@ -17,12 +17,14 @@ def scaled_lr(base_lr: float, base_batch: int, batch: int) -> float:
     return base_lr * batch / base_batch
 
 
-def build_optimizer(model, cfg, batch: int) -> torch.optim.Optimizer:
+def build_optimizer(model, cfg, batch: int, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW on ``param_groups``; ``fused``: their fused CUDA kernels."""
     lr = scaled_lr(cfg.lr, cfg.base_batch, batch)
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay)
+    extra = {"fused": True} if fused else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **extra)
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, start_factor: float) -> float:

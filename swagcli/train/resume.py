@@ -27,10 +27,10 @@ from swagcli.train import checkpoint as ckpt_io
 MAY_CHANGE = {
     "pretrain": ("out", "resume", "launcher", "log_every", "checkpoint_every", "keep_checkpoints",
                  "eval_every", "eval_samples", "tensorboard", "device", "init", "stages", "data.holdout",
-                 "data.max_bad_fraction", "data.max_pixels"),
+                 "data.max_bad_fraction", "data.max_pixels", "speed"),
     "finetune": ("out", "resume", "launcher", "log_every", "checkpoint_every", "keep_checkpoints",
                  "eval_every", "tensorboard", "device", "data.workers", "data.batch_size", "data.val",
-                 "data.max_bad_fraction", "data.max_pixels", "lr_grid", "grid_updates"),
+                 "data.max_bad_fraction", "data.max_pixels", "lr_grid", "grid_updates", "speed"),
 }
 
 
