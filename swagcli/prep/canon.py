@@ -339,17 +339,45 @@ CACHE_ID = "swag-canon-cache/2"
 _CACHE_MAX_BYTES = 1 << 28  # ~4 MB for the default senses; a far larger file is not ours
 
 
+def _load_doc(path: Path, format_id: str, key: str):
+    """The JSON document of a cache file if it is of ``format_id`` and ``key``, else None.
+    Raises what reading or parsing raises (the callers turn that into None)."""
+    with open(path, "rb") as fp:
+        if os.fstat(fp.fileno()).st_size > _CACHE_MAX_BYTES:
+            return None
+        doc = json.loads(fp.read())
+    if type(doc) is not dict or doc.get("format") != format_id or doc.get("key") != key:
+        return None
+    return doc
+
+
+def _store_doc(path: Path, doc: dict, stale: tuple) -> None:
+    """Write a cache document atomically, then remove the files matching the ``stale`` globs
+    (``{what}``: this file's WordNet/senses digest) but this one. A read-only or full cache is
+    no error: the table is just built again next time."""
+    from swagcli.errors import SwagError
+    from swagcli.fileio import atomic_write_bytes
+
+    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data, fsync=False)
+        what = path.name.split("-")[1]
+        for old in (q for pattern in stale for q in path.parent.glob(pattern.format(what=what))):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except (OSError, SwagError):
+        pass
+
+
 def _read_cache(path: Path, key: str):
     """The table stored at ``path`` under ``key``, or None (missing, damaged, another key or
     format: the caller builds it again). Nothing in the file is trusted beyond its structure."""
     gc_was_enabled = gc.isenabled()
     gc.disable()  # loading makes ~230k objects that hold no cycles: spare the collector
     try:
-        with open(path, "rb") as fp:
-            if os.fstat(fp.fileno()).st_size > _CACHE_MAX_BYTES:
-                return None
-            doc = json.loads(fp.read())
-        if type(doc) is not dict or doc.get("format") != CACHE_ID or doc.get("key") != key:
+        doc = _load_doc(path, CACHE_ID, key)
+        if doc is None:
             return None
         sets, counts, tags = doc["sets"], doc["counts"], doc["tags"]
         if type(sets) is not list or type(counts) is not list or type(tags) is not str \
@@ -372,9 +400,6 @@ def _read_cache(path: Path, key: str):
 
 def _write_cache(path: Path, key: str, table: dict) -> None:
     """Write atomically, then remove the same table's older versions (pickles included)."""
-    from swagcli.errors import SwagError
-    from swagcli.fileio import atomic_write_bytes
-
     if any("\n" in t for t in table):  # cannot happen with WordNet's lemmas; then just no cache
         return
     groups: dict = {}
@@ -383,16 +408,7 @@ def _write_cache(path: Path, key: str, table: dict) -> None:
     doc = {"format": CACHE_ID, "key": key, "sets": [sorted(s) for s in groups],
            "counts": [len(t) for t in groups.values()],
            "tags": "\n".join(t for ts in groups.values() for t in ts)}
-    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data, fsync=False)
-        what = path.name.split("-")[1]
-        for old in (*path.parent.glob(f"table-{what}-*.json"), *path.parent.glob("table-*.pickle")):
-            if old != path:
-                old.unlink(missing_ok=True)
-    except (OSError, SwagError):
-        pass  # a read-only or full cache is no error: we just build next time
+    _store_doc(path, doc, ("table-{what}-*.json", "table-*.pickle"))
 
 
 PHRASES_ID = "swag-caption-phrases/1"
@@ -401,11 +417,8 @@ PHRASES_ID = "swag-caption-phrases/1"
 def _read_phrases(path: Path, key: str):
     """The phrase map stored at ``path`` under ``key``, or None (then it is built again)."""
     try:
-        with open(path, "rb") as fp:
-            if os.fstat(fp.fileno()).st_size > _CACHE_MAX_BYTES:
-                return None
-            doc = json.loads(fp.read())
-        if type(doc) is not dict or doc.get("format") != PHRASES_ID or doc.get("key") != key:
+        doc = _load_doc(path, PHRASES_ID, key)
+        if doc is None:
             return None
         forms, lemmas = doc["forms"], doc["lemmas"]
         if type(forms) is not str or type(lemmas) is not str:
@@ -419,22 +432,11 @@ def _read_phrases(path: Path, key: str):
 
 
 def _write_phrases(path: Path, key: str, phrases: dict) -> None:
-    from swagcli.errors import SwagError
-    from swagcli.fileio import atomic_write_bytes
-
     if not phrases or any("\n" in f or "\n" in lem for f, lem in phrases.items()):
         return
     doc = {"format": PHRASES_ID, "key": key, "forms": "\n".join(phrases),
            "lemmas": "\n".join("" if lem == f else lem for f, lem in phrases.items())}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps(doc, separators=(",", ":")).encode("utf-8"), fsync=False)
-        what = path.name.split("-")[1]
-        for old in path.parent.glob(f"phrases-{what}-*.json"):
-            if old != path:
-                old.unlink(missing_ok=True)
-    except (OSError, SwagError):
-        pass
+    _store_doc(path, doc, ("phrases-{what}-*.json",))
 
 
 class Canonicalizer:
@@ -453,26 +455,38 @@ class Canonicalizer:
         self._cache = cache
         self._morph: Morphology | None = None
         self._phrases: dict | None = None
-        table = None
-        if cache is not False:
-            if wn is not None:
-                root = wn.root
-            else:
-                from swagcli.wordnet import find_wordnet_root
+        self._table = self._cached("table", _read_cache, _write_cache,
+                                   lambda: build_table(self.morphology, min_len))
 
-                root, _ = find_wordnet_root()
-            path, key = _cache_entry(cache, root, self.allowed, min_len)
-            if path is not None:
-                table = _read_cache(path, key)
+    def _entry(self, kind: str):
+        """(path, key) of this canonicalizer's cache file of ``kind``, or (None, None): no cache,
+        or WordNet not in plain files. Filed under the reader in use, once there is one."""
+        if self._cache is False:
+            return None, None
+        if self._wn is not None:
+            root = self._wn.root
+        else:
+            from swagcli.wordnet import find_wordnet_root
+
+            root, _ = find_wordnet_root()
+        return _cache_entry(self._cache, root, self.allowed, self.min_len, kind)
+
+    def _cached(self, kind: str, read, write, build):
+        """``read`` from the cache, else ``build`` (and ``write`` it back, filed under the reader
+        that built it); sets ``self.source`` for the table."""
+        path, key = self._entry(kind)
+        got = read(path, key) if path is not None else None
+        if got is not None:
+            if kind == "table":
                 self.source = f"cache ({path})"
-        if table is None:
-            table = build_table(self.morphology, min_len)
+            return got
+        got = build()
+        if kind == "table":
             self.source = "built from WordNet"
-            if cache is not False:  # filed under the reader actually used
-                path, key = _cache_entry(cache, self.wn.root, self.allowed, min_len)
-                if path is not None:
-                    _write_cache(path, key, table)
-        self._table = table
+        path, key = self._entry(kind)
+        if path is not None:
+            write(path, key, got)
+        return got
 
     @property
     def wn(self):
@@ -512,18 +526,6 @@ class Canonicalizer:
     def phrases(self) -> dict:
         """{form: noun lemma} (:func:`build_phrases`), from the disk cache where it is there."""
         if self._phrases is None:
-            path = key = None
-            if self._cache is not False:
-                root = self._wn.root if self._wn is not None else None
-                if root is None:
-                    from swagcli.wordnet import find_wordnet_root
-
-                    root, _ = find_wordnet_root()
-                path, key = _cache_entry(self._cache, root, self.allowed, self.min_len, "phrases")
-            got = _read_phrases(path, key) if path is not None else None
-            if got is None:
-                got = build_phrases(self.morphology)
-                if path is not None:
-                    _write_phrases(path, key, got)
-            self._phrases = got
+            self._phrases = self._cached("phrases", _read_phrases, _write_phrases,
+                                         lambda: build_phrases(self.morphology))
         return self._phrases

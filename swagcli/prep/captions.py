@@ -96,7 +96,15 @@ class CaptionConfig:
         return cls(tuple(sorted(allowed_senses)), min_len, spec.max_words, stop, spec.function_words)
 
     def as_dict(self) -> dict:
+        """What vocabularies record (``sources.caption``); :meth:`from_dict` reads it back."""
         return {"max_words": self.max_words, "stop": list(self.stop), "function_words": self.function_words}
+
+    @classmethod
+    def from_dict(cls, d: dict, allowed_senses, min_len: int) -> "CaptionConfig":
+        """The configuration :meth:`as_dict` recorded (missing keys: the defaults)."""
+        base = cls(tuple(sorted(allowed_senses)), min_len)
+        return cls(base.allowed_senses, min_len, d.get("max_words", base.max_words),
+                   tuple(d.get("stop", base.stop)), d.get("function_words", base.function_words))
 
 
 def _lemma_key(text: str) -> str:
@@ -144,8 +152,7 @@ class CaptionLabeller:
         self.cfg = cfg
         self.canon = canon or Canonicalizer(cfg.allowed_senses, cfg.min_len)
         self.phrases = self.canon.phrases()  # form -> lemma
-        # first words of the multi-word forms (n-grams are tried only after one of them), and the
-        # forms with a hyphen (a hyphenated word is kept whole only where it is one)
+        # the first words of the multi-word forms: n-grams are tried only after one of them
         self.starts = {f.split("_", 1)[0] for f in self.phrases if "_" in f}
         self.stop = frozenset(cfg.stop)
         self.function = FUNCTION_WORDS if cfg.function_words else frozenset()

@@ -205,14 +205,11 @@ class Labels:
         labels = recipe.labels or src.get("labels") or "hashtags"
         if labels == "hashtags":
             return cls()
-        senses, min_len = params.get("allowed_senses") or ALLOWED_SENSES, params.get("min_len") or 3
+        senses = params.get("allowed_senses") or ALLOWED_SENSES
+        min_len = params.get("min_len") or 3
         if recipe.caption is not None:
             return cls(labels, CaptionConfig.of(recipe.caption, senses, min_len))
-        c = src.get("caption") or {}
-        base = CaptionConfig(tuple(sorted(senses)), min_len)
-        return cls(labels, CaptionConfig(base.allowed_senses, min_len, c.get("max_words", base.max_words),
-                                         tuple(c.get("stop", base.stop)),
-                                         c.get("function_words", base.function_words)))
+        return cls(labels, CaptionConfig.from_dict(src.get("caption") or {}, senses, min_len))
 
 
 def sources_info(specs: list[ReadSpec], recipe) -> dict:

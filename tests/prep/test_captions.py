@@ -65,6 +65,8 @@ def test_configuration(canon):
                                             "max_words": 3, "function_words": True})(), ALLOWED_SENSES, 3)
     assert "white" in extra.stop and "golden_retriever" in extra.stop and "photo" in extra.stop
     assert CaptionLabeller(extra, canon).label("a white golden retriever and a cat") == ["cat"]
+    for cfg in (CFG, extra, CaptionConfig(CFG.allowed_senses, max_words=2, stop=(), function_words=False)):
+        assert CaptionConfig.from_dict(cfg.as_dict(), ALLOWED_SENSES, 3) == cfg  # as vocab.json records it
 
 
 def test_stats_say_what_was_kept_and_dropped(lab):
