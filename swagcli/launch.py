@@ -46,6 +46,12 @@ def _worker(local_rank: int, fn, recipe, world: int, port: int, err_dir: str, re
 
         if dist.is_initialized():
             dist.destroy_process_group()
+    # Done and reported: leave without the interpreter's teardown, where gloo's worker threads may
+    # still hold tensors and abort the process ("terminate called without an active exception",
+    # seen with torch 2.14 after a finished run; pytorch/pytorch#179291), failing a run that is whole.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_local(fn, recipe, processes: int, scratch: Path) -> dict:
@@ -69,7 +75,7 @@ def run_local(fn, recipe, processes: int, scratch: Path) -> dict:
         with _forward_stop_signals(ctx.pids()):
             while not ctx.join():
                 pass
-    except mp.ProcessException:
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):  # (their base is not exported by every torch)
         errs = sorted(err_dir.glob("*.err"))
         if errs:
             first = errs[0].read_text().strip()
