@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from swagcli import recipes  # noqa: E402
 from swagcli.prep import sample, synth, vocab  # noqa: E402
 from swagcli.train.dist import DistEnv  # noqa: E402
-from swagcli.train.engine import Normalizer, train  # noqa: E402
+from swagcli.train.engine import train  # noqa: E402
+from swagcli.train.models import Normalizer  # noqa: E402
 from swagcli.train.losses import softmax_ce  # noqa: E402
 from swagcli.train.models import build_model  # noqa: E402
 from swagcli.train.optim import build_optimizer  # noqa: E402

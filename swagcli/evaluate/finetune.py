@@ -23,11 +23,8 @@ in ``skipped_images``, and more than ``data.max_bad_fraction`` of a split stops 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +204,7 @@ def evaluate(model, norm, split, resolution, batch_size, workers, env, device, d
     end otherwise (the caller drops the numbers)."""
     from swagcli.evaluate.transfer import ImageSet, loader
     from swagcli.images import MAX_PIXELS
-    from swagcli.train.engine import eval_batches
+    from swagcli.train.loop import eval_batches
 
     where = np.arange(env.rank, len(split), env.world)
     part = split.subset(where)
@@ -246,12 +243,14 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
     from swagcli import recipes as R
     from swagcli.evaluate.transfer import ImageSet
     from swagcli.images import check_skipped, combine_reports, skip_report
+    from swagcli.signals import STOP, dataloader_worker_init, workers_outlast_sigterm
     from swagcli.train import checkpoint as ckpt_io
-    from swagcli.signals import STOP, dataloader_worker_init, shutdown_loader, workers_outlast_sigterm
-    from swagcli.signals import name as signal_name
-    from swagcli.train.engine import (Normalizer, RunLog, _all_mean, amp_dtype, end_of_update, next_batch,
-                                      pick_device, plan_layout, restore_signals, resume, take_signals)
+    from swagcli.train import speed
+    from swagcli.train.loop import Loop
+    from swagcli.train.models import Normalizer
     from swagcli.train.optim import lr_factor
+    from swagcli.train.resume import resume
+    from swagcli.train.runtime import amp_dtype, pick_device, plan_layout
 
     device = pick_device(recipe.device, env)
     dtype = amp_dtype(recipe.precision, device)
@@ -261,8 +260,6 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
     model.train()
     if env.distributed and recipe.sync_bn and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    from swagcli.train import speed
-
     speed.prepare(model, recipe.speed, device)
     norm = Normalizer(model.backbone).to(device)
     layout = plan_layout(recipe, env)
@@ -276,11 +273,9 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
     for p in (ema.parameters() if ema else []):
         p.requires_grad_(False)
 
+    recipe_yaml = R.dump(recipe, "finetune")
     step = 0
-    from swagcli import recipes as _R
-
-    resume_from, st, _changes = resume(recipe.resume, out, model, opt, sched, scaler,
-                                       _R.dump(recipe, "finetune"), "finetune")
+    resume_from, st, _changes = resume(recipe.resume, out, model, opt, sched, scaler, recipe_yaml, "finetune")
     if resume_from is not None:
         if ema is not None:
             ema.load_state_dict(st["ema"])
@@ -298,25 +293,37 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
     train_skips, val_skips = TrainSkips(train), {}
     with workers_outlast_sigterm():
         it = iter(dl)
-    log = RunLog(out, env, recipe, updates, progress, kind="finetune", label=label) if env.is_main else None
-    prev = take_signals()
-    recipe_yaml = R.dump(recipe, "finetune")
-    last_ckpt, status, t0, loss_val = resume_from, "finished", time.time(), None
     classes_json = json.dumps({"format": "swag-classes/1", "classes": train.classes}) + "\n"
 
+    def step_fn(batch, update):
+        x, y, replaced = batch
+        if train_skips.add(replaced):  # a bad image was passed over: past the fraction, stop
+            check_skipped(train_skips.report(), "data.train", max_bad, max_pixels)
+        gen = torch.Generator().manual_seed(hash((recipe.seed, 29, update.step, env.rank, update.micro)) & (2**62 - 1))
+        x = norm(x.to(device, non_blocking=True))
+        x, target = mixup(x, y.to(device), len(train.classes), recipe.mixup, gen)
+        return torch.sum(-target * F.log_softmax(fwd(speed.inputs(x, recipe.speed)).float(), 1), 1).mean()
+
+    def ema_update(_step):
+        with torch.no_grad():
+            for a, w in zip(ema.state_dict().values(), model.state_dict().values()):
+                if a.dtype.is_floating_point:
+                    a.mul_(1 - recipe.ema).add_(w, alpha=recipe.ema)
+                else:
+                    a.copy_(w)
+
     def save():
-        nonlocal last_ckpt
+        path = None
         if env.is_main:
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                     "step": step, "ema": ema.state_dict() if ema is not None else {}}
-            last_ckpt = ckpt_io.save(out / "checkpoints", step, model, state, None, recipe_yaml,
-                                     {**ckpt_io.describe_model(model, source.name, source.kwargs, resolution,
-                                                               "finetune"),
-                                      "classes": len(train.classes), "lr": lr, "updates": updates,
-                                      "kind": "finetune"},
-                                     keep=recipe.keep_checkpoints, files={"classes.json": classes_json})
+                     "step": loop.step, "ema": ema.state_dict() if ema is not None else {}}
+            path = ckpt_io.save(out / "checkpoints", loop.step, model, state, None, recipe_yaml,
+                                {**ckpt_io.describe_model(model, source.name, source.kwargs, resolution, "finetune"),
+                                 "classes": len(train.classes), "lr": lr, "updates": updates, "kind": "finetune"},
+                                keep=recipe.keep_checkpoints, files={"classes.json": classes_json})
         if env.distributed:
             dist.barrier()
+        return path
 
     def run_eval(prefix: str = "") -> dict:
         kw = (val, resolution, recipe.data.batch_size, recipe.data.workers, env, device, dtype, max_pixels)
@@ -328,66 +335,22 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
             m.update({f"{prefix}ema_{k}": v for k, v in evaluate(ema, norm, *kw, final=final).items() if k != "images"})
         return {} if STOP["requested"] and not final else m
 
-    try:
-        while step < updates:
-            opt.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(layout["accum"]):
-                x, y, replaced = next_batch(it, "finetune: training images")
-                if train_skips.add(replaced):  # a bad image was passed over: past the fraction, stop
-                    check_skipped(train_skips.report(), "data.train", max_bad, max_pixels)
-                gen = torch.Generator().manual_seed(hash((recipe.seed, 29, step, env.rank, micro)) & (2**62 - 1))
-                x = norm(x.to(device, non_blocking=True))
-                x, target = mixup(x, y.to(device), len(train.classes), recipe.mixup, gen)
-                x = speed.inputs(x, recipe.speed)
-                sync = micro == layout["accum"] - 1 or not env.distributed
-                with (ddp.no_sync() if not sync else contextlib.nullcontext()), torch.autocast(
-                        device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    loss = torch.sum(-target * F.log_softmax(fwd(x).float(), 1), 1).mean()
-                scaler.scale(loss / layout["accum"]).backward()
-                loss_sum += loss.detach()
-            loss_val = _all_mean(loss_sum / layout["accum"], env)
-            if not math.isfinite(loss_val):
-                where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else ""
-                raise SwagError(f"finetune: non-finite loss ({loss_val}) at step {step + 1}; lower optim.lr{where}")
-            scaler.step(opt)
-            scaler.update()
-            cur_lr = opt.param_groups[0]["lr"]
-            sched.step()
-            step += 1
-            if ema is not None:
-                with torch.no_grad():
-                    for a, w in zip(ema.state_dict().values(), model.state_dict().values()):
-                        if a.dtype.is_floating_point:
-                            a.mul_(1 - recipe.ema).add_(w, alpha=recipe.ema)
-                        else:
-                            a.copy_(w)
-            metrics = {"step": step, "loss": loss_val, "lr": cur_lr,
-                       "samples_per_s": step * recipe.batch_size / max(time.time() - t0, 1e-9)}
-            if recipe.eval_every and step % recipe.eval_every == 0 and step < updates:
-                metrics.update(run_eval("val_"))
-            if log:
-                log.step(metrics, {})
-            if end_of_update(step, updates, recipe.checkpoint_every, env, device, on_step, save):
-                status = "preempted"
-                break
+    loop = Loop(kind="finetune", out=out, recipe=recipe, env=env, device=device, model=model, module=ddp, opt=opt,
+                sched=sched, scaler=scaler, dtype=dtype, accum=layout["accum"], total=updates, batches=it,
+                what="finetune: training images", samples_per_step=recipe.batch_size, step=step,
+                samples=step * recipe.batch_size, resumed_from=resume_from, save=save, on_step=on_step,
+                progress=progress, label=label, diverged_hint="lower optim.lr",
+                meter=speed.meter(model, resolution, device, dtype, env.world, "finetune"))
+    with loop:
+        status = loop.run(step_fn, after_update=ema_update if ema is not None else None,
+                          evaluate=lambda _s: run_eval("val_"), eval_every=recipe.eval_every,
+                          log_fields=lambda: {"replaced_images": train_skips.substituted})
         final = run_eval() if status == "finished" else {}
         train_skips.gather(env)
         skipped = combine_reports({"train": train_skips.report(), **({"val": val_skips} if val_skips else {})})
-        result = {"status": status, "step": step, "updates": updates, "lr": lr, "resolution": resolution,
-                  "classes": len(train.classes), "train_images": len(train), "skipped_images": skipped,
-                  "last_loss": loss_val, **({"signal": signal_name(STOP["signum"])} if status == "preempted" else {}),
-                  "checkpoint": str(last_ckpt) if last_ckpt else None, "run_dir": str(out),
-                  "resumed_from": str(resume_from) if resume_from else None, **final}
-        if log:
-            log.event({"step": step, **final})
-            log.close(result)
-        return result
-    finally:
-        shutdown_loader(it)
-        restore_signals(prev)
-        if log:
-            log.stop()
+        loop.event(final)
+        return loop.result(updates=updates, lr=lr, resolution=resolution, classes=len(train.classes),
+                           train_images=len(train), skipped_images=skipped, **final)
 
 
 # -- the command -------------------------------------------------------------------------------------------
@@ -397,7 +360,7 @@ def run(recipe, env, progress: bool = True, on_step=None) -> dict:
     from swagcli.evaluate.logreg import stratified_split, stratified_subset
     from swagcli.evaluate.transfer import load_source, load_split, require_classes, require_trained_classes
     from swagcli.runinfo import atomic_write_text
-    from swagcli.train.engine import init_distributed, pick_device
+    from swagcli.train.runtime import init_distributed, pick_device
 
     if not recipe.out:
         raise SwagError("finetune: no run directory (--out DIR or 'out:' in the recipe)")

@@ -30,7 +30,7 @@ def run(recipe, progress=None) -> dict:
     from swagcli.images import combine_reports
     from swagcli.runinfo import atomic_write_text, stamp
     from swagcli.train.dist import DistEnv
-    from swagcli.train.engine import amp_dtype, pick_device
+    from swagcli.train.runtime import amp_dtype, pick_device
 
     if not recipe.out:
         raise SwagError("probe: no output directory (--out DIR or 'out:' in the recipe)")

@@ -402,7 +402,7 @@ def extract_kept(source: Source, split: Split, cache: Path, resolution: int, bat
     With ``max_bad_fraction``, more skipped images than that (or all) is a one-line
     :class:`SwagError` naming ``what`` (``data.train``), the count and the first bad file."""
     from swagcli.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-    from swagcli.train.engine import Normalizer
+    from swagcli.train.models import Normalizer
 
     device = device or torch.device("cpu")
     cache.mkdir(parents=True, exist_ok=True)

@@ -242,7 +242,7 @@ def head_outputs(source, split, cache: Path, resolution: int, recipe, columns: l
     max_bad_fraction (past it: a one-line error naming ``what``)."""
     from swagcli.evaluate.transfer import extract_kept
     from swagcli.train.dist import DistEnv
-    from swagcli.train.engine import amp_dtype, pick_device
+    from swagcli.train.runtime import amp_dtype, pick_device
 
     ids = torch.tensor(columns, dtype=torch.long)
     device = pick_device(recipe.device, DistEnv())

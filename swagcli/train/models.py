@@ -100,3 +100,20 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: str) -> list[d
     if keep:
         groups.append({"params": keep, "weight_decay": 0.0})
     return groups
+
+
+class Normalizer(torch.nn.Module):
+    """uint8 CHW batches -> float, normalized with the backbone's mean/std, on the device."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+        mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1) * 255
+        std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, x):
+        # batches arrive NHWC in memory (see data.collate); made NCHW-contiguous here, on the
+        # device and still uint8, so the model sees the usual layout
+        return (x.contiguous().float() - self.mean) / self.std

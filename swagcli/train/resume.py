@@ -97,3 +97,38 @@ def check(path: Path, how: str, recipe_yaml: str, kind: str) -> list[str]:
         raise SwagError(f"{path}: the recipe changed since this checkpoint was written ({shown}): resuming "
                         "would continue another run; pass --resume force to accept, or choose another --out")
     return changes
+
+
+def resume(how: str, out: Path, model, opt, sched, scaler, recipe_yaml: str | None = None,
+           kind: str = "pretrain", found=None):
+    """Restore a run (``how``: auto | force | never | a checkpoint path) into model, optimizer,
+    scheduler and scaler; returns (the checkpoint resumed from, its train state, the recipe changes
+    accepted) or (None, None, []). ``found``: (path, changes) from :func:`find_resume` already."""
+    path, changes = found if found is not None else find_resume(how, out, recipe_yaml, kind)
+    if path is None:
+        return None, None, []
+    ckpt_io.load_weights(model, path)
+    st = ckpt_io.load_train_state(path)
+    try:
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        scaler.load_state_dict(st["scaler"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise SwagError(f"{path}: its optimizer state does not fit this run "
+                        f"({str(e).splitlines()[0][:120]})") from None
+    return path, st, changes
+
+
+def find_resume(how: str, out: Path, recipe_yaml: str | None, kind: str, quiet: bool = False):
+    """(checkpoint to continue from or None, accepted recipe changes); damaged checkpoints passed
+    over are said on stderr (unless ``quiet``)."""
+    path, skipped = find(how, out)
+    if skipped and not quiet:
+        from swagcli.ui import err_console, note
+
+        for ck, f, why in skipped:
+            err_console.print(note(f"{ck.name} is damaged ({Path(f).name}: {why}); "
+                                   f"resuming from {path.name if path else 'the start'}"))
+    if path is None:
+        return None, []
+    return path, (check(path, how, recipe_yaml, kind) if recipe_yaml else [])

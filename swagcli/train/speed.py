@@ -97,7 +97,7 @@ class Meter:
                 if self.count else None}
 
 
-def meter(model, recipe, device, dtype, world: int, objective: str) -> Meter:
+def meter(model, resolution: int, device, dtype, world: int, objective: str) -> Meter:
     """A :class:`Meter` for this run: the model's FLOPs counted once (on the meta device; a model
     that cannot be counted is reported without MFU, never an error), the device's peak looked up."""
     import torch
@@ -105,7 +105,7 @@ def meter(model, recipe, device, dtype, world: int, objective: str) -> Meter:
     from swagcli.train import flops
 
     try:
-        count = flops.flops_per_sample(model, (3, recipe.data.resolution, recipe.data.resolution), objective)
+        count = flops.flops_per_sample(model, (3, resolution, resolution), objective)
     except Exception:  # noqa: BLE001 - counting is a report, never a reason to stop a run
         count = None
     prec = dtype if dtype is not None else ("tf32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32

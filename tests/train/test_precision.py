@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from swagcli.train.engine import amp_dtype, auto_dtype
+from swagcli.train.runtime import amp_dtype, auto_dtype
 from tests.train.test_pretrain import losses, tiny_recipe
 from swagcli.train.dist import DistEnv
 from swagcli.train.engine import train
