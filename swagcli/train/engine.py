@@ -311,7 +311,8 @@ class HashtagObjective:
     def step(fwd, norm, loss_fn, spec, device):
         def step(batch):
             x = speed.inputs(norm(batch_images(batch, device)), spec)
-            return loss_fn(fwd(x), batch["target_idx"].to(device), batch["target_w"].to(device))
+            return loss_fn(fwd(x), batch["target_idx"].to(device, non_blocking=True),
+                           batch["target_w"].to(device, non_blocking=True))
         return step
 
     @staticmethod

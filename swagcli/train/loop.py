@@ -4,6 +4,8 @@ A stage builds its model, optimizer, schedule and batches, then hands the loop a
 ``step(batch, update) -> loss``: what one micro-batch costs (the forward pass and the objective's
 loss; no backward, no optimizer). The loop owns everything else, the same for every stage:
 
+* on the CPU, torch's threads: one per core the DataLoader workers leave free
+  (:func:`~swagcli.train.runtime.training_threads`), restored after the run;
 * stop signals (SIGUSR1/SIGTERM as SLURM sends, :mod:`swagcli.signals`): every rank stops at the
   next update boundary, after a checkpoint; a stop that cannot wait (a hung loader) is an
   :class:`~swagcli.errors.Interrupted` naming the step and the last checkpoint;
@@ -72,10 +74,16 @@ class Loop:
         self.status, self.loss = "finished", None
         self.samples_at_start = samples
         self.log = RunLog(self.out, env, recipe, total, progress, kind=kind, label=label) if env.is_main else None
-        self._prev_signals = None
+        self._prev_signals, self._prev_threads = None, torch.get_num_threads()
 
     # -- the context ---------------------------------------------------------------------------------
     def __enter__(self) -> "Loop":
+        from swagcli.train.runtime import training_threads
+
+        self._prev_threads = torch.get_num_threads()
+        self.threads = training_threads(self.device, self.recipe.data.workers)
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self._prev_signals = take_signals()
         return self
 
@@ -94,6 +102,7 @@ class Loop:
         finally:
             shutdown_loader(self.batches)
             restore_signals(self._prev_signals or {})
+            torch.set_num_threads(self._prev_threads)
             if self.log:
                 self.log.stop()
 
@@ -184,7 +193,8 @@ class Loop:
                "last_loss": self.loss,
                **({"signal": signal_name(STOP["signum"])} if self.status == "preempted" else {}),
                "speed": speed.describe(self.recipe.speed, self.device),
-               "throughput": self.meter.summary(self.samples - self.samples_at_start),
+               "throughput": {**self.meter.summary(self.samples - self.samples_at_start),
+                              "torch_threads": torch.get_num_threads()},
                "precision": {"autocast": precision_name(self.dtype), "grad_scaler": self.scaler.is_enabled(),
                              "device": self.device.type},
                **fields}

@@ -73,3 +73,21 @@ def any_rank(flags: tuple, env: DistEnv, device) -> tuple:
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t)
     return tuple(bool(v > 0) for v in t.tolist())
+
+
+def training_threads(device: torch.device, workers: int, environ=None) -> int | None:
+    """torch's intra-op threads for training on the CPU: the cores this process may use less one
+    per DataLoader worker (at least 1), unless ``OMP_NUM_THREADS`` says otherwise (then None: left
+    as it is). Two OpenMP threads on two cores shared with a decoding worker spin at every op's
+    barrier: measured 0.51-0.63 of the model's own speed against 0.86-0.90 with one thread
+    (bench/README.md, GPU training). None on a GPU (the threads only launch kernels there)."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if device.type != "cpu" or env.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - workers)

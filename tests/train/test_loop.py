@@ -101,6 +101,27 @@ def test_hashtag_pretraining_is_the_plain_loop(hashtag_run):
     assert res["precision"] == {"autocast": "fp32", "grad_scaler": False, "device": "cpu"}
 
 
+def test_cpu_training_leaves_a_core_per_loader_worker(tiny_world, tmp_path):
+    """On the CPU, torch's threads are the cores the DataLoader workers leave (at least one) while
+    the run lasts, and what they were afterwards; OMP_NUM_THREADS, when set, is the user's say."""
+    import os
+
+    from swagcli.train.engine import train
+    from swagcli.train.runtime import training_threads
+
+    cpu = torch.device("cpu")
+    cores = len(os.sched_getaffinity(0))
+    assert training_threads(cpu, 1, {}) == max(1, cores - 1)
+    assert training_threads(cpu, cores + 3, {}) == 1
+    assert training_threads(cpu, 1, {"OMP_NUM_THREADS": "4"}) is None
+    assert training_threads(torch.device("cuda"), 1, {}) is None
+    before = torch.get_num_threads()
+    r = _pretrain_recipe(tiny_world, tmp_path / "run", "test_vit.yaml", "data.workers=1", "samples=32")
+    res = train(r, DistEnv(), progress=False)
+    want = training_threads(cpu, 1) or before
+    assert res["throughput"]["torch_threads"] == want and torch.get_num_threads() == before
+
+
 def test_mae_is_the_plain_loop(tiny_world, tmp_path):
     from swagcli.train.engine import train
     from swagcli.train.mae import MaeModel
