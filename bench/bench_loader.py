@@ -16,7 +16,10 @@ Then, on the same images, interleaved ``--repeat`` times (best and median report
              yielded (a planned image drawn twice is decoded twice);
   * folder   ``ImageFolder`` + RandomResizedCrop(R), RandomHorizontalFlip, PILToTensor in a
              ``DataLoader(batch_size=64, num_workers=0)``;
-  * swag/folder with ``--workers`` DataLoader workers (worker start-up included, as in training).
+  * swag/folder with ``--workers`` DataLoader workers (worker start-up included, as in training);
+  * swag hdr  the same stream with ``decode="gpu"`` (``data.decode: gpu``), one process: what is left
+             to the workers when the GPU decodes (tar, plan join, shuffle, JPEG header, crop draws,
+             collate of the encoded bytes); the decode itself then runs on the device, not here.
 Ratios are taken within the run (the machine is shared and noisy); the goal is swag >= 0.9 x bare.
 Ratios use best-of wall-clock rates (medians in brackets); single-process rows also get a rate by
 this process's CPU time, less sensitive to other load (worker rows: wall clock only).
@@ -101,8 +104,8 @@ def bare(jpegs, res: int) -> int:
     return len(jpegs)
 
 
-def swag_loader(shards, plan, res: int, workers: int) -> int:
-    cfg = StreamConfig(list(shards), str(plan), resolution=res, loop=False)
+def swag_loader(shards, plan, res: int, workers: int, decode: str = "cpu") -> int:
+    cfg = StreamConfig(list(shards), str(plan), resolution=res, loop=False, decode=decode)
     return sum(len(b["image"]) for b in make_loader(cfg, batch_size=BATCH, workers=workers))
 
 
@@ -160,6 +163,7 @@ def main() -> None:
             "folder": lambda: image_folder(tmp / "folder", a.res, 0),
             f"swag {w}w": lambda: swag_loader(shards, plan, a.res, w),
             f"folder {w}w": lambda: image_folder(tmp / "folder", a.res, w),
+            "swag hdr": lambda: swag_loader(shards, plan, a.res, 0, "gpu"),
         }
         rates: dict[str, list[float]] = {k: [] for k in cases}
         cpu: dict[str, list[float]] = {k: [] for k in cases}  # by this process's CPU time
@@ -176,7 +180,7 @@ def main() -> None:
 
     best = {k: max(v) for k, v in rates.items()}
     med = {k: statistics.median(v) for k, v in rates.items()}
-    inproc = ("bare", "swag", "folder")  # the CPU-time rate means something for these only
+    inproc = ("bare", "swag", "folder", "swag hdr")  # the CPU-time rate means something for these only
     bcpu = {k: max(cpu[k]) for k in inproc}
     print(f"\n  {'':<12} {'images':>7} {'best img/s':>11} {'median img/s':>13} {'best CPU img/s':>15}   runs")
     for k in cases:
@@ -192,6 +196,7 @@ def main() -> None:
     print(f"  swag / folder          {ratio('swag', 'folder')}")
     print(f"  swag {w}w / folder {w}w    {ratio(f'swag {w}w', f'folder {w}w')}")
     print(f"  swag {w}w / swag       {ratio(f'swag {w}w', 'swag')}   (speed-up on {w} workers)")
+    print(f"  swag hdr / swag        {ratio('swag hdr', 'swag')}   (worker load with decode: gpu)")
     verdict = "meets" if best["swag"] / best["bare"] >= 0.9 else "BELOW"
     print(f"\nloader: swag {best['swag']:,.0f} img/s = {best['swag'] / best['bare']:.2f} x bare decode "
           f"({verdict} the 0.9 goal; by CPU time {bcpu['swag'] / bcpu['bare']:.2f}), "

@@ -173,6 +173,12 @@ class DataSpec(Recipe):
     max_pixels: int = Field(32_000_000, ge=1, description="pixel budget per image, checked on its header "
                             "before decoding: a JPEG over it is decoded at a reduced DCT scale (1/2..1/8) "
                             "that fits, anything else over it is skipped and counted as too_large")
+    decode: Literal["cpu", "gpu"] = Field("cpu", description="where training JPEGs are decoded: cpu (PIL "
+                                          "in the DataLoader workers) or gpu (the workers read headers and "
+                                          "draw the same crops and flips; nvJPEG decodes on the training "
+                                          "device; other formats and odd JPEGs still decode in the "
+                                          "workers; without nvJPEG, torchvision decodes on the CPU in the "
+                                          "training process)")
 
 
 class SpeedSpec(Recipe):

@@ -10,6 +10,12 @@ A webdataset-style pipeline, one per (rank, DataLoader worker):
       -> decode + RandomResizedCrop + flip (train) or short-side resize + center crop (eval)
       -> uint8 CHW tensors with hashtag targets as (indices, weights 1/K)
 
+With ``decode="gpu"`` (``data.decode: gpu``) the workers read each JPEG's header only and draw its
+crop and flip (the same draws, so the same crop and flip as ``cpu``); the batch carries the JPEG
+bytes, and :func:`batch_images` decodes, crops and flips them on the training device
+(:mod:`swagcli.train.gpu_decode`, which says what falls back to the CPU and why). The training loop
+takes images with ``batch_images(batch, device)`` in either mode.
+
 Work is split by shard: shard ``j`` of an epoch's permutation goes to stream ``j mod G`` of the
 ``G = world * workers`` streams, so every planned sample is seen exactly as often as planned, by
 exactly one stream. Streams run epoch after epoch without end (a rank never runs dry while another
@@ -19,7 +25,9 @@ fast-forwards (no decoding) to the same place, with the same shuffle and augment
 Undecodable images, images over the pixel budget (``max_pixels``, judged on the header before
 decoding: :mod:`swagcli.images`), samples without an image, truncated shards and planned samples
 without hashtags are skipped and counted; past ``max_bad_fraction`` of the planned samples read, the
-stream stops with a :class:`SwagError`.
+stream stops with a :class:`SwagError`. With ``decode="gpu"``, a JPEG whose header parses but
+whose data does not decode is only found by :func:`batch_images`, which drops it from its batch and
+counts it in ``batch["dropped"]``.
 """
 
 from __future__ import annotations
@@ -33,11 +41,13 @@ import torch
 
 from swagcli.errors import SwagError
 from swagcli.train import account
-from swagcli.images import MAX_PIXELS, ImageTooLarge, center_box, decode, rrc_box  # noqa: F401 - re-exported
+from swagcli.images import (MAX_PIXELS, ImageTooLarge, JpegCrop, center_box, decode,  # noqa: F401 - re-exported
+                            decode_or_defer, rrc_box)
 from swagcli.prep.sample import load_part, load_plan
 from swagcli.tario import BadTar, tar_samples
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+DECODES = ("cpu", "gpu")
 MIN_SEEN_FOR_BAD_CHECK = 50
 
 
@@ -192,6 +202,7 @@ class StreamConfig:
     # DataLoader takes batches from its workers in turn, starting with worker 0; a resumed
     # loader whose next batch is due from stream k lets worker w play stream (w + k) mod workers
     rotate: int = 0
+    decode: str = "cpu"  # "gpu": JPEGs left encoded for batch_images to decode on the device
 
 
 def _samples(url: str, stats: StreamStats):
@@ -260,8 +271,9 @@ def _shuffled(items, size: int, rng):
 
 
 class HashtagStream(torch.utils.data.IterableDataset):
-    """Yields ``(image uint8 CHW, labels int64, info)``; ``info`` = (stream, epoch, offset, key|None,
-    cumulative stats dict)."""
+    """Yields ``(image uint8 HWC, labels int64, info)``; ``info`` = (stream, epoch, offset, key|None,
+    cumulative stats dict). With ``decode="gpu"`` the image of a JPEG the device can take is a
+    :class:`~swagcli.images.JpegCrop` (its bytes, crop box and flip) instead."""
 
     def __init__(self, cfg: StreamConfig, rank: int = 0, world: int = 1):
         self.cfg = cfg
@@ -269,6 +281,8 @@ class HashtagStream(torch.utils.data.IterableDataset):
         self.lookup = PlanLookup(cfg.plan_dir)
         if not cfg.shards:
             raise SwagError("training stream: no image shards given")
+        if cfg.decode not in DECODES:
+            raise SwagError(f"training stream: decode {cfg.decode!r} is not one of {', '.join(DECODES)}")
 
     def _ids(self):
         info = torch.utils.data.get_worker_info()
@@ -283,6 +297,7 @@ class HashtagStream(torch.utils.data.IterableDataset):
         epoch = pos.epoch
         skip = pos.offset
         root = Path(cfg.account_dir) if cfg.account_dir else None
+        load = load_image if cfg.decode == "cpu" else decode_or_defer
         while True:
             urls = stream_shards(cfg.shards, epoch, cfg.seed, index, streams)
             if not urls:  # more streams than shards: this one never has any (every epoch deals the same count)
@@ -299,7 +314,7 @@ class HashtagStream(torch.utils.data.IterableDataset):
                     continue
                 rng = SampleRNG(cfg.seed, 13, epoch, index, offset)
                 try:
-                    img = load_image(data, cfg.resolution, cfg.train, rng, cfg.max_pixels)
+                    img = load(data, cfg.resolution, cfg.train, rng, cfg.max_pixels)
                 except ImageTooLarge:  # judged on the header: never decoded
                     stats.too_large += 1
                     self._check(stats)
@@ -337,9 +352,16 @@ def collate(batch):
     """Stack images; targets as padded (indices, weights 1/K); keep each stream's latest info.
 
     Done in numpy: torch ops in the main process (``workers=0``) contend for the cores with the
-    training threads and were measured to stall 10-700 ms per batch on a loaded machine."""
-    # NHWC in memory, seen as NCHW (channels-last strides): no transpose copy per image
-    imgs = torch.from_numpy(np.stack([b[0] for b in batch])).permute(0, 3, 1, 2)
+    training threads and were measured to stall 10-700 ms per batch on a loaded machine.
+    A batch holding JPEGs left for the GPU (``decode="gpu"``) carries them as an
+    :class:`~swagcli.train.gpu_decode.EncodedBatch` under ``image``: see :func:`batch_images`."""
+    pics = [b[0] for b in batch]
+    if any(isinstance(p, JpegCrop) for p in pics):
+        from swagcli.train.gpu_decode import pack
+
+        imgs = pack(pics)
+    else:  # NHWC in memory, seen as NCHW (channels-last strides): no transpose copy per image
+        imgs = torch.from_numpy(np.stack(pics)).permute(0, 3, 1, 2)
     lens = np.array([len(b[1]) for b in batch])
     kmax = int(lens.max())
     mask = np.arange(kmax) < lens[:, None]
@@ -350,6 +372,29 @@ def collate(batch):
     infos = [b[2] for b in batch]
     return {"image": imgs, "target_idx": torch.from_numpy(idx), "target_w": torch.from_numpy(wts),
             "keys": [i[3] for i in infos], "streams": _latest_per_stream(infos)}
+
+
+def batch_images(batch: dict, device) -> torch.Tensor:
+    """The batch's images as uint8 [B, 3, R, R] (NHWC in memory) on ``device``: what the training
+    loop feeds its normalizer, in either decode mode. A CPU-decoded batch is moved
+    (``non_blocking``); a ``decode="gpu"`` batch is decoded, cropped and flipped on ``device``
+    (:func:`swagcli.train.gpu_decode.decode_batch`). An image that no decoder takes (its header
+    parsed, its data is broken) is dropped: call this before reading the targets, which then lose
+    its row too (``target_idx``, ``target_w``, ``keys``), and ``batch["dropped"]`` counts it (the
+    stream's ``undecodable`` count never sees it: the workers did not decode it)."""
+    img = batch["image"]
+    if isinstance(img, torch.Tensor):
+        return img.to(device, non_blocking=True)
+    from swagcli.train.gpu_decode import decode_batch
+
+    x, bad = decode_batch(img, device)
+    batch["dropped"] = batch.get("dropped", 0) + len(bad)
+    if bad:
+        keep = torch.ones(len(batch["keys"]), dtype=torch.bool)
+        keep[bad] = False
+        batch["target_idx"], batch["target_w"] = batch["target_idx"][keep], batch["target_w"][keep]
+        batch["keys"] = [k for k, m in zip(batch["keys"], keep.tolist()) if m]
+    return x
 
 
 def _latest_per_stream(infos) -> dict:
