@@ -25,7 +25,7 @@ from swagcli.signals import request_stop  # noqa: F401 - the loops' API (tests)
 from swagcli.train import account
 from swagcli.train import checkpoint as ckpt_io
 from swagcli.train import speed
-from swagcli.train.data import StreamConfig, StreamPosition, make_loader
+from swagcli.train.data import StreamConfig, StreamPosition, batch_images, make_loader
 from swagcli.train.dist import DistEnv
 from swagcli.train.loop import Loop, eval_batches
 from swagcli.train.losses import LOSSES, SoftmaxIdf, plan_idf, softmax_ce
@@ -33,10 +33,6 @@ from swagcli.train.models import Normalizer, build_model
 from swagcli.train.optim import build_optimizer, build_scheduler
 from swagcli.train.resume import find_resume, resume
 from swagcli.train.runtime import amp_dtype, init_distributed, pick_device, plan_layout
-
-
-def batch_images(batch, device):
-    return batch["image"].to(device, non_blocking=True)
 
 
 def expand_shards(specs: list[str], plan: dict | None = None) -> list[str]:
@@ -196,7 +192,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     stream = StreamConfig(shards=shards, plan_dir=recipe.data.plan, resolution=recipe.data.resolution,
                           shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.seed,
                           max_bad_fraction=recipe.data.max_bad_fraction, max_pixels=recipe.data.max_pixels,
-                          start=positions, account_dir=str(audit_root),
+                          start=positions, account_dir=str(audit_root), decode=recipe.data.decode,
                           rotate=(step * layout["accum"]) % max(1, recipe.data.workers))
     plan_samples = int(plan["summary"]["total_samples"])
     auditor = account.Auditor(audit_root, streams, len(shards), plan_samples,
@@ -272,7 +268,9 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                 short = next((v for v in (account.verdict(e, plan_samples, recipe.data.max_bad_fraction)
                                           for e in auditor.epochs) if v), None)
         result = loop.result(
-            total_steps=total_steps, samples=loop.samples, stream=_sum_stats(tracker.stats),
+            total_steps=total_steps, samples=loop.samples, stream={**_sum_stats(tracker.stats),
+                                                     **({"undecodable_on_device": tracker.dropped}
+                                                        if recipe.data.decode == "gpu" else {})},
             image_shards={"count": len(shards), "first": shards[0], "last": shards[-1],
                           "from": "data.shards" if recipe.data.shards else "the plan's img2dataset sources"},
             objective=recipe.objective, **({"init": init} if init else {}),
@@ -288,9 +286,10 @@ class StreamTracker:
     what it has met (its counts), from the batches the loop took."""
 
     def __init__(self, positions: dict):
-        self.positions, self.stats = positions, {}
+        self.positions, self.stats, self.dropped = positions, {}, 0
 
     def took(self, batch) -> None:
+        self.dropped += batch.get("dropped", 0)  # data.decode gpu: broken JPEGs found on the device
         for k, (epoch, offset, stats) in batch["streams"].items():
             self.positions[k] = StreamPosition(epoch, offset + 1)
             self.stats[k] = stats

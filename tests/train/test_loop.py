@@ -189,3 +189,21 @@ def test_finetuning_is_the_plain_loop(hashtag_run, tiny_world, tmp_path):
     saved = ck.load_train_state(Path(res["checkpoint"]))["ema"]
     for k, v in ema.state_dict().items():
         assert torch.allclose(saved[k].float(), v.float(), atol=1e-6), k
+
+
+def test_pretraining_with_jpegs_decoded_by_the_device_path(hashtag_run, tiny_world, tmp_path):
+    """``data.decode: gpu`` end to end (on the CPU: torchvision's decoder in the main process, the
+    fallback a GPU-less machine takes): the workers pass JPEGs still encoded, and the run's losses
+    are the CPU decoder's (same samples, crops and flips; on the CPU the same pixels: see
+    swagcli/train/gpu_decode.py); nothing is dropped."""
+    from swagcli.train.data import StreamConfig, make_loader
+    from swagcli.train.engine import train
+    from swagcli.train.gpu_decode import EncodedBatch
+
+    r = _pretrain_recipe(tiny_world, tmp_path / "gpu", "test_vit.yaml", "optim.grad_clip=1.0", "data.decode=gpu")
+    batch = next(iter(make_loader(StreamConfig(shards=r.data.shards, plan_dir=r.data.plan, resolution=32,
+                                               decode="gpu", shuffle_buffer=10), 4, 0)))
+    assert isinstance(batch["image"], EncodedBatch)  # the workers did not decode
+    res = train(r, DistEnv(), progress=False)
+    assert res["status"] == "finished" and res["stream"]["undecodable_on_device"] == 0
+    assert _logged(res["run_dir"]) == pytest.approx(_logged(hashtag_run[1]["run_dir"]), abs=1e-6)
