@@ -31,7 +31,7 @@ from swagcli.errors import SwagError
 
 def run(recipe) -> dict:
     """Export ``recipe.source`` (a swag run or checkpoint) into ``recipe.out``; returns what was written."""
-    from swagcli.evaluate.transfer import _load_swag
+    from swagcli.evaluate.transfer import load_swag
     from swagcli.fileio import out_dir
     from swagcli.train import checkpoint as ckpt_io
 
@@ -43,7 +43,7 @@ def run(recipe) -> dict:
         raise SwagError(f"{recipe.source}: not a swag run or checkpoint directory (weight files are exported "
                         "already; `swag probe -c FILE` reads them)")
     ckpt = ckpt_io.resolve(recipe.source)
-    src = _load_swag(ckpt)
+    src = load_swag(ckpt)
     spec = src.meta
     model = src.model.eval()
     if recipe.ema:
@@ -175,7 +175,7 @@ def _torchvision(model, src, labels, out: Path, x, want) -> list[Path]:
     import torchvision
 
     from swagcli.fileio import atomic_file, atomic_write_text
-    from swagcli.weights import _family, vit_key
+    from swagcli.weights import layout_family, vit_key
 
     n = len(labels) if labels else 0
     bb = model.backbone
@@ -183,7 +183,7 @@ def _torchvision(model, src, labels, out: Path, x, want) -> list[Path]:
     if n:
         timm_sd.update({"head.fc.weight": model.head.weight, "head.fc.bias": model.head.bias})
     pre = isinstance(model.pre_logits, torch.nn.Sequential)
-    family = _family(set(bb.state_dict()))
+    family = layout_family(set(bb.state_dict()))
     if family == "regnet":
         if pre:
             raise SwagError("export --format torchvision: torchvision's RegNet has no pre-logits layer")

@@ -9,7 +9,8 @@ import numpy as np
 from swagcli.fileio import savefig
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +22,7 @@ def _plt():
 def zipf_plot(tag_counts, hashtags: list[dict], head_min_images: int, path: str | Path) -> Path:
     """Like SWAG Fig. 1: left, images per raw hashtag by rank; right, images per canonical
     hashtag by rank with the head/tail cut."""
-    plt = _plt()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     raw = np.sort(np.fromiter(tag_counts.values(), dtype=np.int64))[::-1]
     if raw.size:
@@ -49,7 +50,7 @@ def zipf_plot(tag_counts, hashtags: list[dict], head_min_images: int, path: str 
 def resampling_plot(hist_images, hist_samples, head_mask, path: str | Path) -> Path:
     """Share of images (before) and of samples (after resampling) per canonical hashtag, by the
     hashtag's natural frequency rank; head and tail shaded."""
-    plt = _plt()
+    plt = pyplot()
     hist_images = np.asarray(hist_images, dtype=np.float64)
     hist_samples = np.asarray(hist_samples, dtype=np.float64)
     order = np.argsort(-hist_images, kind="stable")
@@ -76,7 +77,7 @@ def resampling_plot(hist_images, hist_samples, head_mask, path: str | Path) -> P
 
 def lowshot_plot(summary: list[dict], path: str | Path, title: str, key: str = "top1") -> Path:
     """Accuracy against the fraction of training labels (log x), mean +- std over seeds."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6), constrained_layout=True)
     fr = np.array([s["fraction"] for s in summary])
     acc = np.array([s[key] for s in summary]) * 100
@@ -98,7 +99,7 @@ def class_histogram_plot(series: dict[str, list[int]], path: str | Path, title: 
     """Predicted images per class (classes sorted by the first series, most predicted first), one
     line per series, against the uniform count: how skewed the predictions are before and after a
     correction such as Platt scaling."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
     first = np.asarray(next(iter(series.values())))
     order = np.argsort(-first, kind="stable")
@@ -120,7 +121,7 @@ def association_plot(attribute: str, groups: list[dict], path: str | Path, top_k
     """Like SWAG Fig. 7: per group, its hashtags with the largest difference in top-k prediction rate
     to the other groups' mean (percentage points, bootstrap interval as whiskers), the relative
     difference written at the end of each bar."""
-    plt = _plt()
+    plt = pyplot()
     cols = min(2, len(groups))
     rows = (len(groups) + cols - 1) // cols
     height = max(2.2, 0.22 * max(len(g["top"]) for g in groups) + 1.0)
@@ -161,7 +162,7 @@ def association_plot(attribute: str, groups: list[dict], path: str | Path, top_k
 def country_accuracy_plot(geo: dict, path: str | Path) -> Path:
     """Like SWAG Fig. 5, as bars: zero-shot accuracy per country (Wilson 95% interval), the overall
     accuracy as a dashed line, the image count under each country."""
-    plt = _plt()
+    plt = pyplot()
     cs = sorted(geo["countries"], key=lambda c: -(c["accuracy"] or 0))
     fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(cs) + 2), 3.8), constrained_layout=True)
     x = np.arange(len(cs))
@@ -183,7 +184,7 @@ def country_accuracy_plot(geo: dict, path: str | Path) -> Path:
 def eighty_rule_plot(geo: dict, path: str | Path) -> Path:
     """Like SWAG Fig. 6: for row country r and column country c, the share of classes recognised
     substantially worse in r (accuracy below ratio x that in c)."""
-    plt = _plt()
+    plt = pyplot()
     names, m = geo["country_names"], np.array(geo["eighty_rule"]) * 100
     size = max(3.8, 0.5 * len(names) + 2.2)
     fig, ax = plt.subplots(figsize=(size + 0.8, size), constrained_layout=True)

@@ -115,7 +115,7 @@ def layout_of(sd: dict) -> tuple[str, str]:
     keys = set(sd)
     if any(k.startswith("backbone.") for k in keys) and any(k.startswith("head.") for k in keys):
         inner = {k[len("backbone."):] for k in keys if k.startswith("backbone.")}
-        return "swag", _family(inner)
+        return "swag", layout_family(inner)
     if "stem.stem.0.weight" in keys and any(k.startswith("trunk_output.") for k in keys):
         return "swag-hub", "regnet"
     if "stem.0.weight" in keys and any(k.startswith("trunk_output.") for k in keys):
@@ -123,10 +123,10 @@ def layout_of(sd: dict) -> tuple[str, str]:
     if "conv_proj.weight" in keys and "encoder.pos_embedding" in keys:
         hub = any(k.startswith("encoder.layers.layer_") for k in keys)
         return ("swag-hub" if hub else "torchvision"), "vit"
-    return "timm", _family(keys)
+    return "timm", layout_family(keys)
 
 
-def _family(keys: set) -> str:
+def layout_family(keys: set) -> str:
     if "patch_embed.proj.weight" in keys and any(k.startswith("blocks.") for k in keys):
         return "vit"
     if "stem.conv.weight" in keys and any(k.startswith("s1.b1.") for k in keys):

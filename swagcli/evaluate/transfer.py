@@ -64,7 +64,7 @@ def load_source(spec, seed: int = 0, resolution: int | None = None) -> Source:
 
     path = spec.checkpoint
     if path and Path(path).is_dir():
-        src = _load_swag(Path(path))
+        src = load_swag(Path(path))
     elif path:
         if not Path(path).is_file():
             raise SwagError(f"source.checkpoint: {path}: no such file or directory")
@@ -103,7 +103,7 @@ def at_resolution(src: Source, resolution: int) -> None:
     src.fingerprint += f":@{resolution}"
 
 
-def _load_swag(path: Path) -> Source:
+def load_swag(path: Path) -> Source:
     """A swag checkpoint, rebuilt from what its meta.json says (:func:`checkpoint.model_spec`),
     never from today's recipe schema."""
     from swagcli.prep.vocab import Vocab

@@ -13,7 +13,7 @@ import numpy as np
 
 from swagcli import __version__
 from swagcli.fileio import savefig
-from swagcli.plots import _plt
+from swagcli.plots import pyplot
 from swagcli.runinfo import atomic_write_text
 
 VERDICT = {"holds": "holds", "weak": "same direction, within noise", "fails": "does not hold"}
@@ -47,7 +47,7 @@ def _pct(v: float) -> str:
 
 def study_plot(study: dict, path: Path) -> Path:
     """One panel per metric: the arms' means (bars, or a line over ``x``) with +-1 std, seeds as dots."""
-    plt = _plt()
+    plt = pyplot()
     metrics = study["metrics"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(1.2 + 3.2 * len(metrics), 3.4), squeeze=False,
                              constrained_layout=True)
@@ -83,7 +83,7 @@ def study_plot(study: dict, path: Path) -> Path:
 
 def directions_plot(doc: dict, path: Path) -> Path:
     """Every expectation's paired difference (points), mean and +-2 standard errors, at a glance."""
-    plt = _plt()
+    plt = pyplot()
     rows = [(s["name"], e) for s in doc["studies"] for e in s["expect"]]
     fig, ax = plt.subplots(figsize=(8, 0.9 + 0.36 * max(len(rows), 1)), constrained_layout=True)
     colour = {"holds": "tab:green", "weak": "tab:orange", "fails": "tab:red"}

@@ -188,7 +188,7 @@ def evaluate_mae(model, norm, loader, env, device, limit=None) -> dict:
 def reconstruction_figure(model, norm, images: torch.Tensor, path, device):
     """A PNG with a column per image: the original, what the encoder saw, the reconstruction
     (visible patches pasted back, as in MAE's figures)."""
-    from swagcli.plots import _plt
+    from swagcli.plots import pyplot
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -200,7 +200,7 @@ def reconstruction_figure(model, norm, images: torch.Tensor, path, device):
         return ((t * norm.std + norm.mean).clamp(0, 255) / 255).permute(0, 2, 3, 1).cpu().numpy()
 
     rows = [("original", show(x)), (f"masked {model.mask_ratio:.0%}", show(masked)), ("reconstruction", show(recon))]
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False, constrained_layout=True)
     for r, (name, imgs) in enumerate(rows):

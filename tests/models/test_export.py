@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from swagcli import recipes
-from swagcli.evaluate.transfer import _load_swag
+from swagcli.evaluate.transfer import load_swag
 from tests.faults.conftest import one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ def test_a_vit_with_pre_logits_through_timm_without_swag(cli, tiny_pretrained, t
     assert cli("export", tiny_pretrained["run_dir"], "-o", out).code == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
                                                      "swag_head.safetensors"]
-    src = _load_swag(Path(tiny_pretrained["run_dir"]))
+    src = load_swag(Path(tiny_pretrained["run_dir"]))
     x = _x(32)
     got = timm_outside_swag(out, x, tmp_path)
     with torch.no_grad():
@@ -88,7 +88,7 @@ def test_a_regnet_with_its_hashtag_head_through_timm_without_swag(cli, regnet_ru
     out = tmp_path / "exp"
     assert cli("export", regnet_run["run_dir"], "-o", out).code == 0
     assert not (out / "swag_head.safetensors").exists() and not (out / ".swag.lock").exists()
-    src = _load_swag(Path(regnet_run["run_dir"]))
+    src = load_swag(Path(regnet_run["run_dir"]))
     x = _x(32)
     got = timm_outside_swag(out, x, tmp_path)
     with torch.no_grad():
@@ -119,7 +119,7 @@ def test_torchvision_format_loads_strictly_with_the_same_logits(cli, tiny_pretra
         assert builder == "VisionTransformer" and cfg["torchvision"]["args"]["representation_size"] == 64
     else:
         assert builder == "regnet_y_400mf"
-    src = _load_swag(Path(run))
+    src = load_swag(Path(run))
     x = _x(32)
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), src.model(x), atol=1e-5)
