@@ -321,8 +321,6 @@ def train_run(recipe, env, source, train, val, lr: float, updates: int, out: Pat
                                 {**ckpt_io.describe_model(model, source.name, source.kwargs, resolution, "finetune"),
                                  "classes": len(train.classes), "lr": lr, "updates": updates, "kind": "finetune"},
                                 keep=recipe.keep_checkpoints, files={"classes.json": classes_json})
-        if env.distributed:
-            dist.barrier()
         return path
 
     def run_eval(prefix: str = "") -> dict:

@@ -389,9 +389,10 @@ def batch_images(batch: dict, device) -> torch.Tensor:
 
     x, bad = decode_batch(img, device)
     batch["dropped"] = batch.get("dropped", 0) + len(bad)
-    if bad:
+    if bad:  # one mask for the images and their targets
         keep = torch.ones(len(batch["keys"]), dtype=torch.bool)
         keep[bad] = False
+        x = x[keep.to(x.device)]
         batch["target_idx"], batch["target_w"] = batch["target_idx"][keep], batch["target_w"][keep]
         batch["keys"] = [k for k, m in zip(batch["keys"], keep.tolist()) if m]
     return x

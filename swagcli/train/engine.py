@@ -230,8 +230,6 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                                  "total_steps": total_steps, "plan": str(recipe.data.plan),
                                  **({"idf": idf_info} if idf_info else {})},
                                 keep=recipe.keep_checkpoints)
-        if env.distributed:
-            dist.barrier()
         return path
 
     def mid_eval(_step):

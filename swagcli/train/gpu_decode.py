@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import io
-import math
 import warnings
 from dataclasses import dataclass, replace
 
@@ -101,7 +100,8 @@ def pack(items: list) -> EncodedBatch:
 
 def decode_batch(enc: EncodedBatch, device) -> tuple[torch.Tensor, list[int]]:
     """The batch's images as uint8 [B, 3, R, R] on ``device`` (NHWC in memory, as the CPU path's
-    batch), and the places of the images that would not decode (their rows are left out)."""
+    batch), and the places of the images that would not decode (their rows hold no picture: the
+    caller drops them with the batch's targets)."""
     device = torch.device(device)
     R = enc.size
     out = torch.empty((enc.count, R, R, 3), dtype=torch.uint8, device=device)
@@ -132,10 +132,6 @@ def decode_batch(enc: EncodedBatch, device) -> tuple[torch.Tensor, list[int]]:
         yt = _on(taps(sizes[:, 0], bx[:, 1], bx[:, 3], R), device)
         for j, k in enumerate(done):
             out[at[k]] = _resample(imgs[k], _one(xt, j), _one(yt, j), R, flips[k]).permute(1, 2, 0)
-    if bad:
-        keep = torch.ones(enc.count, dtype=torch.bool)
-        keep[bad] = False
-        out = out[keep.to(device)]
     return out.permute(0, 3, 1, 2), bad
 
 

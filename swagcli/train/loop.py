@@ -57,12 +57,10 @@ class Loop:
     where the run stands)."""
 
     def __init__(self, *, kind: str, out: Path, recipe, env, device, model, opt, sched, scaler, dtype,
-                 accum: int, total: int, batches, what: str, samples_per_step: int, module=None,
+                 accum: int, total: int, batches, what: str, samples_per_step: int, meter, module=None,
                  step: int = 0, samples: int = 0, resumed_from: Path | None = None, save=None,
-                 grad_clip: float = 0.0, meter=None, on_step=None, progress: bool = True,
+                 grad_clip: float = 0.0, on_step=None, progress: bool = True,
                  label: str | None = None, diverged_hint: str = ""):
-        from swagcli.train import speed
-
         self.kind, self.out, self.recipe, self.env, self.device = kind, Path(out), recipe, env, device
         self.model, self.module = model, module if module is not None else model
         self.opt, self.sched, self.scaler, self.dtype = opt, sched, scaler, dtype
@@ -70,7 +68,7 @@ class Loop:
         self.samples_per_step, self.step, self.samples = samples_per_step, step, samples
         self.resumed_from = self.last_checkpoint = resumed_from
         self.save, self.grad_clip, self.on_step, self.diverged_hint = save, grad_clip, on_step, diverged_hint
-        self.meter = meter if meter is not None else speed.Meter(env.world, None, None, str(device))
+        self.meter = meter  # speed.meter(...): throughput, data wait, MFU
         self.status, self.loss = "finished", None
         self.samples_at_start = samples
         self.log = RunLog(self.out, env, recipe, total, progress, kind=kind, label=label) if env.is_main else None
@@ -156,7 +154,7 @@ class Loop:
             if evaluate and eval_every and self.step % eval_every == 0 and self.step < self.total:
                 metrics.update(evaluate(self.step))
             if self.log:
-                self.log.step(metrics, log_fields() if log_fields else {})
+                self.log.step(metrics, log_fields)
             if self._end_of_update(abort() if abort else None):
                 self.status = "preempted"
                 break
@@ -177,10 +175,16 @@ class Loop:
         return stop
 
     def checkpoint(self) -> None:
+        """``save()`` on every rank (rank 0 writes and returns the path), then a barrier: no rank
+        runs ahead of a checkpoint being written."""
         if self.save is not None:
             path = self.save()
             if path is not None:
                 self.last_checkpoint = path
+        if self.env.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     # -- the result ----------------------------------------------------------------------------------
     def result(self, **fields) -> dict:
@@ -269,11 +273,11 @@ class RunLog:
             self.task = self.bar.add_task("steps", total=total_steps, info="")
             self.bar.start()
 
-    def step(self, m: dict, fields: dict) -> None:
+    def step(self, m: dict, fields: Callable | None = None) -> None:
         """An update's metrics ``m``: logged every ``log_every`` updates (and with every evaluation),
-        with ``fields`` added; shown in the bar every time."""
+        with ``fields()`` added (asked for only then); shown in the bar every time."""
         if m["step"] % self.every == 0 or any(k.startswith(("eval_", "val_")) for k in m):
-            self.event({**m, **fields})
+            self.event({**m, **(fields() if fields else {})})
         if self.bar:
             extra = (f"  data wait {m['data_wait']:.0%}" if "data_wait" in m else "") + (
                 f"  MFU {m['mfu']:.0%}" if m.get("mfu") is not None else "")
