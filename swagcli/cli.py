@@ -7,6 +7,7 @@ code 2.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -585,7 +586,27 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     Exit codes: 0 finished; 2 bad input or a failure named in the message (nothing half-written is
     left); 128 + N interrupted by signal N (130 Ctrl-C, 143 SIGTERM): a run stopped this way wrote a
-    checkpoint where it could and resumes when the same command is run again."""
+    checkpoint where it could and resumes when the same command is run again. Once a stop signal
+    has arrived, an exception nobody named (the ``Interrupted`` a signal raised can land in code
+    that catches it and raises something else: a lazy import did) ends the command as
+    interrupted too, not as a traceback."""
+    from swagcli.signals import STOP, name
+    from swagcli.ui import err_console
+
+    STOP.update(requested=False, signum=None, at=0.0)
+    try:
+        _main(argv)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException:
+        if not STOP["requested"]:
+            raise
+        signum = STOP["signum"] or signal.SIGTERM
+        err_console.print(f"interrupted ({name(signum)})", highlight=False, soft_wrap=True, markup=False)
+        sys.exit(128 + int(signum))
+
+
+def _main(argv: Optional[List[str]]) -> None:
     from typer import exceptions as typer_exc
     from typer._click import exceptions as click_exc
 

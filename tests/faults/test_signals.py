@@ -197,3 +197,31 @@ def test_sigterm_at_any_point_of_a_run_ends_it_within_seconds(tiny_world, tmp_pa
     assert "Traceback" not in err, err
     if p.returncode == 143:
         assert err.strip().splitlines()[-1].startswith("interrupted (SIGTERM)"), err
+
+
+SUBSTITUTED = """
+import os, signal, sys, time
+from swagcli import cli
+
+@cli.app.command("boom")
+def boom():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except BaseException:  # what an import's own handler did with it (numpy.linalg, in the flake)
+        raise {exc}("maximum recursion depth exceeded")
+
+cli.main(["boom"])
+"""
+
+
+@pytest.mark.parametrize("exc", ["RecursionError", "ImportError", "ValueError"])
+def test_sigterm_that_another_layer_turned_into_an_error_still_ends_as_interrupted(exc):
+    """The Interrupted a SIGTERM raises can land inside code that catches it and raises something
+    else (a lazy import did: a RecursionError escaped as a traceback). Once a stop signal has
+    arrived, whatever ends the command ends it as interrupted, 128 + the signal, in one line."""
+    res = subprocess.run([sys.executable, "-c", SUBSTITUTED.format(exc=exc)], cwd=REPO, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
+    assert res.returncode == 143, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == ["interrupted (SIGTERM)"], res.stderr
