@@ -244,7 +244,7 @@ def pretrain(
     shards: Optional[List[str]] = typer.Option(None, help="image shards (data.shards)"),
     resume: Optional[str] = typer.Option(None, help="auto | never | CHECKPOINT"),
     wait: bool = typer.Option(False, "--wait", help="SLURM: wait for the job and report its result"),
-    status: Optional[Path] = typer.Option(None, "--status", help="show the SLURM job of this run directory"),
+    status: Optional[Path] = typer.Option(None, "--status", help="where this run directory stands (and its SLURM job)"),
     cancel: Optional[Path] = typer.Option(None, "--cancel", help="cancel the SLURM job of this run directory"),
     set_: Optional[List[str]] = SetOpt,
 ):
@@ -253,11 +253,22 @@ def pretrain(
     from swagcli import launch
     from swagcli.train.stages import stage_recipes, train_stages
 
+    if status and not (Path(status) / "slurm-job.json").is_file():  # a local run: where it stands
+        from swagcli.train.resume import progress
+
+        if not Path(status).is_dir():
+            raise SwagError(f"{status}: no such run directory")
+        ui.console.print(ui.kv_table(f"Run {status}", progress(Path(status))))
+        return
     if status or cancel:
         job, info = launch.cancel_slurm(cancel) if cancel else launch.slurm_job(status)
-        ui.console.print(ui.kv_table(f"SLURM job {info['job_id']}", [
-            ("state", job.state), ("stdout", info["stdout"]), ("stderr", info["stderr"]),
-            ("action", "cancelled" if cancel else "-")]))
+        rows = [("state", job.state), ("stdout", info["stdout"]), ("stderr", info["stderr"]),
+                ("action", "cancelled" if cancel else "-")]
+        if status:
+            from swagcli.train.resume import progress
+
+            rows += progress(Path(status))
+        ui.console.print(ui.kv_table(f"SLURM job {info['job_id']}", rows))
         return
 
     r = recipes.load("pretrain", recipe, flags={

@@ -169,6 +169,13 @@ class DataSpec(Recipe):
     resolution: int = Field(224, ge=8)
     shuffle_buffer: int = Field(2000, ge=1)
     workers: int = Field(2, ge=0, description="DataLoader workers per process")
+    streams: int | None = Field(None, ge=1, description="streams an epoch is dealt to, fixed for the run "
+                                "(each has its shards, order and shuffle buffer; processes x workers play "
+                                "them, so a resume on another number of either continues the epoch): "
+                                "null = the first multiple of processes x workers that is at least 8 "
+                                "and twice their number, at most the shards; a resume keeps the run's")
+    log_keys: bool = Field(False, description="write what every update trained on (update, stream, epoch, "
+                           "offset, key per sample) to OUT/keys/")
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
     max_pixels: int = Field(32_000_000, ge=1, description="pixel budget per image, checked on its header "
                             "before decoding: a JPEG over it is decoded at a reduced DCT scale (1/2..1/8) "
@@ -266,6 +273,10 @@ class PretrainRecipe(Recipe):
     samples: int | None = Field(None, ge=1, description="training samples; default: the plan's total x epochs")
     epochs: float = Field(1.0, gt=0)
     speed: SpeedSpec = Field(default_factory=SpeedSpec)
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: a full copy of the model per process | "
+                                             "fsdp: parameters, gradients and optimizer state sharded over "
+                                             "the processes (FSDP2, per block), sharded checkpoints that "
+                                             "resume on any number of processes")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on GPUs "
                                                                "that have it, fp16 with loss scaling where not "
                                                                "(V100), fp32 on CPU")

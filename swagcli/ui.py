@@ -202,6 +202,13 @@ def pretrain_report(r: dict) -> None:
         rows += [("samples/s (per device)", f"{t['samples_per_s']:,.0f} ({t['samples_per_s_per_device']:,.0f})"),
                  ("waiting on data", f"{wait:.0%} of the time" + (": the loader is the bottleneck" if wait > 0.3 else "")),
                  ("model FLOPs utilization", mfu)]
+    sm = r.get("streams")
+    if sm:
+        pb = sm["played_by"]
+        moved = sm.get("resumed_on")
+        rows.append(("streams", f"{sm['count']}, played by {pb['processes']} process(es) x {pb['workers']} "
+                     "worker(s)" + (f" (resumed from {moved['was']['processes']} x {moved['was']['workers']})"
+                                    if moved else "")))
     st = r.get("stream") or {}
     if st:
         rows.append(("skipped samples (bad)", f"{st.get('bad', 0):,}: {st.get('undecodable', 0)} undecodable, "

@@ -16,11 +16,18 @@ bytes, and :func:`batch_images` decodes, crops and flips them on the training de
 (:mod:`swagcli.train.gpu_decode`, which says what falls back to the CPU and why). The training loop
 takes images with ``batch_images(batch, device)`` in either mode.
 
-Work is split by shard: shard ``j`` of an epoch's permutation goes to stream ``j mod G`` of the
-``G = world * workers`` streams, so every planned sample is seen exactly as often as planned, by
-exactly one stream. Streams run epoch after epoch without end (a rank never runs dry while another
-still trains); :class:`StreamPosition` says where each stream is, and a stream restarted with it
-fast-forwards (no decoding) to the same place, with the same shuffle and augmentation draws.
+Work is split by shard, and the split belongs to the run, not to its processes: shard ``j`` of an
+epoch's permutation goes to stream ``j mod S`` of the run's ``S`` streams (``data.streams``,
+:func:`stream_layout`, fixed when the run starts), each with its own shuffle of its shards'
+planned samples (:class:`EpochStream`). The ``G = world * workers`` DataLoader workers play them,
+stream ``v`` by worker ``v mod G``, each drawing from the stream of its own that is furthest
+behind. So every planned sample is seen exactly as often as planned, by exactly one stream, and
+what a stream yields does not depend on who plays it: a run resumed on another number of
+processes or workers continues each stream where it stood (elastic resume; only the interleaving
+of the streams in a batch changes). Streams run epoch after epoch without end (a rank never runs
+dry while another still trains); :class:`StreamPosition` says where each stream is, and a stream
+restarted with it fast-forwards (no decoding) to the same place, with the same shuffle and
+augmentation draws.
 
 Undecodable images, images over the pixel budget (``max_pixels``, judged on the header before
 decoding: :mod:`swagcli.images`), samples without an image, truncated shards and planned samples
@@ -202,6 +209,9 @@ class StreamConfig:
     # DataLoader takes batches from its workers in turn, starting with worker 0; a resumed
     # loader whose next batch is due from stream k lets worker w play stream (w + k) mod workers
     rotate: int = 0
+    # the streams each epoch is dealt to (stream_layout), played by the world x workers DataLoader
+    # streams in turn (stream v by player v mod players); 0: one each
+    streams: int = 0
     decode: str = "cpu"  # "gpu": JPEGs left encoded for batch_images to decode on the device
 
 
@@ -291,51 +301,37 @@ class HashtagStream(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         cfg = self.cfg
-        index, streams = self._ids()
-        pos = cfg.start.get(index, StreamPosition())
-        stats = StreamStats()
-        epoch = pos.epoch
-        skip = pos.offset
+        index, physical = self._ids()
+        total = cfg.streams or physical
         root = Path(cfg.account_dir) if cfg.account_dir else None
         load = load_image if cfg.decode == "cpu" else decode_or_defer
-        while True:
-            urls = stream_shards(cfg.shards, epoch, cfg.seed, index, streams)
-            if not urls:  # more streams than shards: this one never has any (every epoch deals the same count)
-                return
-            stats.epoch_base = stats.planned
-            items = _planned(urls, self.lookup, stats)
-            if root is not None:
-                items = _accounted(items, stats, root, epoch, index, len(urls))
-            order = _shuffled(items, cfg.shuffle_buffer, np.random.default_rng([cfg.seed, 11, epoch, index]))
-            met = 0
-            for offset, (key, data, labels) in enumerate(order):
-                met += 1
-                if offset < skip:  # fast-forward after a restart: no decoding
-                    continue
-                rng = SampleRNG(cfg.seed, 13, epoch, index, offset)
-                try:
-                    img = load(data, cfg.resolution, cfg.train, rng, cfg.max_pixels)
-                except ImageTooLarge:  # judged on the header: never decoded
-                    stats.too_large += 1
-                    self._check(stats)
-                    continue
-                except Exception:  # Undecodable (swagcli.images turns what PIL raises into it)
-                    stats.undecodable += 1
-                    self._check(stats)
-                    continue
-                stats.yielded += 1
-                # the live stats object: collate reads it once per batch, when it is current
-                yield img, labels, (index, epoch, offset, key if cfg.with_keys else None, stats)
-            self._check(stats, end=True)
-            if met == 0 and root is not None:  # nothing for this stream: is there anything anywhere?
-                expected = account.expected_streams(streams, len(cfg.shards))
-                if account.nothing_anywhere(root, epoch, expected):
-                    raise SwagError(account.verdict(account.epoch_total(root, epoch, expected),
-                                                    self.lookup.total_samples, cfg.max_bad_fraction))
-            skip = 0
-            epoch += 1
-            if not cfg.loop:
-                return
+        live = [p for p in (EpochStream(self, v, total, cfg.start.get(v, StreamPosition()), root)
+                            for v in range(index, total, physical)) if not p.ended]
+        while live:
+            # the stream furthest behind draws next (ties: the lowest index): a pure function of
+            # the streams' positions, so a restart from them draws as the run would have
+            part = min(live, key=lambda q: (q.epoch, q.offset, q.index))
+            got = part.draw()
+            if got is None:  # its epoch ended: the next one is open (or it has ended)
+                if part.ended:
+                    live.remove(part)
+                continue
+            offset, key, data, labels = got
+            stats = part.stats
+            rng = SampleRNG(cfg.seed, 13, part.epoch, part.index, offset)
+            try:
+                img = load(data, cfg.resolution, cfg.train, rng, cfg.max_pixels)
+            except ImageTooLarge:  # judged on the header: never decoded
+                stats.too_large += 1
+                self._check(stats)
+                continue
+            except Exception:  # Undecodable (swagcli.images turns what PIL raises into it)
+                stats.undecodable += 1
+                self._check(stats)
+                continue
+            stats.yielded += 1
+            # the live stats object: collate reads it once per batch, when it is current
+            yield img, labels, (part.index, part.epoch, offset, key if cfg.with_keys else None, stats)
 
     def _check(self, stats: StreamStats, end: bool = False):
         if stats.planned < MIN_SEEN_FOR_BAD_CHECK and not end:
@@ -346,6 +342,77 @@ class HashtagStream(torch.utils.data.IterableDataset):
                 f"(> max_bad_fraction {self.cfg.max_bad_fraction}): {stats.undecodable} undecodable, "
                 f"{stats.too_large} too large (over data.max_pixels={self.cfg.max_pixels:,} pixels), "
                 f"{stats.no_image} without image, {stats.bad_shards} truncated shards")
+
+
+_END = object()
+
+
+class EpochStream:
+    """One of the ``total`` streams each epoch is dealt to (``index``): its shards of the epoch
+    (:func:`stream_shards`), their planned samples in a seeded shuffle, and where it stands in them
+    (``epoch``, ``offset``: samples drawn). Which process and DataLoader worker plays it does not
+    change any of this; a stream restarted at a position fast-forwards to it (no decoding)."""
+
+    def __init__(self, ds: "HashtagStream", index: int, total: int, start: StreamPosition, root: Path | None):
+        self.ds, self.index, self.total, self.root = ds, index, total, root
+        self.epoch, self.offset, self.met = start.epoch, 0, 0
+        self.stats = StreamStats()
+        self.ended = False
+        self._open(skip=start.offset)
+
+    def _open(self, skip: int = 0) -> None:
+        cfg = self.ds.cfg
+        urls = stream_shards(cfg.shards, self.epoch, cfg.seed, self.index, self.total)
+        if not urls:  # more streams than shards: this one never has any (every epoch deals the same count)
+            self.ended = True
+            return
+        self.stats.epoch_base = self.stats.planned
+        items = _planned(urls, self.ds.lookup, self.stats)
+        if self.root is not None:
+            items = _accounted(items, self.stats, self.root, self.epoch, self.index, len(urls))
+        self.order = iter(_shuffled(items, cfg.shuffle_buffer,
+                                    np.random.default_rng([cfg.seed, 11, self.epoch, self.index])))
+        self.offset = self.met = 0
+        while self.offset < skip and next(self.order, _END) is not _END:
+            self.offset += 1
+            self.met += 1
+
+    def draw(self):
+        """(offset, key, image bytes, labels) of the next planned sample, or None when this epoch
+        ended (the stream then stands at the start of the next, or has ``ended``)."""
+        item = next(self.order, _END)
+        if item is not _END:
+            self.offset += 1
+            self.met += 1
+            return (self.offset - 1, *item)
+        cfg = self.ds.cfg
+        self.ds._check(self.stats, end=True)
+        if self.met == 0 and self.root is not None:  # nothing for this stream: is there anything anywhere?
+            expected = account.expected_streams(self.total, len(cfg.shards))
+            if account.nothing_anywhere(self.root, self.epoch, expected):
+                raise SwagError(account.verdict(account.epoch_total(self.root, self.epoch, expected),
+                                                self.ds.lookup.total_samples, cfg.max_bad_fraction))
+        self.epoch += 1
+        if cfg.loop:
+            self._open()
+        else:
+            self.ended = True
+        return None
+
+
+def stream_layout(shards: int, world: int, workers: int, shuffle_buffer: int, streams: int | None = None) -> dict:
+    """How a fresh training run deals its epochs: ``streams`` (``data.streams``; by default the
+    first multiple of the ``world x workers`` DataLoader streams that is at least 8 and twice
+    their number, never more than the shards), and each stream's shuffle buffer, the recipe's
+    ``shuffle_buffer`` shared by the streams one worker plays (so memory is as with one stream
+    per worker). Both are fixed for the run: a resume takes them from its checkpoint."""
+    players = world * max(1, workers)
+    if streams is None:
+        streams = min(players * max(2, -(-8 // players)), shards)
+        streams = max(streams, min(players, shards))
+    per_player = max(1, streams // players)
+    return {"streams": int(streams), "shuffle_buffer": max(1, -(-shuffle_buffer // per_player)),
+            "players": players}
 
 
 def collate(batch):
@@ -370,8 +437,11 @@ def collate(batch):
     wts = np.zeros((len(batch), kmax), np.float32)
     wts[mask] = np.repeat(np.float32(1.0) / lens, lens)
     infos = [b[2] for b in batch]
-    return {"image": imgs, "target_idx": torch.from_numpy(idx), "target_w": torch.from_numpy(wts),
-            "keys": [i[3] for i in infos], "streams": _latest_per_stream(infos)}
+    out = {"image": imgs, "target_idx": torch.from_numpy(idx), "target_w": torch.from_numpy(wts),
+           "keys": [i[3] for i in infos], "streams": _latest_per_stream(infos)}
+    if infos[0][3] is not None:  # with_keys: where each sample is in its stream's epoch
+        out["where"] = [(i[0], i[1], i[2]) for i in infos]
+    return out
 
 
 def batch_images(batch: dict, device) -> torch.Tensor:
@@ -394,7 +464,9 @@ def batch_images(batch: dict, device) -> torch.Tensor:
         keep[bad] = False
         x = x[keep.to(x.device)]
         batch["target_idx"], batch["target_w"] = batch["target_idx"][keep], batch["target_w"][keep]
-        batch["keys"] = [k for k, m in zip(batch["keys"], keep.tolist()) if m]
+        for name in ("keys", "where"):
+            if name in batch:
+                batch[name] = [k for k, m in zip(batch[name], keep.tolist()) if m]
     return x
 
 

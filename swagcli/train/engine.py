@@ -12,6 +12,7 @@ evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -25,7 +26,7 @@ from swagcli.signals import request_stop  # noqa: F401 - the loops' API (tests)
 from swagcli.train import account
 from swagcli.train import checkpoint as ckpt_io
 from swagcli.train import speed
-from swagcli.train.data import StreamConfig, StreamPosition, batch_images, make_loader
+from swagcli.train.data import StreamConfig, StreamPosition, batch_images, make_loader, stream_layout
 from swagcli.train.dist import DistEnv
 from swagcli.train.loop import Loop, eval_batches
 from swagcli.train.losses import LOSSES, SoftmaxIdf, plan_idf, softmax_ce
@@ -148,6 +149,10 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     if (env.world - 1) * per_rank >= len(shards):
         raise SwagError(f"data.shards: {len(shards)} shard(s) for {env.world} processes x {per_rank} streams: the "
                         "last processes would get none; use more shards, or fewer processes or data.workers")
+    if recipe.data.streams is not None and (env.world - 1) * per_rank >= recipe.data.streams:
+        raise SwagError(f"data.streams: {recipe.data.streams} stream(s) for {env.world} processes x {per_rank} "
+                        "workers: the last processes would play none; use more streams, or fewer processes "
+                        "or data.workers")
     total_samples = recipe.samples or int(plan["summary"]["total_samples"] * recipe.epochs)
     total_steps = max(1, math.ceil(total_samples / recipe.batch_size))
     recipe_yaml = R.dump(recipe, "pretrain")
@@ -181,19 +186,27 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     init = None
     if resume_from is None and recipe.init.from_:
         init = ckpt_io.load_encoder(model, recipe.init.from_)
+    deal = stream_layout(len(shards), env.world, recipe.data.workers, recipe.data.shuffle_buffer, recipe.data.streams)
     if resume_from is not None:
         step, samples_seen = st["step"], st["samples"]
         positions = {int(k): StreamPosition(*v) for k, v in st["streams"].items()}
+        deal = resumed_layout(st, deal, env, recipe, len(shards))
+    played_by = {"processes": env.world, "workers": recipe.data.workers}
+    was = deal.get("played_by") if resume_from is not None else None
+    moved = {"was": was, "now": played_by} if was is not None and was != played_by else None
+    deal = {"streams": deal["streams"], "shuffle_buffer": deal["shuffle_buffer"], "played_by": played_by}
 
     ddp = torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model
     fwd = speed.compiled(ddp, recipe.speed)  # what the step calls; ddp.no_sync() still on ddp
-    streams = env.world * max(1, recipe.data.workers)
+    streams = deal["streams"]
     audit_root = account.account_dir(out, streams, recipe.seed)
     stream = StreamConfig(shards=shards, plan_dir=recipe.data.plan, resolution=recipe.data.resolution,
-                          shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.seed,
+                          shuffle_buffer=deal["shuffle_buffer"], seed=recipe.seed, streams=streams,
                           max_bad_fraction=recipe.data.max_bad_fraction, max_pixels=recipe.data.max_pixels,
                           start=positions, account_dir=str(audit_root), decode=recipe.data.decode,
-                          rotate=(step * layout["accum"]) % max(1, recipe.data.workers))
+                          rotate=(step * layout["accum"]) % max(1, recipe.data.workers),
+                          with_keys=recipe.data.log_keys)
+    keylog = KeyLog(out, step, env.rank) if recipe.data.log_keys else None
     plan_samples = int(plan["summary"]["total_samples"])
     auditor = account.Auditor(audit_root, streams, len(shards), plan_samples,
                               recipe.data.max_bad_fraction) if env.is_main else None
@@ -209,6 +222,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     def step_fn(batch, update):
         loss = objective_step(batch)
         tracker.took(batch)
+        if keylog:
+            keylog.took(update.step, batch)
         return loss
 
     def save_checkpoint():
@@ -224,7 +239,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             streams_now = {str(k): v for part, _ in gathered for k, v in part.items()}
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict(), "step": loop.step, "samples": loop.samples,
-                     "streams": streams_now, "rng": [r for _, r in gathered]}
+                     "streams": streams_now, "rng": [r for _, r in gathered], "layout": deal}
             path = ckpt_io.save(out / "checkpoints", loop.step, model, state, vocab.doc, recipe_yaml,
                                 {**model_meta, "hashtags": len(vocab), "samples": loop.samples,
                                  "total_steps": total_steps, "plan": str(recipe.data.plan),
@@ -241,13 +256,15 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                 samples=samples_seen, resumed_from=resume_from, save=save_checkpoint,
                 grad_clip=recipe.optim.grad_clip, on_step=on_step, progress=progress,
                 meter=speed.meter(model, recipe.data.resolution, device, dtype, env.world, recipe.objective))
-    with loop:
+    with loop, (keylog or contextlib.nullcontext()):
         if init:
             loop.event({"init": init})
         if idf_info:
             loop.event({"idf": idf_info})
         if changes:
             loop.event({"resumed_from": str(resume_from), "resumed_with_changes": changes})
+        if moved:
+            loop.event({"resumed_from": str(resume_from), "resumed_on": moved})
         status = loop.run(step_fn, evaluate=mid_eval, eval_every=recipe.eval_every,
                           abort=auditor.poll if auditor else None,
                           log_fields=lambda: {"bad_samples": _sum_stats(tracker.stats).get("bad", 0)})
@@ -271,12 +288,69 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                                                         if recipe.data.decode == "gpu" else {})},
             image_shards={"count": len(shards), "first": shards[0], "last": shards[-1],
                           "from": "data.shards" if recipe.data.shards else "the plan's img2dataset sources"},
-            objective=recipe.objective, **({"init": init} if init else {}),
+            objective=recipe.objective, streams={"count": streams, "shuffle_buffer": deal["shuffle_buffer"],
+                                                 "played_by": played_by, **({"resumed_on": moved} if moved else {})},
+            **({"init": init} if init else {}),
             **({"idf": idf_info} if idf_info else {}),
             **({"account": auditor.summary()} if auditor else {}), **final)
         if short:
             raise SwagError(f"{short.replace('training stream: ', 'the run finished, but ')} (see {out / 'result.json'})")
         return result
+
+
+def resumed_layout(st: dict, fresh: dict, env: DistEnv, recipe, shards: int) -> dict:
+    """The stream layout a resumed run keeps (its checkpoint's; one written before layouts were
+    recorded had one stream per process x worker, and resumes only on as many)."""
+    was = st.get("layout")
+    if was is None:
+        players = env.world * max(1, recipe.data.workers)
+        return {"streams": players, "shuffle_buffer": recipe.data.shuffle_buffer, "played_by": None}
+    if recipe.data.streams is not None and recipe.data.streams != was["streams"]:
+        raise SwagError(f"data.streams: this run's epochs are dealt to {was['streams']} streams (fixed when it "
+                        f"started), not {recipe.data.streams}: leave data.streams out, or start a new run")
+    per_rank = max(1, recipe.data.workers)
+    if (env.world - 1) * per_rank >= min(was["streams"], shards):
+        raise SwagError(f"this run's epochs are dealt to {was['streams']} streams (data.streams, fixed when it "
+                        f"started): {env.world} processes x {per_rank} workers would leave the last processes "
+                        "without one; resume on fewer processes or data.workers")
+    return was
+
+
+class KeyLog:
+    """``data.log_keys``: what every update trained on, one line per sample, in
+    ``RUN/keys/from-<step>-rank-<r>.tsv`` (update, stream, epoch, offset, key) for the leg of the
+    run that started at ``step``; :func:`trained_on` reads them back as the run trained."""
+
+    def __init__(self, out: Path, start: int, rank: int):
+        d = Path(out) / "keys"
+        d.mkdir(parents=True, exist_ok=True)
+        self.f = open(d / f"from-{start:08d}-rank-{rank:05d}.tsv", "w")
+
+    def took(self, update: int, batch) -> None:
+        self.f.write("".join(f"{update}\t{s}\t{e}\t{o}\t{k}\n" for (s, e, o), k in zip(batch["where"], batch["keys"])))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def trained_on(out: Path) -> list[tuple[int, int, int, int, str]]:
+    """(update, stream, epoch, offset, key) of every sample a ``data.log_keys`` run trained on:
+    each leg's lines up to where the next leg resumed (what a stopped leg took after its last
+    checkpoint was trained on again after the resume, and is counted there)."""
+    files = sorted((Path(out) / "keys").glob("from-*-rank-*.tsv"))
+    starts = sorted({int(f.name.split("-")[1]) for f in files})
+    rows = []
+    for f in files:
+        start = int(f.name.split("-")[1])
+        until = next((s for s in starts if s > start), None)
+        for line in f.read_text().splitlines():
+            u, s, e, o, k = line.split("\t", 4)
+            if until is None or int(u) < until:
+                rows.append((int(u), int(s), int(e), int(o), k))
+    return sorted(rows)
 
 
 class StreamTracker:

@@ -27,7 +27,8 @@ from swagcli.train import checkpoint as ckpt_io
 MAY_CHANGE = {
     "pretrain": ("out", "resume", "launcher", "log_every", "checkpoint_every", "keep_checkpoints",
                  "eval_every", "eval_samples", "tensorboard", "device", "init", "stages", "data.holdout",
-                 "data.max_bad_fraction", "data.max_pixels", "speed"),
+                 "data.max_bad_fraction", "data.max_pixels", "speed", "data.workers", "data.decode",
+                 "data.log_keys", "data.streams", "micro_batch"),
     "finetune": ("out", "resume", "launcher", "log_every", "checkpoint_every", "keep_checkpoints",
                  "eval_every", "tensorboard", "device", "data.workers", "data.batch_size", "data.val",
                  "data.max_bad_fraction", "data.max_pixels", "lr_grid", "grid_updates", "speed"),
@@ -132,3 +133,52 @@ def find_resume(how: str, out: Path, recipe_yaml: str | None, kind: str, quiet: 
     if path is None:
         return None, []
     return path, (check(path, how, recipe_yaml, kind) if recipe_yaml else [])
+
+
+def _played(p: dict | None) -> str:
+    if not p:
+        return "?"
+    return f"{p['processes']} process{'es' if p['processes'] != 1 else ''} x {p['workers']} worker{'s' if p['workers'] != 1 else ''}"
+
+
+def progress(out: Path) -> list[tuple[str, str]]:
+    """Where a pretraining run directory stands, as (what, value) rows: its newest intact
+    checkpoint, how its epochs are dealt and who plays them, every resume on another layout
+    (from ``metrics.jsonl``), and its result's status."""
+    out = Path(out)
+    rows: list[tuple[str, str]] = []
+    skipped: list = []
+    ck = ckpt_io.latest(out / "checkpoints", resume=True, skipped=skipped)
+    if ck is None:
+        rows.append(("checkpoint", "none yet" + (f" ({len(skipped)} damaged)" if skipped else "")))
+    else:
+        meta = ckpt_io.load_meta(ck)
+        total = meta.get("total_steps")
+        rows.append(("checkpoint", f"{ck} (step {meta['step']:,}" + (f" of {total:,}" if total else "")
+                     + f", {meta.get('samples', 0):,} samples)"))
+        try:
+            lay = ckpt_io.load_train_state(ck).get("layout")
+        except Exception:  # noqa: BLE001 - a state this swag cannot read: say so, show the rest
+            lay = None
+        if lay:
+            rows.append(("streams", f"{lay['streams']} (shuffle buffer {lay['shuffle_buffer']:,} each), played by "
+                         f"{_played(lay.get('played_by'))}"))
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict) and e.get("resumed_on"):
+            m = e["resumed_on"]
+            rows.append(("resumed on another layout", f"at step {e.get('step', '?')}: {_played(m.get('was'))} -> "
+                         f"{_played(m.get('now'))}"))
+    try:
+        res = json.loads((out / "result.json").read_text())
+        rows.append(("result", f"{res.get('status')} at step {res.get('step')}"))
+    except (OSError, ValueError):
+        pass
+    return rows

@@ -72,6 +72,47 @@ def test_resume_continues_the_same_stream(tiny_world):
         assert torch.equal(a["image"], b["image"])  # same crops and flips
 
 
+def _consume(tiny_world, layout, world, workers, start=None, batches=None):
+    """What ``world`` ranks x ``workers`` take of one epoch dealt as ``layout``: per stream, the
+    (offset, key) of each sample in the order taken, and where each stream stands after the last
+    batch taken (``batches`` per rank; all of them when None)."""
+    taken, pos = {}, dict(start or {})
+    for rank in range(world):
+        cfg = StreamConfig(shards=tiny_world["shards"], plan_dir=str(tiny_world["plan"]), resolution=16,
+                           loop=False, with_keys=True, shuffle_buffer=layout["shuffle_buffer"], seed=3,
+                           streams=layout["streams"], start=dict(start or {}))
+        for i, batch in enumerate(make_loader(cfg, batch_size=40, workers=workers, rank=rank, world=world)):
+            if batches is not None and i == batches:
+                break
+            for (stream, epoch, offset), key in zip(batch["where"], batch["keys"]):
+                assert epoch == 0
+                taken.setdefault(stream, []).append((offset, key))
+            for stream, (epoch, offset, _) in batch["streams"].items():
+                pos[stream] = StreamPosition(epoch, offset + 1)
+    return taken, pos
+
+
+@pytest.mark.parametrize("before,after", [((2, 1), (1, 1)), ((1, 1), (1, 2))],
+                         ids=["2-processes-then-1", "1-worker-then-2"])
+def test_a_resume_on_another_layout_sees_each_planned_sample_exactly_as_planned(tiny_world, before, after):
+    """Elastic resume: an epoch begun by one number of processes x workers and finished by another
+    sees every planned sample exactly as often as planned (none repeated, none skipped), and each
+    of the run's streams yields what it yields uninterrupted (the same keys at the same offsets)."""
+    from swagcli.train.data import stream_layout
+
+    want, _ = planned(tiny_world["plan"])
+    layout = stream_layout(len(tiny_world["shards"]), *before, shuffle_buffer=300)
+    assert layout["streams"] == 4  # 4 shards: the most streams that have any
+    whole, _ = _consume(tiny_world, layout, *before)
+    first, pos = _consume(tiny_world, layout, *before, batches=7)
+    assert 0 < sum(map(len, first.values())) < 5000 / 2
+    rest, _ = _consume(tiny_world, layout, *after, start=pos)
+    seen = Counter(key for part in (first, rest) for got in part.values() for _, key in got)
+    assert seen == want and sum(seen.values()) == 5000
+    for stream, got in whole.items():  # each stream: its order, continued where it stood
+        assert first.get(stream, []) + rest.get(stream, []) == got
+
+
 def test_stream_loops_over_epochs_with_new_order(tiny_world):
     cfg = StreamConfig(shards=tiny_world["shards"], plan_dir=str(tiny_world["plan"]), resolution=32,
                        with_keys=True, shuffle_buffer=100)

@@ -58,18 +58,19 @@ def _pretrain_recipe(tiny_world, out, yaml="test_vit.yaml", *sets):
 
 def _pretrain_by_hand(r, build, loss_of):
     """What `swag pretrain` does, by hand: seed, model, AdamW + schedule, the stream, updates."""
-    from swagcli.train.data import StreamConfig, make_loader
+    from swagcli.train.data import StreamConfig, make_loader, stream_layout
     from swagcli.train.models import Normalizer
     from swagcli.train.optim import build_optimizer, build_scheduler
 
+    deal = stream_layout(len(r.data.shards), 1, r.data.workers, r.data.shuffle_buffer, r.data.streams)
     torch.manual_seed(r.seed)
     model = build()
     norm = Normalizer(model.backbone)
     opt = build_optimizer(model, r.optim, r.batch_size)
     sched = build_scheduler(opt, STEPS, r.optim)
     cfg = StreamConfig(shards=r.data.shards, plan_dir=r.data.plan, resolution=r.data.resolution,
-                       shuffle_buffer=r.data.shuffle_buffer, seed=r.seed, max_bad_fraction=r.data.max_bad_fraction,
-                       max_pixels=r.data.max_pixels)
+                       shuffle_buffer=deal["shuffle_buffer"], streams=deal["streams"], seed=r.seed,
+                       max_bad_fraction=r.data.max_bad_fraction, max_pixels=r.data.max_pixels)
     it = iter(make_loader(cfg, MICRO, 0))
     return _by_hand(model, opt, sched, lambda: next(it), lambda b, s, m: loss_of(model, norm(b["image"]), b),
                     STEPS, BATCH // MICRO, r.optim.grad_clip)
