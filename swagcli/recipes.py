@@ -171,9 +171,10 @@ class DataSpec(Recipe):
     workers: int = Field(2, ge=0, description="DataLoader workers per process")
     streams: int | None = Field(None, ge=1, description="streams an epoch is dealt to, fixed for the run "
                                 "(each has its shards, order and shuffle buffer; processes x workers play "
-                                "them, so a resume on another number of either continues the epoch): "
-                                "null = the first multiple of processes x workers that is at least 8 "
-                                "and twice their number, at most the shards; a resume keeps the run's")
+                                "them, so a resume on another number of either continues the epoch; "
+                                "a resume on more workers than streams leaves the extra ones idle): "
+                                "null = one per process x worker when the run starts (a resume keeps "
+                                "the run's); set it higher (e.g. 2x) to let a resume use more")
     log_keys: bool = Field(False, description="write what every update trained on (update, stream, epoch, "
                            "offset, key per sample) to OUT/keys/")
     max_bad_fraction: float = Field(0.01, ge=0, le=1)

@@ -33,7 +33,7 @@ def save(root: str | Path, step: int, model: torch.nn.Module, train_state: dict,
          recipe_yaml: str, meta: dict, keep: int = 2, files: dict[str, str] | None = None) -> Path:
     from safetensors.torch import save_model
 
-    from swagcli.fileio import atomic_dir, atomic_write_text, clean_stale_temps, os_error, out_dir, write_error
+    from swagcli.fileio import atomic_dir, clean_stale_temps, os_error, out_dir, write_error
     from swagcli.safetree import save_tree
 
     root = out_dir(root, "checkpoints")
@@ -61,11 +61,140 @@ def save(root: str | Path, step: int, model: torch.nn.Module, train_state: dict,
                 (tmp / fname).write_text(text)
             except OSError as e:
                 raise os_error(e, final / fname) from None
-    atomic_write_text(root / "latest", name + "\n")
+    _point_and_prune(root, final, keep)
+    return final
+
+
+def save_sharded(root: str | Path, step: int, env, tensors: dict, train_state: dict, vocab_doc: dict | None,
+                 recipe_yaml: str, meta: dict, keep: int = 2, files: dict[str, str] | None = None) -> Path | None:
+    """A sharded checkpoint (:mod:`swagcli.train.sharding`), called on every rank: each writes its
+    shards of ``tensors`` into ``step-N/sharded/``; rank 0 then writes the consolidated
+    ``model.safetensors``, the train state and the texts, and publishes the directory by rename
+    as :func:`save` does (a failure on any rank leaves the previous checkpoint and pointer as they
+    were). Returns the checkpoint on rank 0, None elsewhere."""
+    import os
+    import uuid
+
+    import torch.distributed as dist
+
+    from swagcli.fileio import clean_stale_temps, out_dir, write_error
+    from swagcli.train import sharding
+
+    name = f"step-{step:08d}"
+    tmp = None
+    if env.is_main:
+        root = out_dir(root, "checkpoints")
+        clean_stale_temps(root)
+        tmp = Path(root) / f".{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+    if env.distributed:
+        box = [str(tmp) if tmp else None]
+        dist.broadcast_object_list(box, src=0)
+        tmp = Path(box[0])
+    try:
+        try:
+            sharding.write(tensors, tmp / sharding.SHARDED)
+        except Exception as e:  # noqa: BLE001 - torch.distributed.checkpoint wraps every rank's OSError
+            err = write_error(_first_cause(e), Path(root) / name / sharding.SHARDED)
+            raise (err or SwagError(f"{Path(root) / name}: writing the shards failed "
+                                    f"({str(e).strip().splitlines()[-1][:200]})")) from None
+        if not env.is_main:
+            return None
+        with _published(tmp, Path(root) / name):
+            try:
+                sharding.consolidate(tmp / sharding.SHARDED, tmp / "model.safetensors",
+                                     {"format": CKPT_FORMAT, "step": str(step)})
+            except OSError as e:
+                raise (write_error(e, Path(root) / name / "model.safetensors") or e) from None
+            _write_rest(tmp, Path(root) / name, step, train_state, vocab_doc, recipe_yaml,
+                        {**meta, "sharded": {"processes": env.world}}, files)
+    except BaseException:
+        if env.is_main and tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _point_and_prune(Path(root), Path(root) / name, keep)
+    return Path(root) / name
+
+
+def _first_cause(e: BaseException) -> BaseException:
+    """The OSError inside a checkpoint exception (torch.distributed.checkpoint keeps each rank's
+    failure), or ``e``."""
+    seen = [e]
+    for f in getattr(e, "failures", {}).values() if isinstance(getattr(e, "failures", None), dict) else []:
+        seen.append(f[0] if isinstance(f, tuple) else f)
+    for x in seen:
+        while x is not None:
+            if isinstance(x, OSError):
+                return x
+            x = x.__cause__ or x.__context__
+    return e
+
+
+class _published:
+    """``with _published(tmp, final):`` fsync ``tmp``'s files (its sharded/ folder too), then
+    rename it to ``final`` (an older one is replaced); on error nothing is published."""
+
+    def __init__(self, tmp: Path, final: Path):
+        self.tmp, self.final = tmp, final
+
+    def __enter__(self):
+        return self.tmp
+
+    def __exit__(self, typ, exc, tb):
+        import os
+
+        from swagcli.fileio import _tmp_name, os_error
+
+        if typ is not None:
+            return False
+        try:
+            for f in self.tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            if self.final.exists():
+                old = _tmp_name(self.final, "old")
+                os.replace(self.final, old)
+                os.replace(self.tmp, self.final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.final)
+        except OSError as e:
+            raise os_error(e, getattr(e, "filename", None) or self.final) from None
+        return False
+
+
+def _write_rest(tmp: Path, final: Path, step: int, train_state: dict, vocab_doc, recipe_yaml: str, meta: dict,
+                files) -> None:
+    from swagcli.fileio import os_error, write_error
+    from swagcli.safetree import save_tree
+
+    try:
+        save_tree(train_state, tmp / TRAIN_STATE)
+    except Exception as e:  # noqa: BLE001 - safetensors wraps OS errors in its own type
+        err = write_error(e, final / TRAIN_STATE)
+        if err is None:
+            raise
+        raise err from None
+    texts = dict(files or {})
+    if vocab_doc is not None:
+        texts["vocab.json"] = json.dumps(vocab_doc, ensure_ascii=False) + "\n"
+    texts["recipe.yaml"] = recipe_yaml
+    texts["meta.json"] = json.dumps({"format": CKPT_FORMAT, "step": step, **meta}, indent=1) + "\n"
+    for fname, text in texts.items():
+        try:
+            (tmp / fname).write_text(text)
+        except OSError as e:
+            raise os_error(e, final / fname) from None
+
+
+def _point_and_prune(root: Path, final: Path, keep: int) -> None:
+    from swagcli.fileio import atomic_write_text
+
+    atomic_write_text(root / "latest", final.name + "\n")
     if keep > 0:  # the newest `keep` by step, and never the one just written
         for old in [p for p in steps(root) if p != final][: max(0, len(steps(root)) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def steps(root: str | Path) -> list[Path]:
@@ -106,6 +235,12 @@ def damage(ckpt: Path, resume: bool = False) -> tuple[str, str] | None:
         return str(meta), "missing (the checkpoint was not completed)"
     except (OSError, ValueError) as e:
         return str(meta), f"not valid JSON ({type(e).__name__})"
+    if resume and isinstance(doc.get("sharded"), dict):
+        from swagcli.train.sharding import shard_damage
+
+        bad = shard_damage(ckpt, doc["sharded"].get("processes"))
+        if bad:
+            return bad
     files = ["model.safetensors"] + ([TRAIN_STATE] if resume else [])
     for name in files:
         f = ckpt / name

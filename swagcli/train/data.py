@@ -401,15 +401,14 @@ class EpochStream:
 
 
 def stream_layout(shards: int, world: int, workers: int, shuffle_buffer: int, streams: int | None = None) -> dict:
-    """How a fresh training run deals its epochs: ``streams`` (``data.streams``; by default the
-    first multiple of the ``world x workers`` DataLoader streams that is at least 8 and twice
-    their number, never more than the shards), and each stream's shuffle buffer, the recipe's
+    """How a fresh training run deals its epochs: ``streams`` (``data.streams``; by default one per
+    DataLoader worker of the ``world x workers``, as many as can later play them all; more let a
+    resume on more workers use them), and each stream's shuffle buffer, the recipe's
     ``shuffle_buffer`` shared by the streams one worker plays (so memory is as with one stream
     per worker). Both are fixed for the run: a resume takes them from its checkpoint."""
     players = world * max(1, workers)
     if streams is None:
-        streams = min(players * max(2, -(-8 // players)), shards)
-        streams = max(streams, min(players, shards))
+        streams = min(players, shards)
     per_player = max(1, streams // players)
     return {"streams": int(streams), "shuffle_buffer": max(1, -(-shuffle_buffer // per_player)),
             "players": players}

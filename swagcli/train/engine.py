@@ -25,10 +25,10 @@ from swagcli.signals import STOP, workers_outlast_sigterm
 from swagcli.signals import request_stop  # noqa: F401 - the loops' API (tests)
 from swagcli.train import account
 from swagcli.train import checkpoint as ckpt_io
-from swagcli.train import speed
+from swagcli.train import sharding, speed
 from swagcli.train.data import StreamConfig, StreamPosition, batch_images, make_loader, stream_layout
 from swagcli.train.dist import DistEnv
-from swagcli.train.loop import Loop, eval_batches
+from swagcli.train.loop import Loop, eval_batches, in_lockstep
 from swagcli.train.losses import LOSSES, SoftmaxIdf, plan_idf, softmax_ce
 from swagcli.train.models import Normalizer, build_model
 from swagcli.train.optim import build_optimizer, build_scheduler
@@ -108,6 +108,8 @@ def evaluate(model, norm, loader, recipe, env, device, limit=None, loss_fn=None)
         for batch in loader:
             x = norm(batch["image"].to(device))
             logits = model(x).float()
+            if batch.get("ignore"):  # a rank out of batches keeping a sharded model's forwards in step
+                continue
             idx, w = batch["target_idx"].to(device), batch["target_w"].to(device)
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hit = (top5.unsqueeze(2) == idx.unsqueeze(1)) & (w.unsqueeze(1) > 0)
@@ -175,17 +177,21 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     model_meta = ckpt_io.describe_model(model, recipe.model.name, recipe.model.kwargs, recipe.data.resolution,
                                         recipe.objective,
                                         {"mae": recipe.mae.model_dump()} if recipe.objective == "mae" else None)
+    dtype = amp_dtype(recipe.precision, device)
+    sharding.check(recipe.strategy, dtype)
+    init = None
+    if found[0] is None and recipe.init.from_:  # into the whole model, before it is sharded
+        init = ckpt_io.load_encoder(model, recipe.init.from_)
+    meter = speed.meter(model, recipe.data.resolution, device, dtype, env.world, recipe.objective)
+    # fsdp shards the model before the optimizer is built on its shards; ddp wraps it after resuming
+    par = sharding.wrap(model, "fsdp", env, dtype) if recipe.strategy == "fsdp" else None
     opt = build_optimizer(model, recipe.optim, recipe.batch_size, fused=speed.fused(recipe.speed, device))
     sched = build_scheduler(opt, total_steps, recipe.optim)
-    dtype = amp_dtype(recipe.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn, idf_info = objective.loss(recipe, len(vocab))
 
     step, samples_seen, positions = 0, 0, {}
     resume_from, st, changes = resume(recipe.resume, out, model, opt, sched, scaler, found=found)
-    init = None
-    if resume_from is None and recipe.init.from_:
-        init = ckpt_io.load_encoder(model, recipe.init.from_)
     deal = stream_layout(len(shards), env.world, recipe.data.workers, recipe.data.shuffle_buffer, recipe.data.streams)
     if resume_from is not None:
         step, samples_seen = st["step"], st["samples"]
@@ -196,8 +202,8 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
     moved = {"was": was, "now": played_by} if was is not None and was != played_by else None
     deal = {"streams": deal["streams"], "shuffle_buffer": deal["shuffle_buffer"], "played_by": played_by}
 
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if env.distributed else model
-    fwd = speed.compiled(ddp, recipe.speed)  # what the step calls; ddp.no_sync() still on ddp
+    par = par or sharding.wrap(model, "ddp", env, dtype)
+    fwd = speed.compiled(par.module, recipe.speed)  # what the step calls; no_sync() still on par
     streams = deal["streams"]
     audit_root = account.account_dir(out, streams, recipe.seed)
     stream = StreamConfig(shards=shards, plan_dir=recipe.data.plan, resolution=recipe.data.resolution,
@@ -234,28 +240,31 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
             dist.all_gather_object(gathered, (mine, rng))
         else:
             gathered = [(mine, rng)]
-        path = None
-        if env.is_main:
-            streams_now = {str(k): v for part, _ in gathered for k, v in part.items()}
-            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict(), "step": loop.step, "samples": loop.samples,
-                     "streams": streams_now, "rng": [r for _, r in gathered], "layout": deal}
-            path = ckpt_io.save(out / "checkpoints", loop.step, model, state, vocab.doc, recipe_yaml,
-                                {**model_meta, "hashtags": len(vocab), "samples": loop.samples,
-                                 "total_steps": total_steps, "plan": str(recipe.data.plan),
-                                 **({"idf": idf_info} if idf_info else {})},
-                                keep=recipe.keep_checkpoints)
-        return path
+        streams_now = {str(k): v for part, _ in gathered for k, v in part.items()}
+        state = {"scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "step": loop.step,
+                 "samples": loop.samples, "streams": streams_now, "rng": [r for _, r in gathered], "layout": deal}
+        meta = {**model_meta, "hashtags": len(vocab), "samples": loop.samples, "total_steps": total_steps,
+                "plan": str(recipe.data.plan), "strategy": recipe.strategy, **({"idf": idf_info} if idf_info else {})}
+        if recipe.strategy == "fsdp":  # every rank writes its shards
+            tensors, other = sharding.state(model, opt)
+            return ckpt_io.save_sharded(out / "checkpoints", loop.step, env, tensors,
+                                        {**state, "optimizer": {"sharded": True, "other": other}}, vocab.doc,
+                                        recipe_yaml, meta, keep=recipe.keep_checkpoints)
+        if not env.is_main:
+            return None
+        return ckpt_io.save(out / "checkpoints", loop.step, model, {**state, "optimizer": opt.state_dict()},
+                            vocab.doc, recipe_yaml, meta, keep=recipe.keep_checkpoints)
 
     def mid_eval(_step):
-        return _eval(model, norm, recipe, plan, shards, env, device, final=False, loss_fn=loss_fn)
+        return _eval(model, norm, recipe, plan, shards, env, device, final=False, loss_fn=loss_fn, sharded=par.sharded)
 
-    loop = Loop(kind="pretrain", out=out, recipe=recipe, env=env, device=device, model=model, module=ddp,
+    loop = Loop(kind="pretrain", out=out, recipe=recipe, env=env, device=device, model=model, module=par.module,
+                no_sync=par.no_sync,
                 opt=opt, sched=sched, scaler=scaler, dtype=dtype, accum=layout["accum"], total=total_steps,
                 batches=it, what="training stream", samples_per_step=recipe.batch_size, step=step,
                 samples=samples_seen, resumed_from=resume_from, save=save_checkpoint,
                 grad_clip=recipe.optim.grad_clip, on_step=on_step, progress=progress,
-                meter=speed.meter(model, recipe.data.resolution, device, dtype, env.world, recipe.objective))
+                meter=meter)
     with loop, (keylog or contextlib.nullcontext()):
         if init:
             loop.event({"init": init})
@@ -270,10 +279,14 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
                           log_fields=lambda: {"bad_samples": _sum_stats(tracker.stats).get("bad", 0)})
         final, short = {}, None
         if status == "finished":
-            final = _eval(model, norm, recipe, plan, shards, env, device, final=True, loss_fn=loss_fn)
+            final = _eval(model, norm, recipe, plan, shards, env, device, final=True, loss_fn=loss_fn,
+                          sharded=par.sharded)
             loop.event(final)
-            if env.is_main:
-                final.update(objective.finish(model, norm, lambda: _figure_batch(recipe, plan, shards), out, device))
+            if env.is_main or par.sharded:  # a sharded model's every forward takes every rank
+                made = objective.finish(model, norm, lambda: _figure_batch(recipe, plan, shards),
+                                        out if env.is_main else None, device)
+                if env.is_main:
+                    final.update(made)
             positions_now = _gather_streams(tracker.stats, tracker.positions, env)  # epoch 0 whole?
             if auditor:
                 if account.needs_scan(audit_root, positions_now, streams, len(shards), plan_samples,
@@ -387,8 +400,8 @@ class HashtagObjective:
         return step
 
     @staticmethod
-    def evaluate(model, norm, batches, recipe, env, device, loss_fn) -> dict:
-        return evaluate(model, norm, batches, recipe, env, device, recipe.eval_samples, loss_fn)
+    def evaluate(model, norm, batches, recipe, env, device, loss_fn, limit) -> dict:
+        return evaluate(model, norm, batches, recipe, env, device, limit, loss_fn)
 
     @staticmethod
     def finish(model, norm, figure_batch, out, device) -> dict:
@@ -416,17 +429,21 @@ class MaeObjective:
         return step
 
     @staticmethod
-    def evaluate(model, norm, batches, recipe, env, device, loss_fn) -> dict:
+    def evaluate(model, norm, batches, recipe, env, device, loss_fn, limit) -> dict:
         from swagcli.train.mae import evaluate_mae
 
-        return evaluate_mae(model, norm, batches, env, device, recipe.eval_samples)
+        return evaluate_mae(model, norm, batches, env, device, limit)
 
     @staticmethod
     def finish(model, norm, figure_batch, out, device) -> dict:
+        """The reconstruction figure, written when ``out`` is given (rank 0; the other ranks of a
+        sharded model take part in its forward passes)."""
         from swagcli.train.mae import reconstruction_figure
 
-        return {"reconstruction": str(reconstruction_figure(model, norm, figure_batch(), out / "reconstruction.png",
-                                                            device))}
+        with sharding.gathered(model):
+            path = reconstruction_figure(model, norm, figure_batch(), out / "reconstruction.png" if out else None,
+                                         device)
+        return {"reconstruction": str(path)} if path else {}
 
 
 OBJECTIVES = {"wsp": HashtagObjective, "mae": MaeObjective}
@@ -452,7 +469,7 @@ def _holdout(recipe, plan) -> str | None:
     return holdout if (Path(holdout) / "plan.json").is_file() else None
 
 
-def _eval(model, norm, recipe, plan, shards, env, device, final: bool, loss_fn=None) -> dict:
+def _eval(model, norm, recipe, plan, shards, env, device, final: bool, loss_fn=None, sharded: bool = False) -> dict:
     """Held-out evaluation. A stop signal during it: mid-training, the evaluation is dropped (the
     update's checkpoint comes next); at the end, :class:`Interrupted` (the last checkpoint is whole;
     a rerun evaluates it)."""
@@ -461,7 +478,13 @@ def _eval(model, norm, recipe, plan, shards, env, device, final: bool, loss_fn=N
         return {}
     loader = _eval_loader(recipe, holdout, shards, env)
     batches = eval_batches(loader, "the final evaluation" if final else None)
-    res = OBJECTIVES[recipe.objective].evaluate(model, norm, batches, recipe, env, device, loss_fn)
+    limit = recipe.eval_samples
+    if sharded:  # every forward is collective: the ranks take their batches together
+        r = recipe.data.resolution
+        batches, limit = in_lockstep(batches, env, device, limit, lambda: {
+            "image": torch.zeros(1, 3, r, r, dtype=torch.uint8), "target_idx": torch.zeros(1, 1, dtype=torch.long),
+            "target_w": torch.zeros(1, 1), "keys": [None]}), None
+    res = OBJECTIVES[recipe.objective].evaluate(model, norm, batches, recipe, env, device, loss_fn, limit)
     return {} if STOP["requested"] and not final else res
 
 

@@ -58,11 +58,13 @@ class Loop:
 
     def __init__(self, *, kind: str, out: Path, recipe, env, device, model, opt, sched, scaler, dtype,
                  accum: int, total: int, batches, what: str, samples_per_step: int, meter, module=None,
-                 step: int = 0, samples: int = 0, resumed_from: Path | None = None, save=None,
+                 no_sync=None, step: int = 0, samples: int = 0, resumed_from: Path | None = None, save=None,
                  grad_clip: float = 0.0, on_step=None, progress: bool = True,
                  label: str | None = None, diverged_hint: str = ""):
         self.kind, self.out, self.recipe, self.env, self.device = kind, Path(out), recipe, env, device
         self.model, self.module = model, module if module is not None else model
+        # micro-batches that accumulate without reducing gradients (DDP's no_sync; FSDP's own)
+        self.no_sync = no_sync or getattr(self.module, "no_sync", contextlib.nullcontext)
         self.opt, self.sched, self.scaler, self.dtype = opt, sched, scaler, dtype
         self.accum, self.total, self.batches, self.what = accum, total, batches, what
         self.samples_per_step, self.step, self.samples = samples_per_step, step, samples
@@ -126,7 +128,7 @@ class Loop:
             for micro in range(self.accum):
                 batch = self.next_batch()
                 sync = micro == self.accum - 1 or not env.distributed
-                with (contextlib.nullcontext() if sync else self.module.no_sync()), \
+                with (contextlib.nullcontext() if sync else self.no_sync()), \
                         torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     loss = step_fn(batch, Update(self.step, micro))
                 self.scaler.scale(loss / self.accum).backward()
@@ -240,6 +242,33 @@ def eval_batches(loader, final_what: str | None):
             yield batch
     finally:
         shutdown_loader(it)
+
+
+def in_lockstep(batches, env, device, limit: int | None = None, dummy: Callable | None = None):
+    """``batches`` taken by every rank together, for a sharded model whose every forward pass is
+    collective: one all-reduce per batch says whether some rank still has one (and how many images
+    all took: the ranks stop together at ``limit``); a rank out of batches yields its last one
+    again (``dummy()`` if it had none) marked ``ignore``, to be run and not counted."""
+    import torch.distributed as dist
+
+    last = None
+    taken = 0
+    it = iter(batches)
+    while True:
+        b = next(it, None)
+        flags = torch.tensor([0.0 if b is None else 1.0, 0.0 if b is None else float(len(b["keys"]))], device=device)
+        if env.distributed:
+            dist.all_reduce(flags)
+        if flags[0].item() == 0:
+            return
+        taken += int(flags[1].item())
+        if b is None:
+            yield {**(last if last is not None else dummy()), "ignore": True}
+        else:
+            last = b
+            yield b
+        if limit and taken >= limit:
+            return
 
 
 class RunLog:

@@ -176,6 +176,8 @@ def evaluate_mae(model, norm, loader, env, device, limit=None) -> dict:
         for batch in loader:
             x = norm(batch["image"].to(device))
             loss = model(x)[0]
+            if batch.get("ignore"):  # a rank out of batches keeping a sharded model's forwards in step
+                continue
             tot += torch.tensor([len(x), float(loss) * len(x)], dtype=torch.float64)
             if limit and tot[0] * env.world >= limit:
                 break
@@ -195,6 +197,8 @@ def reconstruction_figure(model, norm, images: torch.Tensor, path, device):
         x = norm(images.to(device))
         masked, recon = model.eval().reconstruct(x)
     model.train()
+    if path is None:  # another rank of a sharded model: its part of the forward passes is done
+        return None
 
     def show(t):
         return ((t * norm.std + norm.mean).clamp(0, 255) / 255).permute(0, 2, 3, 1).cpu().numpy()

@@ -108,10 +108,21 @@ def resume(how: str, out: Path, model, opt, sched, scaler, recipe_yaml: str | No
     path, changes = found if found is not None else find_resume(how, out, recipe_yaml, kind)
     if path is None:
         return None, None, []
-    ckpt_io.load_weights(model, path)
     st = ckpt_io.load_train_state(path)
+    sharded = isinstance(st.get("optimizer"), dict) and st["optimizer"].get("sharded")
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule) and not sharded:
+        raise SwagError(f"{path}: written by strategy ddp (one file, not shards): resume it with strategy ddp")
+    if sharded:  # any number of processes wrote it; this run's shards are read
+        from swagcli.train import sharding
+
+        sharding.load_state(path, model, opt, st["optimizer"]["other"])
+    else:
+        ckpt_io.load_weights(model, path)
     try:
-        opt.load_state_dict(st["optimizer"])
+        if not sharded:
+            opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         scaler.load_state_dict(st["scaler"])
     except (KeyError, ValueError, RuntimeError, TypeError) as e:

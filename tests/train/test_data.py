@@ -101,8 +101,8 @@ def test_a_resume_on_another_layout_sees_each_planned_sample_exactly_as_planned(
     from swagcli.train.data import stream_layout
 
     want, _ = planned(tiny_world["plan"])
-    layout = stream_layout(len(tiny_world["shards"]), *before, shuffle_buffer=300)
-    assert layout["streams"] == 4  # 4 shards: the most streams that have any
+    layout = stream_layout(len(tiny_world["shards"]), *before, shuffle_buffer=300, streams=4)
+    assert layout["shuffle_buffer"] == 300 // (4 // (before[0] * before[1]))  # a worker's buffer, shared
     whole, _ = _consume(tiny_world, layout, *before)
     first, pos = _consume(tiny_world, layout, *before, batches=7)
     assert 0 < sum(map(len, first.values())) < 5000 / 2

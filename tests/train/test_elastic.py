@@ -54,12 +54,12 @@ def assert_epoch_zero_as_planned(run: Path, plan) -> list:
 
 def test_one_worker_resumed_as_two_sees_the_epoch_as_planned(tiny_world, tmp_path):
     run = tmp_path / "run"
-    first = train(elastic_recipe(tiny_world, run, **{"data.workers": 1}), DistEnv(), progress=False,
-                  on_step=lambda s: s == 20 and request_stop())
+    first = train(elastic_recipe(tiny_world, run, **{"data.workers": 1, "data.streams": 4}), DistEnv(),
+                  progress=False, on_step=lambda s: s == 20 and request_stop())
     assert first["status"] == "preempted" and first["step"] == 20
     second = train(elastic_recipe(tiny_world, run, **{"data.workers": 2}), DistEnv(), progress=False)
     assert second["status"] == "finished" and second["resumed_from"].endswith("step-00000020")
-    assert second["streams"]["count"] == 4  # the run's four streams, not the two workers'
+    assert second["streams"]["count"] == 4  # the run's four streams (data.streams left out: kept)
     assert second["streams"]["resumed_on"] == {"was": {"processes": 1, "workers": 1},
                                                "now": {"processes": 1, "workers": 2}}
     rows = assert_epoch_zero_as_planned(run, tiny_world["plan"])
