@@ -7,7 +7,8 @@
 #          (pydantic & co., nltk, braceexpand; cp312, manylinux) and WordNet (nltk layout, .tar.xz)
 #   there: the device tool's run, carry ["build/gpu"], timeout_s 560, command:
 #       bash bench/gpu_check.sh
-#       -> $OUT/bench_gpu.log, $OUT/bench_gpu.json (eager, both models), $OUT/bench_gpu_compile.json
+#       -> $OUT/bench_gpu.log, $OUT/bench_gpu.json (eager, both models), $OUT/bench_fsdp_memory.json
+#          (ViT-L/16 peak memory per GPU, DDP vs FSDP), $OUT/bench_gpu_compile.json
 #          (ViT-B/16 with torch.compile, in the time left), $OUT/nvidia-smi.txt
 #
 # The GPU image's python3 (3.12) holds torch, timm, numpy, pillow, pyyaml, rich, scipy, matplotlib;
@@ -59,6 +60,16 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" || return 1
   eager=$(( BUDGET - SECONDS < 330 ? BUDGET - SECONDS : 330 ))
   timeout -k 10 "$eager" "$PY" bench/bench_gpu.py --all --world "$world" --json "$OUT/bench_gpu.json"
   echo "eager pass: rc $? at ${SECONDS}s"
+
+  # issue 23: peak memory per GPU, ViT-L/16 under DDP and FSDP on the same micro-batch (every GPU
+  # of the machine; with one GPU there is nothing to shard over and the two figures agree)
+  local gpus
+  gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+  if [ "$(( BUDGET - SECONDS ))" -ge 150 ] && [ "$gpus" -ge 1 ]; then
+    timeout -k 10 90 "$PY" -m torch.distributed.run --standalone --nproc_per_node="$gpus" \
+      bench/bench_fsdp_memory.py --model vit_large_patch16_224 --micro 32 --json "$OUT/bench_fsdp_memory.json"
+    echo "fsdp memory: rc $? at ${SECONDS}s"
+  fi
 
   left=$(( BUDGET - SECONDS ))
   if [ "$left" -ge 90 ]; then

@@ -123,3 +123,13 @@ def test_a_damaged_or_missing_shard_is_named_and_never_resumed_from(stopped, tmp
     shard.unlink()
     assert ck.damage(ckpt, resume=True) == (str(ckpt / "sharded"), "1 of its 2 shard files")
     assert ck.damage(ckpt) is None  # evaluation reads the consolidated file, which is whole
+
+
+def test_fsdp_with_fp16_is_refused_in_one_line(tiny_world, tmp_path):
+    from swagcli.errors import SwagError
+    from swagcli.train.dist import DistEnv
+
+    r = fsdp_recipe(tiny_world, tmp_path / "run", precision="fp16", **{"launcher.local.processes": 1})
+    with pytest.raises(SwagError, match="strategy fsdp: precision fp16 is not supported"):
+        train(r, DistEnv(), progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
