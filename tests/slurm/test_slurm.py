@@ -144,3 +144,32 @@ def test_vocab_and_sample_as_job_arrays_equal_local(cluster, tiny_world, tmp_pat
     assert exp[0] == exp[1] and exp[0].count("\n") > 500
     a, b = (json.loads((tmp_path / o / "summary.json").read_text()) for o in ("p_local", "p_slurm"))
     assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+
+
+def test_a_run_resubmitted_on_fewer_tasks_sees_the_epoch_as_planned(cluster, tiny_world, tmp_path, swag):
+    """Nodes lost: a 2-task job is stopped (its checkpoint written), and the run goes on as a job of
+    one task. Every planned sample of the epoch is trained on exactly as planned (counted from
+    data.log_keys), and the result says the run moved from 2 processes to 1."""
+    from tests.train.test_elastic import assert_epoch_zero_as_planned, elastic_recipe
+
+    out = tmp_path / "job"
+    slurm = {"data.workers": 1, "micro_batch": 32, "launcher.slurm.tasks_per_node": 2, "launcher.slurm.time": 10}
+    job = launch.submit_slurm(train, elastic_recipe(tiny_world, out, **slurm), out, "swag-test")
+    deadline = time.time() + 240
+    while steps_logged(out) < 4:
+        assert time.time() < deadline, "job did not start"
+        assert job.state not in ("FAILED", "CANCELLED", "COMPLETED"), job.state
+        time.sleep(0.5)
+    swag("pretrain", "--cancel", out, check=True)  # stopped for good: it checkpoints, nothing requeues
+    deadline = time.time() + 120
+    while time.time() < deadline and subprocess.run(["squeue", "-h", "-j", job.job_id], capture_output=True,
+                                                    text=True).stdout.strip():
+        time.sleep(1)  # gone from the queue (COMPLETING still holds the run directory)
+    assert ck.latest(out / "checkpoints", resume=True) is not None
+    one = elastic_recipe(tiny_world, out, **{**slurm, "launcher.slurm.tasks_per_node": 1})
+    job = launch.submit_slurm(train, one, out, "swag-test")
+    res = launch.wait_slurm(job, json.loads((out / "slurm-job.json").read_text()))
+    assert res["status"] == "finished" and res["resumed_from"]
+    assert res["streams"]["resumed_on"] == {"was": {"processes": 2, "workers": 1},
+                                            "now": {"processes": 1, "workers": 1}}
+    assert_epoch_zero_as_planned(out, tiny_world["plan"])

@@ -97,18 +97,17 @@ def test_two_processes_resumed_as_one_see_the_epoch_as_planned(tiny_world, tmp_p
 def test_a_resume_that_leaves_a_process_without_a_stream_is_one_line(tiny_world, tmp_path):
     """The run's streams are fixed when it starts: a resume on more processes than they can feed
     is refused in one line (more workers than streams only leaves workers idle)."""
+    from swagcli.train import checkpoint as ck
     from swagcli.train.engine import resumed_layout
 
     run = tmp_path / "run"
-    first = train(elastic_recipe(tiny_world, run, **{"data.workers": 1, "data.streams": 2}), DistEnv(),
+    first = train(elastic_recipe(tiny_world, run, **{"data.workers": 1, "data.streams": 1}), DistEnv(),
                   progress=False, on_step=lambda s: s == 2 and request_stop())
-    from swagcli.train import checkpoint as ck
-
     st = ck.load_train_state(Path(first["checkpoint"]))
-    assert st["layout"]["streams"] == 2
+    assert st["layout"]["streams"] == 1
     r = elastic_recipe(tiny_world, run, **{"data.workers": 1})
-    with pytest.raises(SwagError, match="dealt to 2 streams.*3 processes x 1 workers.*resume on fewer"):
-        resumed_layout(st, {}, DistEnv(rank=0, world=3), r, shards=4)
-    assert resumed_layout(st, {}, DistEnv(rank=0, world=2), r, shards=4)["streams"] == 2
-    res = train(elastic_recipe(tiny_world, run, **{"data.workers": 3}), DistEnv(), progress=False)
-    assert res["status"] == "finished" and res["streams"]["count"] == 2
+    with pytest.raises(SwagError, match="dealt to 1 streams.*2 processes x 1 workers.*resume on fewer"):
+        resumed_layout(st, {}, DistEnv(rank=0, world=2), r, shards=4)
+    assert resumed_layout(st, {}, DistEnv(rank=0, world=1), r, shards=4)["streams"] == 1
+    res = train(elastic_recipe(tiny_world, run, **{"data.workers": 2}), DistEnv(), progress=False)
+    assert res["status"] == "finished" and res["streams"]["count"] == 1
