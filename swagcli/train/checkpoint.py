@@ -33,34 +33,20 @@ def save(root: str | Path, step: int, model: torch.nn.Module, train_state: dict,
          recipe_yaml: str, meta: dict, keep: int = 2, files: dict[str, str] | None = None) -> Path:
     from safetensors.torch import save_model
 
-    from swagcli.fileio import atomic_dir, clean_stale_temps, os_error, out_dir, write_error
-    from swagcli.safetree import save_tree
+    from swagcli.fileio import atomic_dir, clean_stale_temps, out_dir, write_error
 
     root = out_dir(root, "checkpoints")
     clean_stale_temps(root)  # what a killed writer left (never a live writer's: pids are checked)
-    name = f"step-{step:08d}"
-    final = root / name
+    final = root / f"step-{step:08d}"
     with atomic_dir(final) as tmp:
-        for fname, write in (("model.safetensors", lambda f: save_model(
-                model, str(f), metadata={"format": CKPT_FORMAT, "step": str(step)})),
-                (TRAIN_STATE, lambda f: save_tree(train_state, f))):
-            try:
-                write(tmp / fname)
-            except Exception as e:  # noqa: BLE001 - safetensors wraps OS errors in its own type
-                err = write_error(e, final / fname)
-                if err is None:
-                    raise
-                raise err from None
-        texts = dict(files or {})
-        if vocab_doc is not None:
-            texts["vocab.json"] = json.dumps(vocab_doc, ensure_ascii=False) + "\n"
-        texts["recipe.yaml"] = recipe_yaml
-        texts["meta.json"] = json.dumps({"format": CKPT_FORMAT, "step": step, **meta}, indent=1) + "\n"
-        for fname, text in texts.items():
-            try:
-                (tmp / fname).write_text(text)
-            except OSError as e:
-                raise os_error(e, final / fname) from None
+        try:
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": CKPT_FORMAT, "step": str(step)})
+        except Exception as e:  # noqa: BLE001 - safetensors wraps OS errors in its own type
+            err = write_error(e, final / "model.safetensors")
+            if err is None:
+                raise
+            raise err from None
+        _write_rest(tmp, final, step, train_state, vocab_doc, recipe_yaml, meta, files)
     _point_and_prune(root, final, keep)
     return final
 

@@ -133,3 +133,26 @@ def test_fsdp_with_fp16_is_refused_in_one_line(tiny_world, tmp_path):
     with pytest.raises(SwagError, match="strategy fsdp: precision fp16 is not supported"):
         train(r, DistEnv(), progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_pickle_planted_in_a_sharded_checkpoint_never_runs(stopped, tmp_path):
+    """torch.distributed.checkpoint's own reader unpickles ``.metadata``: swag's never reads one."""
+    import pickle
+
+    from swagcli.recipes import OptimSpec
+    from swagcli.train import sharding
+    from swagcli.train.optim import build_optimizer
+    from tests.faults.test_no_pickle import Boom
+
+    run = _copy(stopped, tmp_path / "run")
+    ckpt = run / "checkpoints" / "step-00000003"
+    marker = tmp_path / "PWNED"
+    for name in (".metadata", "__0_0.distcp", "model.index.safetensors.json"):
+        (ckpt / "sharded" / name).write_bytes(pickle.dumps(Boom(marker)))
+    model = build_model("test_vit", 66, {"img_size": 32, "patch_size": 8})
+    opt = build_optimizer(model, OptimSpec(), 32)
+    sharding.load_state(ckpt, model, opt, ck.load_train_state(ckpt)["optimizer"]["other"])
+    assert not marker.exists()
+    a = weights(ckpt)  # the consolidated file holds what the shards hold
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, a[k]), k
