@@ -205,7 +205,8 @@ def shard_damage(ckpt: Path, processes: int | None) -> tuple[str, str] | None:
 
 def consolidate(folder: Path, out_file: Path, metadata: dict | None = None) -> int:
     """The full model from the shard files in ``folder`` (``model.*`` keys) as one safetensors file,
-    read and written one tensor at a time (memory: the largest tensor); returns its tensors."""
+    read and written one tensor at a time (memory: the largest tensor; each shard file opened
+    once); returns its tensors."""
     import json
     import struct
 
@@ -243,7 +244,9 @@ def consolidate(folder: Path, out_file: Path, metadata: dict | None = None) -> i
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    with open(out_file, "wb") as out:
+    with open(out_file, "wb") as out, contextlib.ExitStack() as files:
+        handles = {f: files.enter_context(safe_open(str(f), framework="pt"))
+                   for f in {f for parts in pieces.values() for f, _, _ in parts}}
         out.write(struct.pack("<Q", len(head)))
         out.write(head)
         for key in names:
@@ -252,9 +255,7 @@ def consolidate(folder: Path, out_file: Path, metadata: dict | None = None) -> i
                                     "I16": "int16"}[dtypes[key]])
             full = torch.zeros(sizes[key], dtype=dtype)
             for f, off, shape in pieces[key]:
-                with safe_open(str(f), framework="pt") as h:
-                    part = h.get_tensor(key)
-                full[tuple(slice(o, o + n) for o, n in zip(off, shape))] = part
+                full[tuple(slice(o, o + n) for o, n in zip(off, shape))] = handles[f].get_tensor(key)
             out.write(full.reshape(-1).view(torch.uint8).numpy().tobytes() if full.numel() else b"")
         out.flush()
     return len(names)
