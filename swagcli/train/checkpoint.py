@@ -54,52 +54,44 @@ def save(root: str | Path, step: int, model: torch.nn.Module, train_state: dict,
 def save_sharded(root: str | Path, step: int, env, tensors: dict, train_state: dict, vocab_doc: dict | None,
                  recipe_yaml: str, meta: dict, keep: int = 2, files: dict[str, str] | None = None) -> Path | None:
     """A sharded checkpoint (:mod:`swagcli.train.sharding`), called on every rank: each writes its
-    shards of ``tensors`` into ``step-N/sharded/``; rank 0 then writes the consolidated
-    ``model.safetensors``, the train state and the texts, and publishes the directory by rename
-    as :func:`save` does (a failure on any rank leaves the previous checkpoint and pointer as they
+    shards of ``tensors`` (fsynced by torch.distributed.checkpoint) into the temporary directory
+    rank 0's :func:`~swagcli.fileio.atomic_dir` made; rank 0 then writes the consolidated
+    ``model.safetensors``, the train state and the texts, and the directory is published by rename
+    as :func:`save`'s is (a failure on any rank leaves the previous checkpoint and pointer as they
     were). Returns the checkpoint on rank 0, None elsewhere."""
-    import os
-    import uuid
+    import contextlib
 
     import torch.distributed as dist
 
-    from swagcli.fileio import clean_stale_temps, out_dir, write_error
+    from swagcli.fileio import atomic_dir, clean_stale_temps, out_dir, write_error
     from swagcli.train import sharding
 
-    name = f"step-{step:08d}"
-    tmp = None
     if env.is_main:
         root = out_dir(root, "checkpoints")
         clean_stale_temps(root)
-        tmp = Path(root) / f".{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-    if env.distributed:
-        box = [str(tmp) if tmp else None]
-        dist.broadcast_object_list(box, src=0)
-        tmp = Path(box[0])
-    try:
+    final = Path(root) / f"step-{step:08d}"
+    with atomic_dir(final) if env.is_main else contextlib.nullcontext() as tmp:
+        if env.distributed:  # every rank writes into rank 0's temporary directory
+            box = [str(tmp) if tmp else None]
+            dist.broadcast_object_list(box, src=0)
+            tmp = Path(box[0])
         try:
             sharding.write(tensors, tmp / sharding.SHARDED)
         except Exception as e:  # noqa: BLE001 - torch.distributed.checkpoint wraps every rank's OSError
-            err = write_error(_first_cause(e), Path(root) / name / sharding.SHARDED)
-            raise (err or SwagError(f"{Path(root) / name}: writing the shards failed "
+            err = write_error(_first_cause(e), final / sharding.SHARDED)
+            raise (err or SwagError(f"{final}: writing the shards failed "
                                     f"({str(e).strip().splitlines()[-1][:200]})")) from None
         if not env.is_main:
             return None
-        with _published(tmp, Path(root) / name):
-            try:
-                sharding.consolidate(tmp / sharding.SHARDED, tmp / "model.safetensors",
-                                     {"format": CKPT_FORMAT, "step": str(step)})
-            except OSError as e:
-                raise (write_error(e, Path(root) / name / "model.safetensors") or e) from None
-            _write_rest(tmp, Path(root) / name, step, train_state, vocab_doc, recipe_yaml,
-                        {**meta, "sharded": {"processes": env.world}}, files)
-    except BaseException:
-        if env.is_main and tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _point_and_prune(Path(root), Path(root) / name, keep)
-    return Path(root) / name
+        try:
+            sharding.consolidate(tmp / sharding.SHARDED, tmp / "model.safetensors",
+                                 {"format": CKPT_FORMAT, "step": str(step)})
+        except OSError as e:
+            raise (write_error(e, final / "model.safetensors") or e) from None
+        _write_rest(tmp, final, step, train_state, vocab_doc, recipe_yaml,
+                    {**meta, "sharded": {"processes": env.world}}, files)
+    _point_and_prune(Path(root), final, keep)
+    return final
 
 
 def _first_cause(e: BaseException) -> BaseException:
@@ -114,40 +106,6 @@ def _first_cause(e: BaseException) -> BaseException:
                 return x
             x = x.__cause__ or x.__context__
     return e
-
-
-class _published:
-    """``with _published(tmp, final):`` fsync ``tmp``'s files (its sharded/ folder too), then
-    rename it to ``final`` (an older one is replaced); on error nothing is published."""
-
-    def __init__(self, tmp: Path, final: Path):
-        self.tmp, self.final = tmp, final
-
-    def __enter__(self):
-        return self.tmp
-
-    def __exit__(self, typ, exc, tb):
-        import os
-
-        from swagcli.fileio import _tmp_name, os_error
-
-        if typ is not None:
-            return False
-        try:
-            for f in self.tmp.rglob("*"):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-            if self.final.exists():
-                old = _tmp_name(self.final, "old")
-                os.replace(self.final, old)
-                os.replace(self.tmp, self.final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self.tmp, self.final)
-        except OSError as e:
-            raise os_error(e, getattr(e, "filename", None) or self.final) from None
-        return False
 
 
 def _write_rest(tmp: Path, final: Path, step: int, train_state: dict, vocab_doc, recipe_yaml: str, meta: dict,

@@ -410,8 +410,7 @@ def stream_layout(shards: int, world: int, workers: int, shuffle_buffer: int, st
     if streams is None:
         streams = min(players, shards)
     per_player = max(1, streams // players)
-    return {"streams": int(streams), "shuffle_buffer": max(1, -(-shuffle_buffer // per_player)),
-            "players": players}
+    return {"streams": int(streams), "shuffle_buffer": max(1, -(-shuffle_buffer // per_player))}
 
 
 def collate(batch):

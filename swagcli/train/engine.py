@@ -192,13 +192,15 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
 
     step, samples_seen, positions = 0, 0, {}
     resume_from, st, changes = resume(recipe.resume, out, model, opt, sched, scaler, found=found)
-    deal = stream_layout(len(shards), env.world, recipe.data.workers, recipe.data.shuffle_buffer, recipe.data.streams)
     if resume_from is not None:
         step, samples_seen = st["step"], st["samples"]
         positions = {int(k): StreamPosition(*v) for k, v in st["streams"].items()}
-        deal = resumed_layout(st, deal, env, recipe, len(shards))
+        deal = resumed_layout(st, env, recipe, len(shards))
+    else:
+        deal = stream_layout(len(shards), env.world, recipe.data.workers, recipe.data.shuffle_buffer,
+                             recipe.data.streams)
     played_by = {"processes": env.world, "workers": recipe.data.workers}
-    was = deal.get("played_by") if resume_from is not None else None
+    was = deal.get("played_by")  # who played the streams before this resume (None: a fresh run)
     moved = {"was": was, "now": played_by} if was is not None and was != played_by else None
     deal = {"streams": deal["streams"], "shuffle_buffer": deal["shuffle_buffer"], "played_by": played_by}
 
@@ -311,7 +313,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
         return result
 
 
-def resumed_layout(st: dict, fresh: dict, env: DistEnv, recipe, shards: int) -> dict:
+def resumed_layout(st: dict, env: DistEnv, recipe, shards: int) -> dict:
     """The stream layout a resumed run keeps (its checkpoint's; one written before layouts were
     recorded had one stream per process x worker, and resumes only on as many)."""
     was = st.get("layout")

@@ -28,16 +28,17 @@ import torch
 from swagcli.errors import SwagError
 
 SHARDED = "sharded"
-_OPTS = None
+# safetensors' dtype names -> torch's
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
 
 
 def _options():
-    global _OPTS
-    if _OPTS is None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions
+    """Flat state dicts (``state.<param>.<key>``): they reshard over any number of processes."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-        _OPTS = StateDictOptions(flatten_optimizer_state_dict=True)
-    return _OPTS
+    return StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def units(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -232,10 +233,9 @@ def consolidate(folder: Path, out_file: Path, metadata: dict | None = None) -> i
     if not pieces:
         raise SwagError(f"{folder}: no model shards")
     names = sorted(pieces)
-    item = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1, "I8": 1, "I16": 2}
     header, pos = {}, 0
     for key in names:
-        n = item[dtypes[key]]
+        n = DTYPES[dtypes[key]].itemsize
         for d in sizes[key]:
             n *= d
         header[key[len("model."):]] = {"dtype": dtypes[key], "shape": sizes[key], "data_offsets": [pos, pos + n]}
@@ -250,10 +250,7 @@ def consolidate(folder: Path, out_file: Path, metadata: dict | None = None) -> i
         out.write(struct.pack("<Q", len(head)))
         out.write(head)
         for key in names:
-            dtype = getattr(torch, {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-                                    "I64": "int64", "I32": "int32", "U8": "uint8", "BOOL": "bool", "I8": "int8",
-                                    "I16": "int16"}[dtypes[key]])
-            full = torch.zeros(sizes[key], dtype=dtype)
+            full = torch.zeros(sizes[key], dtype=DTYPES[dtypes[key]])
             for f, off, shape in pieces[key]:
                 full[tuple(slice(o, o + n) for o, n in zip(off, shape))] = handles[f].get_tensor(key)
             out.write(full.reshape(-1).view(torch.uint8).numpy().tobytes() if full.numel() else b"")

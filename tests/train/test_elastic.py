@@ -107,7 +107,7 @@ def test_a_resume_that_leaves_a_process_without_a_stream_is_one_line(tiny_world,
     assert st["layout"]["streams"] == 1
     r = elastic_recipe(tiny_world, run, **{"data.workers": 1})
     with pytest.raises(SwagError, match="dealt to 1 streams.*2 processes x 1 workers.*resume on fewer"):
-        resumed_layout(st, {}, DistEnv(rank=0, world=2), r, shards=4)
-    assert resumed_layout(st, {}, DistEnv(rank=0, world=1), r, shards=4)["streams"] == 1
+        resumed_layout(st, DistEnv(rank=0, world=2), r, shards=4)
+    assert resumed_layout(st, DistEnv(rank=0, world=1), r, shards=4)["streams"] == 1
     res = train(elastic_recipe(tiny_world, run, **{"data.workers": 2}), DistEnv(), progress=False)
     assert res["status"] == "finished" and res["streams"]["count"] == 1

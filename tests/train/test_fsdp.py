@@ -156,3 +156,26 @@ def test_a_pickle_planted_in_a_sharded_checkpoint_never_runs(stopped, tmp_path):
     a = weights(ckpt)  # the consolidated file holds what the shards hold
     for k, v in model.state_dict().items():
         assert torch.equal(v, a[k]), k
+
+
+def test_a_failed_sharded_save_leaves_the_previous_checkpoint_and_no_partial(tmp_path):
+    """Published by rename like every checkpoint: a save that fails after its shards are written
+    (here: nothing of the model among them, so nothing to consolidate) leaves no step directory,
+    no temporary one, and the previous checkpoint and pointer as they were."""
+    from swagcli.errors import SwagError
+    from swagcli.recipes import OptimSpec
+    from swagcli.train import sharding
+    from swagcli.train.dist import DistEnv
+    from swagcli.train.optim import build_optimizer
+
+    model = build_model("test_vit", 66, {"img_size": 32, "patch_size": 8})
+    opt = build_optimizer(model, OptimSpec(), 32)
+    tensors, other = sharding.state(model, opt)
+    root = tmp_path / "run" / "checkpoints"
+    state = {"optimizer": {"sharded": True, "other": other}, "step": 1}
+    first = ck.save_sharded(root, 1, DistEnv(), tensors, state, None, "kind: pretrain\n", {})
+    assert ck.damage(first, resume=True) is None
+    with pytest.raises(SwagError, match="no model shards"):
+        ck.save_sharded(root, 2, DistEnv(), {"optim": tensors["optim"]}, state, None, "kind: pretrain\n", {})
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000001"]
+    assert ck.latest(root, resume=True) == first
