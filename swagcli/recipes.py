@@ -134,6 +134,8 @@ class SampleRecipe(Recipe):
     holdout: float = Field(0.0, ge=0, lt=1, description="share of images held out (by id hash) for evaluation, "
                            "written once each to OUT/holdout")
     chunk: int = Field(65536, ge=1, description="images per draw chunk (memory bound)")
+    spill: bool = Field(True, description="the weigh pass writes its arrays (~30 bytes an image, removed after) "
+                        "so the draw does not parse the dumps again; false: parse them twice")
     workers: int = Field(1, ge=1, description="processes drawing shards in parallel")
     launcher: "PrepLauncher" = Field(default_factory=lambda: PrepLauncher(),
                                      description="slurm: weigh and draw shards as SLURM job arrays")

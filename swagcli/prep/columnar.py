@@ -67,17 +67,9 @@ def _column(names: list[str], named: str | None, usual: tuple, what: str, path: 
     return next((c for c in usual if c in names), None)
 
 
-def iter_columnar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post]:
-    import pyarrow as pa
-
-    if path.name.endswith(".tar"):
-        yield from _iter_shard_tar(path, spec, stats)
-        return
-    try:
-        pf = _parquet(path)
-    except Damaged as e:
-        stats.broke(path, 0, e)
-        return
+def _columns(pf, path: Path, spec: ReadSpec) -> list:
+    """The columns a parquet source is read from: [id, tags, caption, country, status], each a
+    name or None."""
     names = pf.schema_arrow.names
     status = None
     if spec.fmt == "img2dataset":
@@ -102,27 +94,123 @@ def iter_columnar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post
         raise SwagError(f"{path}: labels: {spec.labels} reads captions, and there is no caption column "
                         f"({', '.join(CAPTION_COLUMNS)}; name it with fields.caption; columns: {', '.join(names)})")
     country_col = _column(names, spec.country, ("country",), "country", path)
-    wanted = [id_col, tag_col, cap_col, country_col, status]
+    return [id_col, tag_col, cap_col, country_col, status]
+
+
+def _batches(pf, wanted: list):
+    """The file's record batches, row group by row group: a batch reader over the whole file
+    reads ahead, so a damaged row group would cost the records of the good ones before it."""
     columns = [c for c in dict.fromkeys(wanted) if c]
+    for group in range(pf.num_row_groups):
+        yield from pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns)
+
+
+def _batch_rows(batch, wanted: list, spec: ReadSpec, stats: ReadStats) -> Iterator[Post]:
+    """The row path over one record batch."""
+    data = batch.to_pydict()
+    none = [None] * batch.num_rows
+    for pid, tags, caption, country, st in zip(*(data[c] if c else none for c in wanted)):
+        stats.lines += 1
+        if st is not None and st != "success":
+            stats.failed_download += 1
+            continue
+        post = make_post(pid, tags, caption, country, stats, spec)
+        if post is not None:
+            stats.posts += 1
+            yield post
+
+
+def _open(path: Path, stats: ReadStats):
+    try:
+        return _parquet(path)
+    except Damaged as e:
+        stats.broke(path, 0, e)
+        return None
+
+
+def iter_columnar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post]:
+    import pyarrow as pa
+
+    if path.name.endswith(".tar"):
+        yield from _iter_shard_tar(path, spec, stats)
+        return
+    pf = _open(path, stats)
+    if pf is None:
+        return
+    wanted = _columns(pf, path, spec)
     start = stats.lines
     try:
-        # row group by row group: a batch reader over the whole file reads ahead, so a damaged
-        # row group would cost the records of the good ones before it
-        for group in range(pf.num_row_groups):
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns):
-                data = batch.to_pydict()
-                none = [None] * batch.num_rows
-                for pid, tags, caption, country, st in zip(*(data[c] if c else none for c in wanted)):
-                    stats.lines += 1
-                    if st is not None and st != "success":
-                        stats.failed_download += 1
-                        continue
-                    post = make_post(pid, tags, caption, country, stats, spec)
-                    if post is not None:
-                        stats.posts += 1
-                        yield post
+        for batch in _batches(pf, wanted):
+            yield from _batch_rows(batch, wanted, spec, stats)
     except (OSError, ValueError, pa.ArrowException) as e:  # a corrupt row group
         stats.broke(path, stats.lines - start, e)
+
+
+def iter_parquet_blocks(path: Path, spec: ReadSpec, stats: ReadStats, table, country: bool, distinct: bool = True):
+    """:func:`iter_columnar` as :class:`~swagcli.prep.blocks.Block`\\ s: a record batch at a time on
+    its columns, or by the row path where a column is of a type that path reads value by value."""
+    import pyarrow as pa
+
+    from swagcli.prep import blocks
+
+    pf = _open(path, stats)
+    if pf is None:
+        return
+    wanted = _columns(pf, path, spec)
+    start = stats.lines
+    try:
+        for batch in _batches(pf, wanted):
+            got = _fast_batch(batch, wanted, spec, stats, table, country, distinct)
+            if got is None:
+                blocks.PATHS["rows"] += 1
+                yield from blocks._row_blocks(_batch_rows(batch, wanted, spec, stats), table, country)
+            else:
+                blocks.PATHS["fast"] += 1
+                if len(got):
+                    yield got
+    except (OSError, ValueError, pa.ArrowException) as e:  # a corrupt row group
+        stats.broke(path, stats.lines - start, e)
+
+
+def _fast_batch(batch, wanted: list, spec: ReadSpec, stats: ReadStats, table, country: bool, distinct: bool):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from swagcli.prep.blocks import _ids, assemble, tag_column
+
+    id_col, tag_col, cap_col, country_col, status = wanted
+    col = {c: batch.column(c) for c in dict.fromkeys(wanted) if c}
+    n = batch.num_rows
+    failed = 0
+    if status:
+        st = col[status]
+        if not (pa.types.is_string(st.type) or pa.types.is_null(st.type)):
+            return None
+        bad = pc.fill_null(pc.not_equal(st, "success"), False).to_numpy(zero_copy_only=False)
+        if bad.any():
+            failed = int(bad.sum())
+            keep = pa.array(np.flatnonzero(~bad))
+            col = {c: v.take(keep) for c, v in col.items()}
+            n -= failed
+    got = _ids(col[id_col], n)
+    tags = tag_column(col[tag_col], spec.tags_sep) if tag_col else ([], np.zeros(0, dtype=np.int64))
+    if got is None or tags is None:
+        return None
+    text = lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)  # noqa: E731
+    cap = col[cap_col] if cap_col else None
+    if cap is not None and not text(cap.type):
+        cap = None  # not text: never a caption (the row path's isinstance(caption, str))
+    countries = None
+    if country:
+        if country_col and not text(col[country_col].type):
+            return None
+        countries = [x or None for x in col[country_col].to_pylist()] if country_col else [None] * n
+    block = assemble(n, got[0], got[1], tags[0], tags[1], (lambda i: cap[i].as_py()) if cap is not None else None,
+                     countries, stats, spec, table, distinct)
+    stats.lines += batch.num_rows
+    stats.failed_download += failed
+    return block
 
 
 def _iter_shard_tar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post]:

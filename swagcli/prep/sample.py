@@ -32,7 +32,6 @@ the parts with their id ranges so the training stream can join image-shard keys 
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 import zlib
@@ -43,13 +42,17 @@ from pathlib import Path
 import numpy as np
 
 from swagcli.errors import SwagError
-from swagcli.prep.dumps import (Labels, ReadSpec, ReadStats, expand_dumps, iter_posts, no_posts_error, read_report,
+from swagcli.prep.blocks import offsets as _offsets, ranges as _ranges, sorted_distinct
+from swagcli.prep.dumps import (Labels, ReadSpec, ReadStats, expand_dumps, no_posts_error, read_report,
                                 read_spec, sources_info)
 from swagcli.prep.parallel import map_shards
 from swagcli.prep.vocab import Vocab
 
 PLAN_FORMAT = "swag-plan/1"
 STRATEGIES = ("head_tail", "sqrt", "natural", "uniform", "balanced")
+# strategies whose weights add or multiply over an image's hashtags: in sorted order, so the floating
+# point sums are the same in every run (the others take a max or an or: any order gives the same)
+ORDERED = ("uniform", "balanced")
 
 
 @dataclass
@@ -120,106 +123,136 @@ def keep_probability(labels: np.ndarray, ptr: np.ndarray, keep: np.ndarray) -> n
     return 1.0 - np.multiply.reduceat(1.0 - keep[labels], ptr[:-1]) if len(ptr) > 1 else np.zeros(0)
 
 
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    """CSR row pointers: ``[0, c0, c0+c1, ...]``."""
-    ptr = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    return ptr
+class _ChunkIds:
+    """A chunk's ids (of the posts ``rows`` of its block), made a numpy str array only where asked
+    (the draw's picks, the balancing's capped images), as wide as the chunk's longest id."""
+
+    def __init__(self, block, rows: np.ndarray, width: int):
+        self.block, self.rows, self.width = block, rows, width
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.block.id_array(self.rows[index], self.width)
+
+    def all(self) -> np.ndarray:
+        """Every id, as bytes (``S``) where they are ASCII (a quarter of the size), else as str."""
+        a = self.block.id_array(self.rows, self.width, as_bytes=True)
+        return a
 
 
-def _post_labels(flat_tags: list, lens: list, tag_to_id: dict):
-    """Map a chunk's raw tags to sorted, distinct hashtag ids per post, all at once in numpy:
-    returns (labels, counts) where post j's ids are the next ``counts[j]`` entries of labels."""
-    get = tag_to_id.get
-    lab = np.fromiter((get(t, -1) for t in flat_tags), dtype=np.int64, count=len(flat_tags))
-    return _sorted_distinct(lab, np.asarray(lens, dtype=np.int64))
+# -- the spill: what the draw needs of a shard, written by pass 1 -----------------------------------
+# Pass 1 writes each chunk it weighed (ids, labels, weights, tail flags) to a spill file per shard,
+# so the draw reads arrays back instead of parsing the dump again (it reads the dump where the
+# spill could not be written, e.g. on a full disk, or does not read back). Records: np.save arrays,
+# no pickles; [0] then the chunk's five arrays; [1] then the held-out images (ids, counts, labels);
+# [2] the end.
+def _spill_chunk(f, ids, labels, ptr, weights, tails) -> None:
+    for a in (np.zeros(1, np.int64), ids.all(), labels.astype(np.int32), np.diff(ptr).astype(np.int32),
+              weights, tails):
+        np.save(f, a, allow_pickle=False)
 
 
-def _sorted_distinct(lab: np.ndarray, lens: np.ndarray):
-    """Per post (``lens[j]`` consecutive entries each): drop negative ids, sort, drop repeats
-    (``dog`` and ``dogs`` both map to one hashtag). Returns (labels, counts per post)."""
-    post = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
-    keep = lab >= 0
-    lab, post = lab[keep], post[keep]
-    if len(lab):
-        key = post * (int(lab.max()) + 1) + lab
-        order = np.argsort(key, kind="stable")
-        key, lab, post = key[order], lab[order], post[order]
-        first = np.ones(len(key), dtype=bool)
-        first[1:] = key[1:] != key[:-1]
-        lab, post = lab[first], post[first]
-    return lab, np.bincount(post, minlength=len(lens))
+def _spill_held(f, held: list) -> None:
+    ids = np.array([i for i, _ in held], dtype=np.str_)
+    for a in (np.ones(1, np.int64), ids, np.array([len(x) for _, x in held], dtype=np.int64),
+              np.array([h for _, x in held for h in x], dtype=np.int64)):
+        np.save(f, a, allow_pickle=False)
+
+
+def _spilled(path: str, held: list):
+    """The chunks of a spill file, as :func:`_chunks` yields them; its held-out images into ``held``."""
+    with open(path, "rb") as f:
+        while True:
+            kind = np.load(f, allow_pickle=False)  # EOFError before the end record: cut short
+            if kind[0] == 2:
+                return
+            if kind[0] == 0:
+                ids, lab, cnt, weights, tails = (np.load(f, allow_pickle=False) for _ in range(5))
+                if ids.dtype.kind == "S":
+                    ids = ids.astype(f"<U{ids.dtype.itemsize}")
+                yield ids, lab.astype(np.int64), _offsets(cnt.astype(np.int64)), weights, tails
+            else:
+                ids, cnt, lab = (np.load(f, allow_pickle=False) for _ in range(3))
+                ptr = _offsets(cnt)
+                held.extend((str(i), lab[ptr[j]:ptr[j + 1]].tolist()) for j, i in enumerate(ids.tolist()))
 
 
 def _chunks(path: str, fmt: "str | ReadSpec", tag_to_id: dict, w: Weights, strategy: str, chunk: int,
             stats: ReadStats | None = None, drops: list | None = None, holdout: float = 0.0,
             held: list | None = None):
-    """Yield (ids, labels, ptr, weights, tails) per chunk of up to ``chunk`` read posts, keeping
-    those with vocabulary hashtags: ``ids`` is a numpy str array, ``labels[ptr[j]:ptr[j+1]]`` are
-    image j's sorted hashtag ids; weights and tail flags are computed for the whole chunk at once.
-    Held-out images are left out (and appended as (id, hashtag ids) to ``held`` if given)."""
+    """Yield (ids, labels, ptr, weights, tails) per chunk of ``chunk`` read posts (the last: the
+    rest), keeping those with vocabulary hashtags: ``ids[index]`` gives their ids as a numpy str
+    array, ``labels[ptr[j]:ptr[j+1]]`` are image j's distinct hashtag ids (sorted for
+    the strategies in :data:`ORDERED`, else in first-seen order); weights and tail flags are
+    computed for the whole chunk at once. Held-out images are left out (and appended as (id,
+    hashtag ids) to ``held`` if given)."""
+    from swagcli.prep.blocks import exact_chunks, first_distinct, iter_blocks, shared_table
 
-    def emit(ids: list, flat: list, lens: list):
-        lab, cnt = _post_labels(flat, lens, tag_to_id)
+    table = shared_table()
+    stats = stats if stats is not None else ReadStats()
+    for block in exact_chunks(iter_blocks(Path(path), fmt, stats, table, distinct=False), chunk):
+        canon = table.canonical(tag_to_id)
+        lens = np.diff(block.ptr)
+        if strategy in ORDERED:
+            lab, cnt = sorted_distinct(canon[block.tags], lens)
+        else:
+            post = np.repeat(np.arange(len(block), dtype=np.int64), lens)
+            lab, _, cnt = first_distinct(canon[block.tags], post, len(block))
         has = cnt > 0
         if drops is not None:
             drops[0] += int((~has).sum())
-        idarr = np.array(ids, dtype=np.str_)
         if holdout:
+            ids = block.id_list()
             out_mask = np.fromiter((is_held_out(i, holdout) for i in ids), dtype=bool, count=len(ids)) & has
             if out_mask.any():
                 ptr = _offsets(cnt)
                 if held is not None:
-                    held.extend((ids[j], lab[ptr[j]:ptr[j + 1]].tolist()) for j in np.flatnonzero(out_mask))
+                    held.extend((ids[j], sorted(lab[ptr[j]:ptr[j + 1]].tolist())) for j in np.flatnonzero(out_mask))
                 lab = lab[np.repeat(~out_mask, cnt)]
                 has &= ~out_mask
-        idarr, cnt = idarr[has], cnt[has]
-        ptr = _offsets(cnt)
+        rows = np.flatnonzero(has)
+        cnt = cnt[rows]
         if not len(cnt):
-            return None
+            continue
+        ids = _ChunkIds(block, rows, block.id_width())
+        ptr = _offsets(cnt)
         starts = ptr[:-1]
         tails = np.logical_or.reduceat(w.tail[lab], starts)
         if strategy == "natural":
             weights = np.ones(len(cnt))
         elif strategy == "balanced":  # every survivor alike; the others can never be drawn
-            weights = balance_keep(idarr, lab, ptr, w.keep, w.seed).astype(np.float64)
+            weights = balance_keep(ids, lab, ptr, w.keep, w.seed).astype(np.float64)
         elif strategy == "uniform":
             weights = np.add.reduceat(w.uniform[lab], starts)
         else:
             weights = np.maximum.reduceat(w.importance[lab], starts)
-        return idarr, lab, ptr, weights, tails
-
-    posts = iter_posts(Path(path), fmt, stats)
-    while True:
-        ids, flat, lens = [], [], []
-        for post in itertools.islice(posts, chunk):
-            ids.append(post.id)
-            flat.extend(post.tags)
-            lens.append(len(post.tags))
-        if not ids:
-            return
-        got = emit(ids, flat, lens)
-        if got is not None:
-            yield got
+        yield ids, lab, ptr, weights, tails
 
 
 # -- pass 1: per-shard sums ------------------------------------------------------------------------
 def shard_sums(path: str, fmt: "str | ReadSpec", tag_to_id: dict, w: Weights, strategy: str, chunk: int,
-               holdout: float = 0.0) -> dict:
+               holdout: float = 0.0, spill: str | None = None) -> dict:
+    """Pass 1 over one shard: its weight sums and counts; its chunks written to ``spill`` if given
+    (``out["spill"]``: the file, or None where it could not be written)."""
     stats, drops, held = ReadStats(), [0], []
+    sf = _open_spill(spill)
     out = {"w_head": 0.0, "w_tail": 0.0, "n_head": 0, "n_tail": 0,
            "hist_images": np.zeros(len(w.tail), dtype=np.int64)}
     balanced = strategy == "balanced"
     if balanced:  # survivors (the weights are 0/1) and what the cap makes of them, per hashtag
         out.update(expected=0.0, variance=0.0, hist_survivors=np.zeros(len(w.tail), dtype=np.int64),
                    hist_expected=np.zeros(len(w.tail)))
-    for _, labels, ptr, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk, stats, drops,
-                                                  holdout, held):
+    for ids, labels, ptr, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk, stats, drops,
+                                                    holdout, held):
         out["w_head"] += float(weights[~tails].sum())
         out["w_tail"] += float(weights[tails].sum())
         out["n_tail"] += int(tails.sum())
         out["n_head"] += int((~tails).sum())
         out["hist_images"] += np.bincount(labels, minlength=len(w.tail))
+        if sf is not None:
+            sf = _write_spill(sf, spill, _spill_chunk, ids, labels, ptr, weights, tails)
         if balanced:
             cnt = np.diff(ptr)
             p = keep_probability(labels, ptr, w.keep)
@@ -228,10 +261,49 @@ def shard_sums(path: str, fmt: "str | ReadSpec", tag_to_id: dict, w: Weights, st
             out["hist_survivors"] += np.bincount(labels, weights=np.repeat(weights, cnt),
                                                  minlength=len(w.tail)).astype(np.int64)
             out["hist_expected"] += np.bincount(labels, weights=np.repeat(p, cnt), minlength=len(w.tail))
+    if sf is not None:
+        sf = _write_spill(sf, spill, _spill_held, held)
+    if sf is not None:
+        sf = _write_spill(sf, spill, np.save, np.full(1, 2, dtype=np.int64))
+    if sf is not None:
+        try:
+            sf.close()
+        except OSError:
+            sf = _drop_spill(sf, spill)
+    out["spill"] = spill if sf is not None else None
     out["dropped"] = drops[0]
     out["held_out"] = len(held)
     out["stats"] = stats
     return out
+
+
+def _open_spill(path: str | None):
+    if path is None:
+        return None
+    try:
+        return open(path, "wb", buffering=1 << 20)
+    except OSError:
+        return None
+
+
+def _write_spill(f, path: str, write, *args):
+    """``write(f, *args)``; on an error (a full disk), the spill is given up: None."""
+    try:
+        write(f, *args)
+        return f
+    except OSError:
+        return _drop_spill(f, path)
+
+
+def _drop_spill(f, path: str):
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError):
+        f.close()
+    with contextlib.suppress(OSError):
+        os.remove(path)
+    return None
 
 
 # -- pass 2: the draw ------------------------------------------------------------------------------
@@ -266,17 +338,37 @@ def _noisy(labels: np.ndarray, ptr: np.ndarray, rng, p: float, marginal_cdf: np.
         new[same] = draw(len(same))
         same = same[new[same] == labels[hit][same]]
     labels[hit] = new
-    lab, cnt = _sorted_distinct(labels, np.diff(ptr))
+    lab, cnt = sorted_distinct(labels, np.diff(ptr))
     return lab, _offsets(cnt), len(hit)
 
 
 def plan_shard(index: int, path: str, fmt: "str | ReadSpec", tag_to_id: dict, w: Weights, strategy: str,
                chunk: int, quota: tuple[int, int], sums: tuple[float, float],
                counts: tuple[int, int], seed: int, noise: float, out_path: str,
-               holdout: float = 0.0, holdout_path: str | None = None) -> dict:
+               holdout: float = 0.0, holdout_path: str | None = None, spill: str | None = None) -> dict:
     """Draw the plan of one dump shard and write it to ``out_path`` (npz). Part 0 is the head
     (every image, for strategies without a head/tail split), part 1 the tail. The sampled images
-    are kept as compact numpy arrays per chunk (an id, a count, a tail flag and the labels each)."""
+    are kept as compact numpy arrays per chunk (an id, a count, a tail flag and the labels each).
+    The chunks come from pass 1's ``spill`` file where there is one (removed after), else from the
+    dump; a spill that does not read back whole is passed over for the dump (the same draw)."""
+    args = (index, path, fmt, tag_to_id, w, strategy, chunk, quota, sums, counts, seed, noise, out_path,
+            holdout, holdout_path)
+    if spill is not None:
+        import contextlib
+        import os
+
+        try:
+            return _plan_shard(*args, spill)
+        except (OSError, ValueError, EOFError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(spill)
+    return _plan_shard(*args, None)
+
+
+def _plan_shard(index, path, fmt, tag_to_id, w, strategy, chunk, quota, sums, counts, seed, noise, out_path,
+                holdout, holdout_path, spill) -> dict:
     rng = np.random.default_rng([seed, 1, index])
     noise_rng = np.random.default_rng([seed, 2, index])
     cdf = np.cumsum(w.marginal)
@@ -288,8 +380,9 @@ def plan_shard(index: int, path: str, fmt: "str | ReadSpec", tag_to_id: dict, w:
     hist = np.zeros(len(w.tail), dtype=np.int64)
     replaced = total_labels = 0
     held: list = []
-    for ids, flat, ptr, weights, tails in _chunks(path, fmt, tag_to_id, w, strategy, chunk,
-                                                  holdout=holdout, held=held):
+    chunks = (_spilled(spill, held) if spill is not None
+              else _chunks(path, fmt, tag_to_id, w, strategy, chunk, holdout=holdout, held=held))
+    for ids, flat, ptr, weights, tails in chunks:
         mult = np.zeros(len(ids), dtype=np.int64)
         parts = tails if split else np.zeros_like(tails)
         for part in (False, True):
@@ -302,6 +395,8 @@ def plan_shard(index: int, path: str, fmt: "str | ReadSpec", tag_to_id: dict, w:
             continue
         cnt = np.diff(ptr)[picked]
         labs = flat[np.repeat(ptr[picked], cnt) + _ranges(cnt)]
+        if strategy not in ORDERED:
+            labs = sorted_distinct(labs, cnt)[0]
         lptr = _offsets(cnt)
         if noise > 0:
             total_labels += len(labs)
@@ -323,13 +418,6 @@ def plan_shard(index: int, path: str, fmt: "str | ReadSpec", tag_to_id: dict, w:
         out["holdout"] = write_part(holdout_path, [i for i, _ in held], [1] * len(held),
                                     [hs for _, hs in held], [bool(w.tail[hs].any()) for _, hs in held])
     return out
-
-
-def _ranges(cnt: np.ndarray) -> np.ndarray:
-    """[0..cnt[0]), [0..cnt[1]), ... concatenated."""
-    total = int(cnt.sum())
-    starts = np.repeat(np.cumsum(cnt) - cnt, cnt)
-    return np.arange(total, dtype=np.int64) - starts
 
 
 def write_part_arrays(path: str, ids: np.ndarray, mult: np.ndarray, tails: np.ndarray,
@@ -396,22 +484,65 @@ def _allocate(rng, total: int, sums: list[float]) -> list[int]:
 def build(recipe, progress=None, mapper=map_shards) -> dict:
     """Run `swag sample` for a validated :class:`~swagcli.recipes.SampleRecipe`; writes the plan,
     ``summary.json``, a report plot and the stamp into ``recipe.out``; returns the summary."""
-    from swagcli.runinfo import atomic_write_text, stamp
-
     if not recipe.out:
         raise SwagError("sample: no output directory (--out DIR or 'out:' in the recipe)")
     if not recipe.vocab:
         raise SwagError("sample: no vocabulary (--vocab DIR/vocab.json or 'vocab:' in the recipe)")
     t0 = time.time()
     vocab = Vocab.load(recipe.vocab)
-    strategy = recipe.strategy
-    balanced = strategy == "balanced"
-    w = Weights.of(vocab, recipe.t if balanced else None, recipe.seed)
+    w = Weights.of(vocab, recipe.t if recipe.strategy == "balanced" else None, recipe.seed)
     paths = [str(p) for p in expand_dumps(recipe.dumps)]
     labels = Labels.of_sample_recipe(recipe, vocab.doc)
     fmts = [read_spec(Path(p), recipe, labels) for p in paths]
     _check_shard_keys(paths, fmts)
-    jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk, recipe.holdout) for p, f in zip(paths, fmts)]
+    out = Path(recipe.out)
+    made = not out.exists()
+    spills = _spill_dir(out) if recipe.spill else None
+    try:
+        return _build(recipe, progress, mapper, t0, vocab, w, paths, labels, fmts, out, spills)
+    except BaseException:  # workers killed mid-part (SIGTERM, an error): no temporary file stays
+        from swagcli.fileio import clean_stale_temps
+
+        _remove(spills)
+        spills = None
+        clean_stale_temps(out, recursive=True)
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # an error before anything was written: no folder left either
+        raise
+    finally:
+        _remove(spills)
+
+
+def _remove(d: Path | None) -> None:
+    if d is not None:
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _spill_dir(out: Path) -> Path:
+    """Where pass 1 writes its spill files: a temporary folder in ``out`` (removed after; one a
+    killed run left is removed by the next, :func:`~swagcli.fileio.clean_stale_temps`)."""
+    import os
+    import secrets
+
+    from swagcli.fileio import clean_stale_temps
+
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out)
+    d = out / f".spill.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    d.mkdir()
+    return d
+
+
+def _build(recipe, progress, mapper, t0, vocab, w, paths, labels, fmts, out: Path, spills: Path | None) -> dict:
+    from swagcli.runinfo import atomic_write_text, stamp
+
+    strategy = recipe.strategy
+    balanced = strategy == "balanced"
+    jobs = [(p, f, vocab.tag_to_id, w, strategy, recipe.chunk, recipe.holdout,
+             str(spills / f"part-{i:05d}.spill") if spills is not None else None)
+            for i, (p, f) in enumerate(zip(paths, fmts))]
     hist_images = np.zeros(len(vocab), dtype=np.int64)
     hist_survivors = np.zeros(len(vocab), dtype=np.int64)
     hist_expected = np.zeros(len(vocab))
@@ -455,27 +586,20 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     alloc_rng = np.random.default_rng([recipe.seed, 0])
     q_head = _allocate(alloc_rng, m_head, head_w)
     q_tail = _allocate(alloc_rng, m - m_head, tail_w)
-    out = Path(recipe.out)
     (out / "plan").mkdir(parents=True, exist_ok=True)
     if recipe.holdout:
         (out / "holdout" / "plan").mkdir(parents=True, exist_ok=True)
     jobs2 = [(i, p, f, vocab.tag_to_id, w, strategy, recipe.chunk, (q_head[i], q_tail[i]),
               (head_w[i], tail_w[i]), counts[i], recipe.seed, recipe.label_noise,
               str(out / "plan" / f"part-{i:05d}.npz"), recipe.holdout,
-              str(out / "holdout" / "plan" / f"part-{i:05d}.npz") if recipe.holdout else None)
+              str(out / "holdout" / "plan" / f"part-{i:05d}.npz") if recipe.holdout else None, sums[i]["spill"])
              for i, (p, f) in enumerate(zip(paths, fmts))]
     hist_samples = np.zeros(len(vocab), dtype=np.int64)
     parts = []
-    try:
-        with closing(mapper(plan_shard, jobs2, recipe.workers, progress, "draw samples")) as results:
-            for p in results:
-                hist_samples += p.pop("hist_samples")
-                parts.append(p)
-    except BaseException:  # workers killed mid-part (SIGTERM, an error): no temporary file stays
-        from swagcli.fileio import clean_stale_temps
-
-        clean_stale_temps(out, recursive=True)
-        raise
+    with closing(mapper(plan_shard, jobs2, recipe.workers, progress, "draw samples")) as results:
+        for p in results:
+            hist_samples += p.pop("hist_samples")
+            parts.append(p)
     assert all(p["left"] == (0, 0) for p in parts), "every quota is drawn"
     total = sum(p["samples"] for p in parts)
     tail_samples = sum(p["tail_samples"] for p in parts)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from swagcli.errors import SwagError
 from swagcli.prep.canon import Canonicalizer, synset_key
-from swagcli.prep.dumps import (Labels, ReadSpec, ReadStats, expand_dumps, iter_posts, no_posts_error, read_report,
+from swagcli.prep.dumps import (Labels, ReadSpec, ReadStats, expand_dumps, no_posts_error, read_report,
                                 read_spec, sources_info)
 from swagcli.prep.parallel import map_shards
 
@@ -35,27 +35,52 @@ VOCAB_FORMAT = "swag-vocab/1"
 # -- pass 1 and 3, one shard each ------------------------------------------------------------------
 def count_tags(path: str, fmt: "str | ReadSpec" = "auto", countries: list[str] | None = None,
                caption_hashtags: bool = True) -> tuple[Counter, ReadStats]:
-    """Images per raw tag in one dump (posts of ``countries`` only, if given)."""
-    stats = ReadStats()
-    counts: Counter = Counter()
+    """Images per raw tag in one dump (posts of ``countries`` only, if given), counted on the
+    blocks of :func:`~swagcli.prep.blocks.iter_blocks` (tags are distinct per post)."""
+    import numpy as np
+
+    from swagcli.prep.blocks import iter_blocks, shared_table
+
+    stats, table = ReadStats(), shared_table()
+    spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(fmt, caption_hashtags)
     allowed = set(countries) if countries else None
-    for post in iter_posts(Path(path), fmt, stats, caption_hashtags):
-        if allowed is None or post.country in allowed:
-            counts.update(post.tags)  # tags are distinct per post
-    return counts, stats
+    counts = np.zeros(0, dtype=np.int64)
+    for block in iter_blocks(Path(path), spec, stats, table, country=allowed is not None):
+        tags = block.tags
+        if allowed is not None:
+            mine = np.fromiter((c in allowed for c in block.country), dtype=bool, count=len(block))
+            tags = tags[np.repeat(mine, np.diff(block.ptr))]
+        counts = _grow(counts, len(table)) + np.bincount(tags, minlength=len(table))
+    counts = _grow(counts, len(table))
+    return Counter({t: c for t, c in zip(table.names, counts.tolist()) if c}), stats
+
+
+def _grow(a, n: int):
+    """``a`` padded with zeros to length ``n``."""
+    import numpy as np
+
+    return a if len(a) >= n else np.concatenate([a, np.zeros(n - len(a), dtype=a.dtype)])
 
 
 def count_canonical(path: str, tag_to_id: dict[str, int], fmt: "str | ReadSpec" = "auto",
                     caption_hashtags: bool = True) -> tuple[Counter, int]:
     """Images per canonical hashtag id in one dump, and the images with any vocabulary tag."""
-    counts: Counter = Counter()
+    import numpy as np
+
+    from swagcli.prep.blocks import first_distinct, iter_blocks, shared_table
+
+    table = shared_table()
+    spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(fmt, caption_hashtags)
+    counts = np.zeros(max(tag_to_id.values(), default=-1) + 1, dtype=np.int64)
     images = 0
-    for post in iter_posts(Path(path), fmt, None, caption_hashtags):
-        ids = {tag_to_id[t] for t in post.tags if t in tag_to_id}
-        if ids:
-            images += 1
-            counts.update(ids)
-    return counts, images
+    for block in iter_blocks(Path(path), spec, ReadStats(), table, distinct=False):
+        canon = table.canonical(tag_to_id)
+        n = len(block)
+        post = np.repeat(np.arange(n, dtype=np.int64), np.diff(block.ptr))
+        lab, _, cnt = first_distinct(canon[block.tags], post, n)  # dog and dogs: one hashtag
+        images += int((cnt > 0).sum())
+        counts += np.bincount(lab, minlength=len(counts))
+    return Counter({i: c for i, c in enumerate(counts.tolist()) if c}), images
 
 
 def merge_counts(parts) -> tuple[Counter, list[ReadStats]]:
