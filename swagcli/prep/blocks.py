@@ -737,6 +737,22 @@ def _csv(raw: bytes, names: list[str]):
                                             quoted_strings_can_be_null=False, null_values=[]))
 
 
+def _tsv_fields(raw: bytes) -> list:
+    """The first three tab-separated fields of a block's non-empty lines, whatever their number
+    (missing ones null), as the row path splits them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lines = raw.replace(b"\r\n", b"\n").split(b"\n")
+    text = pc.cast(pa.array([x for x in lines if x], type=pa.binary()), pa.string())
+    got = pc.extract_regex(text, r"^(?P<a>[^\t]*)(?:\t(?P<b>[^\t]*))?(?:\t(?P<c>[^\t]*))?")
+    has = [pc.match_substring(text, "\t"), pc.match_substring_regex(text, r"^[^\t]*\t[^\t]*\t")]
+    out = [got.field(0)]
+    for k in (1, 2):  # a field the line does not have is missing (None), not empty
+        out.append(pc.if_else(has[k - 1], got.field(k), pa.scalar(None, pa.string())))
+    return out
+
+
 class _TsvBlocks(_LineBlocks):
     def fast(self, raw: bytes, lines: _Lines) -> Block | None:
         import pyarrow as pa
@@ -744,12 +760,13 @@ class _TsvBlocks(_LineBlocks):
 
         try:
             table = _csv(raw, ["f0", "f1", "f2"])
-        except pa.ArrowInvalid:  # a line with another number of fields
-            return None
-        n = table.num_rows
+            cols = [table.column(c).combine_chunks() for c in ("f0", "f1", "f2")]
+        except pa.ArrowInvalid:  # lines with other numbers of fields (the country is optional)
+            cols = _tsv_fields(raw)
+        n = len(cols[0])
         if n != lines.n - lines.empty:
             return None
-        ids, tags = table.column("f0").combine_chunks(), table.column("f1").combine_chunks()
+        ids, tags = cols[0], cols[1]
         got = _ids(ids, n)
         if got is None or not got[1].all():  # an empty id, or a line of white space: the row path
             return None
@@ -757,7 +774,7 @@ class _TsvBlocks(_LineBlocks):
         flat, post = _split_tag_strings(pc.fill_null(tags, ""), self.spec.tags_sep)
         country = None
         if self.country:
-            c = table.column("f2").combine_chunks()
+            c = cols[2]
             country = ([None] * n if pa.types.is_null(c.type)
                        else [(x.strip() or None) if x is not None else None for x in c.to_pylist()])
         return assemble(n, got[0], got[1], flat, post, None, country, self.stats, self.spec, self.table, self.distinct)
