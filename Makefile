@@ -27,6 +27,7 @@ findings: setup
 	$(BIN)/swag findings --out findings-out --report docs/findings
 
 bench: setup
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/run_all.py
 
 clean:

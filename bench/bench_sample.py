@@ -13,14 +13,17 @@ For each N this
      or by default one shard per ``--per-shard`` (500k) posts (at least W), as real dumps come;
   2. runs, each in a FRESH subprocess so the figures are its own, in the same run:
        * ``cat|wc -l`` (``zcat`` for gzip) over the shards: the floor any reader pays;
-       * the read floor: ``swagcli.prep.dumps.iter_posts`` over every shard, ``-j W`` processes;
+       * the peer: DuckDB's group-by over the same shards, one thread (``read_csv`` + ``unnest(
+         string_split(tags, ' '))`` + ``count(*)`` per tag: the posts hold distinct tags, so that is
+         images per tag, checked equal to the plan's ``histogram.npz`` images per hashtag);
+       * the read floor: one pass of swag's columnar reader (``iter_blocks``), ``-j W`` processes;
        * the planner: ``swag sample --vocab V DUMPS --out P -m M -j W`` (M = N unless ``-m``);
-     and prints images/s (N / wall seconds) for each and the ratios planner / peer, by wall time
-     and by CPU time (user+sys of the whole process tree: steadier on a shared machine). The
-     planner reads every shard twice (pass 1 weighs, pass 2 draws): ~0.5 x the read floor is its
-     ideal. Peak memory, per subprocess: ``max RSS`` = its largest single process (/usr/bin/time
-     %M, exact) and ``tree PSS`` = the sum of its tree's PSS sampled every 0.2 s (the pool workers
-     together, fork-shared pages counted once);
+     and prints images/s (N / wall seconds) for each, the planner's images per CPU-second (user+sys
+     of its process tree: "per core", the goal being >= 1M at 100M images) and the ratio planner /
+     DuckDB by wall and CPU time. The planner reads every shard once (pass 1 weighs and spills
+     the arrays the draw needs; pass 2 draws from them). Peak memory, per subprocess: ``max RSS`` =
+     its largest single process (/usr/bin/time %M, exact) and ``tree PSS`` = the sum of its tree's
+     PSS sampled every 0.2 s (the pool workers together, fork-shared pages counted once);
   3. deletes the generated data unless ``--keep DIR`` (then data lands in DIR/n<N> and stays).
 The final table and one-line summaries show whether peak RSS stays flat as N grows.
 """
@@ -148,9 +151,26 @@ def measure(cmd: list[str] | str, log: Path) -> dict:
 
 
 def _count_posts(path: str) -> int:
-    from swagcli.prep.dumps import iter_posts
+    from swagcli.prep.blocks import iter_blocks, shared_table
+    from swagcli.prep.dumps import ReadStats
 
-    return sum(1 for _ in iter_posts(Path(path), "tsv"))
+    return sum(len(b) for b in iter_blocks(Path(path), "tsv", ReadStats(), shared_table()))
+
+
+def duckdb_peer(answer: str, paths: list[str]) -> None:
+    """The peer: DuckDB's group-by over the same TSV shards, one thread: images per tag (count(*):
+    the generated posts hold distinct tags, so it equals count(DISTINCT id) and is the cheaper
+    query). Writes {tag: images} to ``answer``."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads=1")
+    con.execute("SET preserve_insertion_order=false")
+    rows = con.execute(
+        "SELECT tag, count(*) FROM (SELECT unnest(string_split(tags, ' ')) AS tag FROM read_csv(?, delim='\t', "
+        "header=false, quote='', escape='', columns={'id': 'VARCHAR', 'tags': 'VARCHAR'})) GROUP BY tag",
+        [paths]).fetchall()
+    Path(answer).write_text(json.dumps(dict(rows)))
 
 
 def read_floor(workers: int, paths: list[str]) -> None:
@@ -188,9 +208,20 @@ def run_size(n: int, a, root: Path) -> dict:
     cmd = [swag, "sample", "--vocab", str(d / "vocab.json"), str(d / "dumps"),
            "--out", str(d / "plan"), "-m", str(m), "-j", str(a.workers)]
     print("  $ " + " ".join(cmd), flush=True)
+    r["duckdb"] = measure([py, __file__, "--_duckdb", str(d / "duckdb.json"), *paths], d / "duckdb.log")
+    print(f"  DuckDB     {n / r['duckdb']['s']:>12,.0f} images/s, {n / r['duckdb']['cpu']:>12,.0f} per CPU-s, "
+          f"max RSS {r['duckdb']['rss']:.0f} MB (one thread)", flush=True)
     r["plan"] = measure(cmd, d / "plan.log")
     s = json.loads((d / "plan" / "summary.json").read_text())
     assert s["total_samples"] == m, s
+    names = [h["name"] for h in json.loads((d / "vocab.json").read_text())["hashtags"]]
+    with np.load(d / "plan" / "histogram.npz") as z:
+        ours = {t: int(c) for t, c in zip(names, z["images"]) if c}
+    theirs = {t.lstrip("#"): c for t, c in json.loads((d / "duckdb.json").read_text()).items()}
+    theirs = {t: c for t, c in theirs.items() if t in ours or t.startswith("h")}
+    r["same_answer"] = ours == theirs
+    if not r["same_answer"]:
+        sys.exit(f"swag's images per hashtag differ from DuckDB's: {len(set(ours.items()) ^ set(theirs.items()))} entries")
     r["summary"] = {k: s[k] for k in ("images_with_vocab_tags", "tail_images", "unique_images",
                                       "tail_samples", "dropped_images", "seconds")}
     r["plan_gb"] = sum(f.stat().st_size for f in (d / "plan").rglob("*") if f.is_file()) / 1e9
@@ -205,6 +236,8 @@ def run_size(n: int, a, root: Path) -> dict:
 def main() -> None:
     if sys.argv[1:2] == ["--_floor"]:
         return read_floor(int(sys.argv[2]), sys.argv[3:])
+    if sys.argv[1:2] == ["--_duckdb"]:
+        return duckdb_peer(sys.argv[2], sys.argv[3:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=float, default=1e6, help="N posts (images)")
     ap.add_argument("--sizes", default="", help="comma list of N run in sequence, e.g. 1e6,1e7,1e8")
@@ -224,19 +257,20 @@ def main() -> None:
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"\n{'images':>11} {'shards':>6} {'GB':>5} {'cat|wc/s':>11} {'read/s':>8} {'plan/s':>7} "
-          f"{'plan/read':>9} {'(CPU)':>6} {'plan/cat':>8} {'read RSS':>8} {'plan RSS':>8} {'plan PSS':>8}  (MB)")
+    print(f"\n{'images':>11} {'shards':>6} {'GB':>5} {'DuckDB/s':>9} {'read/s':>9} {'plan/s':>9} "
+          f"{'plan/core/s':>11} {'plan/DuckDB':>11} {'(CPU)':>6} {'DuckDB RSS':>10} {'plan RSS':>8} {'plan PSS':>8}  (MB)")
     for r in rows:
-        n, c, rd, pl = r["n"], r["cat"], r["read"], r["plan"]
-        print(f"{n:>11,} {r['shards']:>6} {r['gb']:>5.2f} {n / c['s']:>11,.0f} {n / rd['s']:>8,.0f} "
-              f"{n / pl['s']:>7,.0f} {rd['s'] / pl['s']:>9.3f} {rd['cpu'] / pl['cpu']:>6.3f} "
-              f"{c['s'] / pl['s']:>8.4f} {rd['rss']:>8.0f} {pl['rss']:>8.0f} {pl['pss']:>8.0f}")
+        n, dk, rd, pl = r["n"], r["duckdb"], r["read"], r["plan"]
+        print(f"{n:>11,} {r['shards']:>6} {r['gb']:>5.2f} {n / dk['s']:>9,.0f} {n / rd['s']:>9,.0f} {n / pl['s']:>9,.0f} "
+              f"{n / pl['cpu']:>11,.0f} {dk['s'] / pl['s']:>11.2f} {dk['cpu'] / pl['cpu']:>6.2f} {dk['rss']:>10.0f} "
+              f"{pl['rss']:>8.0f} {pl['pss']:>8.0f}")
+    base = rows[0]["plan"]["rss"]
     for r in rows:
-        n, rd, pl = r["n"], r["read"], r["plan"]
+        n, dk, pl = r["n"], r["duckdb"], r["plan"]
         print(f"sample: {n:,} images, {r['shards']} shards, -j {a.workers}: {n / pl['s']:,.0f} images/s, "
-              f"ratio {rd['s'] / pl['s']:.3f} of the read floor (CPU {rd['cpu'] / pl['cpu']:.3f}; "
-              f"{r['cat']['s'] / pl['s']:.4f} of cat|wc), peak RSS {pl['rss']:.0f} MB "
-              f"(read floor {rd['rss']:.0f} MB, planner tree PSS {pl['pss']:.0f} MB)")
+              f"{n / pl['cpu']:,.0f} per CPU-second (goal >= 1,000,000); DuckDB's group-by (1 thread) "
+              f"{n / dk['s']:,.0f} images/s, ratio planner/DuckDB {dk['s'] / pl['s']:.2f} (CPU {dk['cpu'] / pl['cpu']:.2f}), "
+              f"same answer: {r['same_answer']}; peak RSS {pl['rss']:.0f} MB ({pl['rss'] / base:.2f} of the first size's)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_canon.py", "bench_count.py", "bench_captions.py", "bench_sources.py", "bench_sample.py",
+BENCHES = ["bench_canon.py", "bench_count.py", "bench_vocab.py", "bench_captions.py", "bench_sources.py", "bench_sample.py",
            "bench_loader.py", "bench_train.py", "bench_probe.py", "bench_platt.py", "bench_fairness.py"]
 
 if __name__ == "__main__":
