@@ -151,10 +151,10 @@ def measure(cmd: list[str] | str, log: Path) -> dict:
 
 
 def _count_posts(path: str) -> int:
-    from swagcli.prep.blocks import iter_blocks, shared_table
+    from swagcli.prep.blocks import iter_blocks
     from swagcli.prep.dumps import ReadStats
 
-    return sum(len(b) for b in iter_blocks(Path(path), "tsv", ReadStats(), shared_table()))
+    return sum(len(b) for b in iter_blocks(Path(path), "tsv", ReadStats()))
 
 
 def duckdb_peer(answer: str, paths: list[str]) -> None:

@@ -1,26 +1,28 @@
 """Reading sources a block at a time into arrays: the columnar path of every counting and planning pass.
 
 :func:`iter_blocks` reads a source as :func:`~swagcli.prep.dumps.iter_posts` does (the *row path*,
-one :class:`~swagcli.prep.dumps.Post` per line, the reference) but hands out :class:`Block`\\ s: a few
-hundred thousand posts at a time as arrays, ``tags[ptr[j]:ptr[j+1]]`` being post j's tags as ids of
-a :class:`TagTable` (normalized, distinct, in first-seen order: what the row path's ``Post.tags``
-holds). The consumers (``count_tags``, ``count_canonical``, the sampler's two passes) work on these
-arrays with numpy and never make a Python object per post.
+one :class:`~swagcli.prep.dumps.Post` per line, the reference) but hands out :class:`Block`\\ s: up to
+a few hundred thousand posts at a time as arrays, ``tags[ptr[j]:ptr[j+1]]`` being post j's tags as
+codes into the block's ``names`` (a pyarrow string array of normalized tags; a post's codes
+distinct, in first-seen order: what the row path's ``Post.tags`` holds). The consumers
+(``count_tags``, ``count_canonical``, the sampler's passes) work on these arrays with numpy and
+arrow's hash kernels and never make a Python object per post or per distinct tag.
 
 How a block is read (measured on 1M posts a core, ``bench/bench_count.py``): line formats are cut into
 blocks of whole lines (~4 MB); a JSONL block goes through pyarrow's JSON reader, a TSV or YFCC100M
 block through its CSV reader (tab-separated, no quoting); parquet record batches are columns already.
-Raw tags are normalized once per distinct string (a per-pass cache), so Python work scales with the
-distinct tags of a block, not with its posts.
+Raw tags are normalized by arrow's ASCII kernels (Python's :func:`~swagcli.prep.canon.normalize_tag`
+for the few it cannot do the same way: non-ASCII, ``%XX``), and matched to a vocabulary by hash.
 
 **Exactness.** The fast path takes a block only where it can give exactly what the row path gives:
 the block decodes as UTF-8, every line is one JSON object on one line (starts with ``{``, ends with
 ``}``, and the reader's row count is the number of non-blank lines), the fields have the types the
 row path reads the same way (string or integer ids, lists of strings or plain tag strings), no id
-needs Python's own white-space rules, and so on (each check below). A block that fails any check, a
-block holding a bad line among them, is read by the row path line by line, with its counts per rule
-exactly as before. Which path read a block is counted (:attr:`ReadStats` is unchanged; the module
-counters :data:`PATHS` are for tests and benchmarks).
+needs Python's own white-space rules, and so on (each check below). The lines it turns down are
+read by the row path line by line, with their counts per rule exactly as before: the lines it can
+name (a JSON parse error's row, an empty id, a bad marker, the first line that is not UTF-8) one by
+one, the rest of the block by the fast path again; where it names none, piece by piece
+(:func:`_pieces`). Which path read a block is counted in :data:`PATHS` (for tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -41,80 +43,103 @@ from swagcli.prep.canon import normalize_tag
 from swagcli.prep.dumps import (YFCC_FIELDS, Damaged, Post, ReadSpec, ReadStats, _LINE_PARSERS, detect_format,
                                 hashtags_in, iter_posts, read_blocks, split_tags)
 
-BLOCK_BYTES = 1 << 23  # bytes of whole lines per block (line formats)
+BLOCK_BYTES = 1 << 22  # bytes of whole lines per block (line formats)
+# a block the fast path turns down (a bad line in it) is cut into SPLIT_PARTS pieces that are tried
+# again, and so on down to pieces of SPLIT_MIN bytes, which the row path reads: one bad line in a
+# block costs about two fast reads of it and the row path over 64 KB
+SPLIT_PARTS, SPLIT_MIN = 8, 1 << 16  # (a fast read costs ~0.4 ms a call: ~50 lines by the row path)
 BLOCK_POSTS = 1 << 16  # posts per block where posts come one at a time (the row path, tar shards)
 PATHS = {"fast": 0, "rows": 0}  # blocks read by each path (this process)
-SHARED_MAX = 1 << 20  # tags the process's shared table holds before it starts afresh
-_SHARED = None
 
 
 # -- tags as ids -------------------------------------------------------------------------------------
-class TagTable:
-    """Normalized tags as ids (first-seen order), and raw tag -> id through a cache, so each
-    distinct raw string is normalized once (``-1``: it normalizes to nothing)."""
-
-    def __init__(self):
-        self.names: list[str] = []
-        self.index: dict[str, int] = {}
-        self._raw: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def intern(self, name: str) -> int:
-        i = self.index.get(name)
-        if i is None:
-            i = self.index[name] = len(self.names)
-            self.names.append(name)
-        return i
-
-    def of_raw(self, raws: list) -> np.ndarray:
-        """The ids of raw tags (``None`` and tags normalizing to nothing: -1)."""
-        cache = self._raw
-        got = list(map(cache.get, raws))
-        if None in got:
-            for k in [k for k, i in enumerate(got) if i is None]:
-                r = raws[k]
-                if r is None:
-                    got[k] = -1
-                    continue
-                n = normalize_tag(r)
-                got[k] = cache[r] = self.intern(n) if n else -1
-        return np.array(got, dtype=np.int64)
-
-    def canonical(self, tag_to_id: dict) -> np.ndarray:
-        """The vocabulary id of each tag (-1: none), kept for this ``tag_to_id`` and extended to
-        the tags interned since."""
-        src, known = getattr(self, "_canon", (None, None))
-        if src is not tag_to_id:
-            known = np.zeros(0, dtype=np.int64)
-        if len(known) < len(self.names):
-            get = tag_to_id.get
-            new = np.fromiter((get(t, -1) for t in self.names[len(known):]), dtype=np.int64,
-                              count=len(self.names) - len(known))
-            known = np.concatenate([known, new])
-        self._canon = (tag_to_id, known)
-        return known
+_NORM: dict[str, str] = {}  # raw -> normalized, for the raw tags arrow does not normalize (non-ASCII, %XX)
+_NORM_MAX = 1 << 20
 
 
-def shared_table() -> TagTable:
-    """The process's table, shared by the passes and files it reads (each raw tag normalized once
-    a process); started afresh once it holds :data:`SHARED_MAX` tags."""
-    global _SHARED
-    if _SHARED is None or len(_SHARED) > SHARED_MAX:
-        _SHARED = TagTable()
-    return _SHARED
+def normalize_unique(raws):
+    """Raw tags (a pyarrow string array) -> (code of each into ``names``, -1 where it normalizes
+    to nothing; ``names``: the distinct normalized tags), as
+    :func:`~swagcli.prep.canon.normalize_tag` normalizes them: in arrow for ASCII tags without
+    ``%`` or \\x1c-\\x1f (``+`` as a space, leading white space and ``#`` stripped, lower-cased,
+    white space removed), in Python for the others."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    b = _bytes_of(raws)  # each kernel only where a byte asks for it
+    space = (b == 32) | ((b >= 9) & (b <= 13))
+    r = raws
+    if (b == 43).any():
+        r = pc.replace_substring(r, "+", " ")
+        space |= b == 43
+    has_space = bool(space.any())
+    if has_space:
+        r = pc.ascii_ltrim_whitespace(r)
+    r = pc.ascii_ltrim(r, "#")
+    if ((b >= 65) & (b <= 90)).any():
+        r = pc.ascii_lower(r)
+    if has_space:
+        r = pc.replace_substring_regex(r, r"[ \t\n\r\x0b\x0c]+", "")
+    odd_byte = _python_bytes(b)
+    if odd_byte.any():
+        _, _, length = _edges(raws)
+        start = np.concatenate(([0], np.cumsum(length)[:-1]))
+        some = length > 0
+        per = np.zeros(len(raws), dtype=bool)
+        per[some] = np.logical_or.reduceat(odd_byte, start[some])
+        odd = pa.array(per)
+        which = np.flatnonzero(per)
+        fixed = []
+        for raw in raws.take(pa.array(which)).to_pylist():
+            n = _NORM.get(raw)
+            if n is None:
+                if len(_NORM) >= _NORM_MAX:
+                    _NORM.clear()
+                n = _NORM[raw] = normalize_tag(raw)
+            fixed.append(n)
+        r = pc.replace_with_mask(r, odd, pa.array(fixed, type=pa.string()))
+    r = pc.if_else(pc.equal(r, ""), pa.scalar(None, pa.string()), r)
+    enc = pc.dictionary_encode(r)
+    codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, enc.dictionary
+
+
+def _python_bytes(b: np.ndarray) -> np.ndarray:
+    """The bytes of raw tags that Python normalizes (arrow's ASCII kernels do not): ``%``,
+    \\x1c-\\x1f, non-ASCII."""
+    return (b == 37) | ((b >= 0x1C) & (b <= 0x1F)) | (b >= 0x80)
+
+
+def _needs_python(b: np.ndarray) -> bool:
+    return bool(_python_bytes(b).any())
+
+
+_VOCAB: list = [None, None]  # (tag_to_id, its (names, ids) arrays): the last vocabulary looked up
+
+
+def vocabulary_ids(names, tag_to_id: dict) -> np.ndarray:
+    """The vocabulary id of each normalized tag of ``names`` (-1: none), by a hash lookup in arrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if _VOCAB[0] is not tag_to_id:
+        _VOCAB[:] = [tag_to_id, (pa.array(list(tag_to_id), type=pa.string()),
+                                 np.fromiter(tag_to_id.values(), dtype=np.int64, count=len(tag_to_id)))]
+    known, ids = _VOCAB[1]
+    pos = pc.index_in(names, value_set=known).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.where(pos >= 0, ids[np.maximum(pos, 0)] if len(ids) else -1, -1)
 
 
 @dataclass
 class Block:
     """Posts as arrays: ``ids`` (a list of str, or a pyarrow string array), ``ptr``/``tags`` (CSR of
-    :class:`TagTable` ids, distinct per post in first-seen order) and ``country`` (a list of str or
-    None, where it was asked for)."""
+    codes into ``names``, the block's distinct normalized tags as a pyarrow string array; a post's
+    codes distinct, in first-seen order) and ``country`` (a list of str or None, where asked for)."""
 
     ids: object
     ptr: np.ndarray
     tags: np.ndarray
+    names: object
     country: list | None = None
 
     def __len__(self) -> int:
@@ -164,7 +189,7 @@ class Block:
         """Posts ``lo`` to ``hi``."""
         a, b = int(self.ptr[lo]), int(self.ptr[hi])
         country = self.country[lo:hi] if self.country is not None else None
-        return Block(self.ids[lo:hi], self.ptr[lo:hi + 1] - a, self.tags[a:b], country)
+        return Block(self.ids[lo:hi], self.ptr[lo:hi + 1] - a, self.tags[a:b], self.names, country)
 
     @staticmethod
     def concat(blocks: list["Block"]) -> "Block":
@@ -176,16 +201,13 @@ class Block:
             ids = pa.concat_arrays([b.ids for b in blocks])
         else:
             ids = [i for b in blocks for i in b.id_list()]
-        country = None if any(b.country is None for b in blocks) else [c for b in blocks for c in b.country]
-        return Block(ids, offsets(np.concatenate([np.diff(b.ptr) for b in blocks])),
-                     np.concatenate([b.tags for b in blocks]), country)
+        import pyarrow as pa
 
-    def take(self, index: np.ndarray) -> "Block":
-        """The posts at ``index`` (sorted), in that order."""
-        cnt = np.diff(self.ptr)[index]
-        tags = self.tags[np.repeat(self.ptr[index], cnt) + ranges(cnt)]
-        country = [self.country[i] for i in index.tolist()] if self.country is not None else None
-        return Block(self.id_list(index), offsets(cnt), tags, country)
+        country = None if any(b.country is None for b in blocks) else [c for b in blocks for c in b.country]
+        base = np.cumsum([0] + [len(b.names) for b in blocks[:-1]])
+        return Block(ids, offsets(np.concatenate([np.diff(b.ptr) for b in blocks])),
+                     np.concatenate([b.tags + k for b, k in zip(blocks, base.tolist())]),
+                     pa.concat_arrays([b.names for b in blocks]), country)
 
 
 def exact_chunks(blocks: Iterator[Block], size: int) -> Iterator[Block]:
@@ -263,8 +285,8 @@ def sorted_distinct(lab: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 # -- reading ------------------------------------------------------------------------------------------
-def iter_blocks(path: Path, spec: "str | ReadSpec", stats: ReadStats, table: TagTable,
-                country: bool = False, distinct: bool = True) -> Iterator[Block]:
+def iter_blocks(path: Path, spec: "str | ReadSpec", stats: ReadStats, country: bool = False,
+                distinct: bool = True) -> Iterator[Block]:
     """The good posts of one source as :class:`Block`\\ s, every line (record) counted into ``stats``
     exactly as :func:`~swagcli.prep.dumps.iter_posts` counts it. ``country``: fill
     :attr:`Block.country`; ``distinct=False``: a post's tags may repeat (for a consumer that
@@ -275,14 +297,14 @@ def iter_blocks(path: Path, spec: "str | ReadSpec", stats: ReadStats, table: Tag
         spec = dataclasses.replace(spec, fmt=detect_format(path))
     if spec.labels != "hashtags" or path.name.endswith(".tar"):
         # caption labelling is Python's work per caption; tar shards come a sample at a time
-        yield from _row_blocks(iter_posts(path, spec, stats), table, country)
+        yield from _row_blocks(iter_posts(path, spec, stats), country)
         return
     if spec.fmt in ("img2dataset", "parquet"):
         from swagcli.prep.columnar import iter_parquet_blocks
 
-        yield from iter_parquet_blocks(path, spec, stats, table, country, distinct)
+        yield from iter_parquet_blocks(path, spec, stats, country, distinct)
         return
-    reader = {"jsonl": _JsonBlocks, "tsv": _TsvBlocks, "yfcc": _YfccBlocks}[spec.fmt](spec, stats, table, country, distinct)
+    reader = {"jsonl": _JsonBlocks, "tsv": _TsvBlocks, "yfcc": _YfccBlocks}[spec.fmt](spec, stats, country, distinct)
     start = stats.lines
     try:
         for raw in whole_lines(path):
@@ -291,7 +313,7 @@ def iter_blocks(path: Path, spec: "str | ReadSpec", stats: ReadStats, table: Tag
         stats.broke(path, stats.lines - start, e)
 
 
-def _row_blocks(posts: Iterator[Post], table: TagTable, country: bool) -> Iterator[Block]:
+def _row_blocks(posts: Iterator[Post], country: bool) -> Iterator[Block]:
     """Posts of the row path, gathered into blocks."""
     while True:
         ids, lens, flat, cs = [], [], [], []
@@ -304,15 +326,17 @@ def _row_blocks(posts: Iterator[Post], table: TagTable, country: bool) -> Iterat
                 break
         if not ids:
             return
-        yield _block_of(ids, lens, flat, cs if country else None, table)
+        yield _block_of(ids, lens, flat, cs if country else None)
         if len(ids) < BLOCK_POSTS:
             return
 
 
-def _block_of(ids: list, lens: list, flat: list, country, table: TagTable) -> Block:
-    intern = table.intern
-    tags = np.fromiter((intern(t) for t in flat), dtype=np.int64, count=len(flat))
-    return Block(ids, offsets(np.asarray(lens, dtype=np.int64)), tags, country)
+def _block_of(ids: list, lens: list, flat: list, country) -> Block:
+    import pyarrow as pa
+
+    codes: dict[str, int] = {}
+    tags = np.fromiter((codes.setdefault(t, len(codes)) for t in flat), dtype=np.int64, count=len(flat))
+    return Block(ids, offsets(np.asarray(lens, dtype=np.int64)), tags, pa.array(list(codes), type=pa.string()), country)
 
 
 def whole_lines(path: Path) -> Iterator[bytes]:
@@ -323,23 +347,27 @@ def whole_lines(path: Path) -> Iterator[bytes]:
     blocks = read_blocks(path, BLOCK_BYTES)
     if path.name.endswith((".gz", ".zst", ".zstd", ".bz2")):
         blocks = prefetched(blocks)
-    rest = b""
+    pending, size = [], 0  # decompressors hand out pieces of ~64 KB: gathered up to a block
     with contextlib.closing(blocks):
-        for data in blocks:
-            if rest:
-                data = rest + data
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                rest = data
-                continue
-            if len(data) - cut:
-                rest = data[cut:]
-                yield data[:cut]
-            else:
-                rest = b""
-                yield data
-    if rest:
-        yield rest
+        try:
+            for data in blocks:
+                pending.append(data)
+                size += len(data)
+                if size >= BLOCK_BYTES:
+                    buf = b"".join(pending)
+                    cut = buf.rfind(b"\n") + 1
+                    if cut:
+                        yield buf[:cut] if cut < len(buf) else buf
+                        buf = buf[cut:]
+                    pending, size = ([buf] if buf else []), len(buf)
+        except Damaged:
+            buf = b"".join(pending)
+            cut = buf.rfind(b"\n") + 1
+            if cut:
+                yield buf[:cut]
+            raise
+    if pending:
+        yield b"".join(pending)
 
 
 def prefetched(blocks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
@@ -392,24 +420,75 @@ class _LineBlocks:
     """One line format's block reader: :meth:`fast` gives a block's posts or None (then the row
     path reads it)."""
 
-    def __init__(self, spec: ReadSpec, stats: ReadStats, table: TagTable, country: bool, distinct: bool = True):
-        self.spec, self.stats, self.table, self.country, self.distinct = spec, stats, table, country, distinct
+    def __init__(self, spec: ReadSpec, stats: ReadStats, country: bool, distinct: bool = True):
+        self.spec, self.stats, self.country, self.distinct = spec, stats, country, distinct
 
-    def read(self, raw: bytes) -> Iterator[Block]:
-        got = None
-        if raw.isascii() or _utf8(raw):
-            lines = _Lines(raw)
-            if lines.bare_cr == 0:
-                got = self.fast(raw, lines)
-        if got is not None:
-            PATHS["fast"] += 1
-            self.stats.lines += lines.n
-            self.stats.blank += lines.empty
-            if len(got):
-                yield got
-            return
+    dense = False  # the last block's bad lines were many: its pieces went to the row path
+
+    def read(self, raw: bytes, split: bool = True):
+        """The posts of one block, by the fast path if it takes the block. Else, where the fast
+        path named the lines it turned down (``self.bad``: a JSON parse error's row, empty ids,
+        a line that is not UTF-8), those lines go to the row path and the lines between them to
+        the fast path again; where it named none, the block is read piece by piece
+        (:func:`_pieces`), the pieces it turns down by the row path. Returns whether the fast
+        path read all of it."""
+        clean = True
+        while raw:
+            self.bad = []
+            got, lines = None, None
+            try:
+                ascii_or_utf8 = raw.isascii() or (raw.decode("utf-8") and True)
+            except UnicodeDecodeError as e:
+                ascii_or_utf8 = False
+                self.bad = [raw.count(b"\n", 0, e.start)]
+            if ascii_or_utf8:
+                lines = _Lines(raw)
+                if lines.bare_cr == 0:
+                    got = self.fast(raw, lines)
+            if got is not None:
+                PATHS["fast"] += 1
+                self.stats.lines += lines.n
+                self.stats.blank += lines.empty
+                if len(got):
+                    yield got
+                return clean
+            clean = False
+            bad = sorted(set(self.bad))
+            if bad and len(bad) * 50 <= raw.count(b"\n") + 1:  # cut the named lines out
+                starts = _line_starts(raw)
+                pos = 0
+                for i in bad:
+                    lo, hi = int(starts[i]), int(starts[i + 1]) if i + 1 < len(starts) else len(raw)
+                    if lo > pos:
+                        yield from self.read(raw[pos:lo], split)
+                    yield from self._by_rows(raw[lo:hi])
+                    pos = hi
+                raw = raw[pos:]  # after the last: another go (a JSON error names its first bad row only)
+                continue
+            pieces = _pieces(raw, max(1, min(SPLIT_PARTS, len(raw) // SPLIT_MIN))) if split else [raw]
+            if len(pieces) > 1:
+                failed = 0
+                for piece in pieces:
+                    # bad lines everywhere (half the pieces so far turned down): the row path at once
+                    dense = failed * 2 >= len(pieces)
+                    ok = yield from (self._by_rows(piece) if dense else self.read(piece, not self.dense))
+                    failed += not ok
+                self.dense = failed * 2 >= len(pieces)
+                return False
+            yield from self._by_rows(raw)
+            return False
+        return clean
+
+    def _bad_rows(self, lines: "_Lines", rows) -> None:
+        """Name the lines of the fast reader's ``rows`` (rows count the non-empty lines)."""
+        full = np.flatnonzero(lines.ends > lines.starts) if lines.empty else None
+        rows = np.asarray(rows, dtype=np.int64)
+        self.bad = (full[rows] if full is not None else rows).tolist()
+
+    def _by_rows(self, raw: bytes):
         PATHS["rows"] += 1
-        yield from _row_blocks(self._rows(raw), self.table, self.country)
+        yield from _row_blocks(self._rows(raw), self.country)
+        return False
 
     def _rows(self, raw: bytes) -> Iterator[Post]:
         """Today's per-line reading of one block (``iter_posts``' loop)."""
@@ -436,12 +515,22 @@ class _LineBlocks:
         raise NotImplementedError
 
 
-def _utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+def _line_starts(raw: bytes) -> np.ndarray:
+    a = np.frombuffer(raw, dtype=np.uint8)
+    nl = np.flatnonzero(a == 10) + 1
+    return np.concatenate(([0], nl[nl < len(a)]))
+
+
+def _pieces(raw: bytes, parts: int = SPLIT_PARTS) -> list[bytes]:
+    """``raw`` cut at line ends into about ``parts`` pieces of whole lines."""
+    out, start, step = [], 0, max(1, len(raw) // parts)
+    while start < len(raw):
+        cut = raw.find(b"\n", start + step - 1) + 1 if start + step < len(raw) else len(raw)
+        if cut <= start:
+            cut = len(raw)
+        out.append(raw[start:cut])
+        start = cut
+    return out
 
 
 class _Lines:
@@ -463,14 +552,12 @@ class _Lines:
         self.a, self.starts, self.ends, self.n = a, starts, ends, len(ends)
         self.empty = int(np.count_nonzero(ends == starts))
 
-    def bracketed(self, first: bytes, last: bytes) -> bool:
-        """Every non-empty line starts with ``first`` and ends with ``last``."""
+    def unbracketed(self, first: bytes, last: bytes) -> np.ndarray:
+        """The non-empty lines that do not start with ``first`` and end with ``last``."""
         starts, ends = self.starts, self.ends
-        if self.empty:
-            full = ends > starts
-            starts, ends = starts[full], ends[full]
+        full = np.flatnonzero(ends > starts)
         a = self.a
-        return bool((a[starts] == first[0]).all() and (a[ends - 1] == last[0]).all())
+        return full[(a[starts[full]] != first[0]) | (a[ends[full] - 1] != last[0])]
 
 
 # -- the columns into a block --------------------------------------------------------------------------
@@ -533,43 +620,45 @@ def _bytes_of(col) -> np.ndarray:
 
 
 def assemble(n: int, ids, ok: np.ndarray, raw_flat, raw_post: np.ndarray, captions, country,
-             stats: ReadStats, spec: ReadSpec, table: TagTable, distinct: bool = True) -> Block:
+             stats: ReadStats, spec: ReadSpec, distinct: bool = True) -> Block:
     """Posts from columns of ``n`` records, counted as :func:`~swagcli.prep.dumps.make_post` counts
     them: ``ok`` (a usable id), raw tags ``raw_flat`` (a pyarrow string array or list; None items
     ignored) of records ``raw_post``; ``captions`` (a callable giving record i's caption, or None):
-    its ``#tags`` for a record without raw tags."""
-    stats.no_id += int(n - ok.sum())
+    its ``#tags`` for a record without raw tags. ``distinct=False``: a post's codes may repeat."""
     import pyarrow as pa
 
+    stats.no_id += int(n - ok.sum())
     if isinstance(raw_flat, list):
-        lab = table.of_raw(raw_flat)
-        valid = np.fromiter((t is not None for t in raw_flat), dtype=bool, count=len(raw_flat))
-    else:
-        import pyarrow.compute as pc
-
-        enc = pc.dictionary_encode(raw_flat) if not pa.types.is_dictionary(raw_flat.type) else raw_flat
-        m = table.of_raw(enc.dictionary.to_pylist())
-        idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        lab = np.where(idx >= 0, m[np.maximum(idx, 0)] if len(m) else -1, -1)
-        valid = idx >= 0
-    lab, post = lab[ok[raw_post]], raw_post[ok[raw_post]]
+        raw_flat = pa.array(raw_flat, type=pa.string())
+    elif not pa.types.is_string(raw_flat.type):
+        raw_flat = raw_flat.cast(pa.string())
+    post = raw_post
     if captions is not None and spec.caption_hashtags:
-        has_raw = np.zeros(n, dtype=bool)
-        has_raw[raw_post[valid]] = True
-        extra_lab, extra_post = [], []
-        for i in np.flatnonzero(ok & ~has_raw).tolist():
+        extra, extra_post = [], []
+        for i in np.flatnonzero(_untagged(ok, raw_flat, raw_post)).tolist():
             cap = captions(i)
             if isinstance(cap, str):
                 found = hashtags_in(cap)
                 if found:
                     stats.from_caption += 1
-                    extra_lab.append(table.of_raw(found))
-                    extra_post.append(np.full(len(found), i, dtype=np.int64))
-        if extra_lab:
-            lab = np.concatenate([lab] + extra_lab)
-            post = np.concatenate([post] + extra_post)
+                    extra.extend(found)
+                    extra_post.extend([i] * len(found))
+        if extra:
+            raw_flat = pa.concat_arrays([raw_flat, pa.array(extra, type=pa.string())])
+            post = np.concatenate([raw_post, np.asarray(extra_post, dtype=np.int64)])
             order = np.argsort(post, kind="stable")
-            lab, post = lab[order], post[order]
+            raw_flat, post = raw_flat.take(pa.array(order)), post[order]
+    import pyarrow.compute as pc
+
+    if _needs_python(_bytes_of(raw_flat)):  # normalize each distinct raw tag once (Python for some)
+        enc = pc.dictionary_encode(raw_flat)
+        idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        codes, names = normalize_unique(enc.dictionary)
+        lab = np.where(idx >= 0, codes[np.maximum(idx, 0)] if len(codes) else -1, -1)
+    else:  # arrow normalizes every tag; one hash pass makes the codes
+        lab, names = normalize_unique(raw_flat)
+    mine = ok[post]
+    lab, post = lab[mine], post[mine]
     if distinct:
         lab, post, cnt = first_distinct(lab, post, n)
     else:
@@ -587,7 +676,7 @@ def assemble(n: int, ids, ok: np.ndarray, raw_flat, raw_post: np.ndarray, captio
             ids = ids.take(pa.array(keep))
         if country is not None:
             country = [country[i] for i in keep.tolist()]
-    return Block(ids, offsets(cnt[keep]), lab, country)
+    return Block(ids, offsets(cnt[keep]), lab, names, country)
 
 
 def _split_tag_strings(col, sep: str | None):
@@ -683,7 +772,9 @@ class _JsonBlocks(_LineBlocks):
     def fast(self, raw: bytes, lines: _Lines) -> Block | None:
         import pyarrow as pa
 
-        if not lines.bracketed(b"{", b"}"):  # one object a line
+        odd = lines.unbracketed(b"{", b"}")
+        if len(odd):  # one object a line
+            self.bad = odd.tolist()
             return None
         if b"\\u" in raw and re.search(rb"\\u[dD][89a-fA-F]", raw):  # surrogate escapes: Python and arrow differ on lone ones
             return None
@@ -692,7 +783,10 @@ class _JsonBlocks(_LineBlocks):
         except pa.ArrowInvalid:
             try:  # the ids or tags of this file are of another type: learn it from this block
                 table = self._read(raw, False)
-            except pa.ArrowInvalid:
+            except pa.ArrowInvalid as e:
+                row = re.search(r"in row (\d+)", str(e))
+                if row and int(row.group(1)) < lines.n - lines.empty:
+                    self._bad_rows(lines, [int(row.group(1))])
                 return None
             names = table.schema.names
             for key, attr in (("id", "id_type"), ("tags", "tags_type")):
@@ -720,7 +814,7 @@ class _JsonBlocks(_LineBlocks):
         if self.spec.caption_hashtags and not (pa.types.is_string(cap.type) or pa.types.is_null(cap.type)):
             return None
         return assemble(n, got[0], got[1], tags[0], tags[1], (lambda i: cap[i].as_py()), country,
-                        self.stats, self.spec, self.table, self.distinct)
+                        self.stats, self.spec, self.distinct)
 
 
 def _csv(raw: bytes, names: list[str]):
@@ -769,6 +863,8 @@ class _TsvBlocks(_LineBlocks):
         ids, tags = cols[0], cols[1]
         got = _ids(ids, n)
         if got is None or not got[1].all():  # an empty id, or a line of white space: the row path
+            if got is not None:
+                self._bad_rows(lines, np.flatnonzero(~got[1]))
             return None
         tags = tags.cast(pa.string()) if not pa.types.is_null(tags.type) else pa.nulls(n, pa.string())
         flat, post = _split_tag_strings(pc.fill_null(tags, ""), self.spec.tags_sep)
@@ -777,7 +873,7 @@ class _TsvBlocks(_LineBlocks):
             c = cols[2]
             country = ([None] * n if pa.types.is_null(c.type)
                        else [(x.strip() or None) if x is not None else None for x in c.to_pylist()])
-        return assemble(n, got[0], got[1], flat, post, None, country, self.stats, self.spec, self.table, self.distinct)
+        return assemble(n, got[0], got[1], flat, post, None, country, self.stats, self.spec, self.distinct)
 
 
 class _YfccBlocks(_LineBlocks):
@@ -809,6 +905,7 @@ class _YfccBlocks(_LineBlocks):
         photo = pc.equal(marker, "0").to_numpy(zero_copy_only=False)
         video = pc.equal(marker, "1").to_numpy(zero_copy_only=False)
         if not (photo | video).all():  # a marker with white space, or none: the row path
+            self._bad_rows(lines, np.flatnonzero(~(photo | video)))
             return None
         keep = np.flatnonzero(photo)
         take = pa.array(keep)
@@ -823,6 +920,8 @@ class _YfccBlocks(_LineBlocks):
         n = len(keep)
         got = _ids(ids, n)
         if got is None or not got[1].all():
+            if got is not None:
+                self._bad_rows(lines, keep[~got[1]])
             return None
         flat, post = _drop_empty(pc.split_pattern(tags, ","))
         captions = None
@@ -843,6 +942,6 @@ class _YfccBlocks(_LineBlocks):
 
                 captions = caption
         block = assemble(n, got[0], got[1], flat, post, captions, [None] * n if self.country else None,
-                         self.stats, spec, self.table, self.distinct)
+                         self.stats, spec, self.distinct)
         self.stats.video += int(video.sum())
         return block

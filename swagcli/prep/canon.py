@@ -511,8 +511,17 @@ class Canonicalizer:
         return self._table.get(tag, _EMPTY)
 
     def canonicalize(self, tags) -> dict[str, frozenset]:
-        """{tag: synset set} for the tags with a non-empty set (tags already normalized)."""
+        """{tag: synset set} for the tags with a non-empty set (tags already normalized; a list, or
+        a pyarrow string array, looked up in arrow: no Python string for the tags that map to none)."""
         table = self._table
+        if not isinstance(tags, (list, tuple, set, dict)) and hasattr(tags, "to_pylist"):
+            import pyarrow as pa
+            import pyarrow.compute as pc
+
+            if getattr(self, "_keys", None) is None:
+                self._keys = pa.array(list(table), type=pa.string())
+            hit = pc.is_in(tags, value_set=self._keys).fill_null(False)
+            tags = tags.filter(hit).to_pylist() if len(tags) else []
         return {t: table[t] for t in tags if t in table}
 
     def __len__(self) -> int:

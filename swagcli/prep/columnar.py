@@ -146,7 +146,7 @@ def iter_columnar(path: Path, spec: ReadSpec, stats: ReadStats) -> Iterator[Post
         stats.broke(path, stats.lines - start, e)
 
 
-def iter_parquet_blocks(path: Path, spec: ReadSpec, stats: ReadStats, table, country: bool, distinct: bool = True):
+def iter_parquet_blocks(path: Path, spec: ReadSpec, stats: ReadStats, country: bool, distinct: bool = True):
     """:func:`iter_columnar` as :class:`~swagcli.prep.blocks.Block`\\ s: a record batch at a time on
     its columns, or by the row path where a column is of a type that path reads value by value."""
     import pyarrow as pa
@@ -160,10 +160,10 @@ def iter_parquet_blocks(path: Path, spec: ReadSpec, stats: ReadStats, table, cou
     start = stats.lines
     try:
         for batch in _batches(pf, wanted):
-            got = _fast_batch(batch, wanted, spec, stats, table, country, distinct)
+            got = _fast_batch(batch, wanted, spec, stats, country, distinct)
             if got is None:
                 blocks.PATHS["rows"] += 1
-                yield from blocks._row_blocks(_batch_rows(batch, wanted, spec, stats), table, country)
+                yield from blocks._row_blocks(_batch_rows(batch, wanted, spec, stats), country)
             else:
                 blocks.PATHS["fast"] += 1
                 if len(got):
@@ -172,7 +172,7 @@ def iter_parquet_blocks(path: Path, spec: ReadSpec, stats: ReadStats, table, cou
         stats.broke(path, stats.lines - start, e)
 
 
-def _fast_batch(batch, wanted: list, spec: ReadSpec, stats: ReadStats, table, country: bool, distinct: bool):
+def _fast_batch(batch, wanted: list, spec: ReadSpec, stats: ReadStats, country: bool, distinct: bool):
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -207,7 +207,7 @@ def _fast_batch(batch, wanted: list, spec: ReadSpec, stats: ReadStats, table, co
             return None
         countries = [x or None for x in col[country_col].to_pylist()] if country_col else [None] * n
     block = assemble(n, got[0], got[1], tags[0], tags[1], (lambda i: cap[i].as_py()) if cap is not None else None,
-                     countries, stats, spec, table, distinct)
+                     countries, stats, spec, distinct)
     stats.lines += batch.num_rows
     stats.failed_download += failed
     return block

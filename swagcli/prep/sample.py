@@ -188,12 +188,11 @@ def _chunks(path: str, fmt: "str | ReadSpec", tag_to_id: dict, w: Weights, strat
     the strategies in :data:`ORDERED`, else in first-seen order); weights and tail flags are
     computed for the whole chunk at once. Held-out images are left out (and appended as (id,
     hashtag ids) to ``held`` if given)."""
-    from swagcli.prep.blocks import exact_chunks, first_distinct, iter_blocks, shared_table
+    from swagcli.prep.blocks import exact_chunks, first_distinct, iter_blocks, vocabulary_ids
 
-    table = shared_table()
     stats = stats if stats is not None else ReadStats()
-    for block in exact_chunks(iter_blocks(Path(path), fmt, stats, table, distinct=False), chunk):
-        canon = table.canonical(tag_to_id)
+    for block in exact_chunks(iter_blocks(Path(path), fmt, stats, distinct=False), chunk):
+        canon = vocabulary_ids(block.names, tag_to_id)
         lens = np.diff(block.ptr)
         if strategy in ORDERED:
             lab, cnt = sorted_distinct(canon[block.tags], lens)

@@ -19,7 +19,8 @@ import functools
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from contextlib import closing
 from pathlib import Path
 
@@ -34,32 +35,108 @@ VOCAB_FORMAT = "swag-vocab/1"
 
 # -- pass 1 and 3, one shard each ------------------------------------------------------------------
 def count_tags(path: str, fmt: "str | ReadSpec" = "auto", countries: list[str] | None = None,
-               caption_hashtags: bool = True) -> tuple[Counter, ReadStats]:
+               caption_hashtags: bool = True) -> tuple["TagCounts", ReadStats]:
     """Images per raw tag in one dump (posts of ``countries`` only, if given), counted on the
     blocks of :func:`~swagcli.prep.blocks.iter_blocks` (tags are distinct per post)."""
     import numpy as np
+    import pyarrow as pa
 
-    from swagcli.prep.blocks import iter_blocks, shared_table
+    from swagcli.prep.blocks import iter_blocks
 
-    stats, table = ReadStats(), shared_table()
+    stats = ReadStats()
     spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(fmt, caption_hashtags)
     allowed = set(countries) if countries else None
-    counts = np.zeros(0, dtype=np.int64)
-    for block in iter_blocks(Path(path), spec, stats, table, country=allowed is not None):
+    parts = TagCounts.empty()
+    for block in iter_blocks(Path(path), spec, stats, country=allowed is not None):
         tags = block.tags
         if allowed is not None:
             mine = np.fromiter((c in allowed for c in block.country), dtype=bool, count=len(block))
             tags = tags[np.repeat(mine, np.diff(block.ptr))]
-        counts = _grow(counts, len(table)) + np.bincount(tags, minlength=len(table))
-    counts = _grow(counts, len(table))
-    return Counter({t: c for t, c in zip(table.names, counts.tolist()) if c}), stats
+        counts = np.bincount(tags, minlength=len(block.names))
+        some = np.flatnonzero(counts)
+        parts = parts.add(TagCounts(block.names.take(pa.array(some)), counts[some]))
+    return parts.add(None), stats
 
 
-def _grow(a, n: int):
-    """``a`` padded with zeros to length ``n``."""
-    import numpy as np
+class TagCounts(Mapping):
+    """Images per raw tag as two arrays, ``names`` (a pyarrow string array) and ``counts``: a
+    read-only mapping, cheap to make, pickle and add up for millions of tags (a Counter is not).
+    :meth:`add` gathers others and sums them by name in arrow (every few million rows, and when
+    called with None)."""
 
-    return a if len(a) >= n else np.concatenate([a, np.zeros(n - len(a), dtype=a.dtype)])
+    FOLD = 1 << 22
+
+    def __init__(self, names, counts):
+        self.names, self.counts = names, counts
+        self._pending: list = []
+        self._index: dict | None = None
+        self._list: list | None = None
+
+    @classmethod
+    def empty(cls) -> "TagCounts":
+        import numpy as np
+        import pyarrow as pa
+
+        return cls(pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64))
+
+    def add(self, other: "TagCounts | None") -> "TagCounts":
+        """This plus ``other`` (None: just finish the sums)."""
+        if other is not None:
+            self._pending.append(other)
+        rows = sum(len(o.names) for o in self._pending)
+        if self._pending and (other is None or rows >= self.FOLD):
+            import pyarrow as pa
+
+            parts = [self] + self._pending
+            t = pa.table({"tag": pa.chunked_array([o.names for o in parts], type=pa.string()),
+                          "n": pa.chunked_array([pa.array(o.counts, type=pa.int64()) for o in parts])})
+            g = t.group_by("tag", use_threads=False).aggregate([("n", "sum")])
+            out = TagCounts(g.column("tag").combine_chunks(), g.column("n_sum").to_numpy())
+            return out
+        return self
+
+    def tag_list(self) -> list[str]:
+        if self._list is None:
+            self._list = self.names.to_pylist()
+        return self._list
+
+    def __getitem__(self, tag: str) -> int:
+        if self._index is None:
+            self._index = dict(zip(self.tag_list(), range(len(self.names))))
+        return int(self.counts[self._index[tag]])
+
+    def lookup(self, tags: list[str]) -> list[int]:
+        """The counts of ``tags`` (all present), by a hash lookup in arrow."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        pos = pc.index_in(pa.array(tags, type=pa.string()), value_set=self.names).to_numpy(zero_copy_only=False)
+        return self.counts[pos.astype("int64")].tolist()
+
+    def __iter__(self):
+        return iter(self.tag_list())
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def items(self):
+        return zip(self.tag_list(), self.counts.tolist())
+
+    def values(self):
+        return self.counts.tolist()
+
+    def at_least(self, n: int):
+        """The tags on at least ``n`` images (a pyarrow string array)."""
+        import pyarrow as pa
+
+        return self.names.filter(pa.array(self.counts >= n))
+
+    def __getstate__(self):
+        done = self.add(None)
+        return {"names": done.names, "counts": done.counts}
+
+    def __setstate__(self, state):
+        self.__init__(state["names"], state["counts"])
 
 
 def count_canonical(path: str, tag_to_id: dict[str, int], fmt: "str | ReadSpec" = "auto",
@@ -67,14 +144,13 @@ def count_canonical(path: str, tag_to_id: dict[str, int], fmt: "str | ReadSpec" 
     """Images per canonical hashtag id in one dump, and the images with any vocabulary tag."""
     import numpy as np
 
-    from swagcli.prep.blocks import first_distinct, iter_blocks, shared_table
+    from swagcli.prep.blocks import first_distinct, iter_blocks, vocabulary_ids
 
-    table = shared_table()
     spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(fmt, caption_hashtags)
     counts = np.zeros(max(tag_to_id.values(), default=-1) + 1, dtype=np.int64)
     images = 0
-    for block in iter_blocks(Path(path), spec, ReadStats(), table, distinct=False):
-        canon = table.canonical(tag_to_id)
+    for block in iter_blocks(Path(path), spec, ReadStats(), distinct=False):
+        canon = vocabulary_ids(block.names, tag_to_id)
         n = len(block)
         post = np.repeat(np.arange(n, dtype=np.int64), np.diff(block.ptr))
         lab, _, cnt = first_distinct(canon[block.tags], post, n)  # dog and dogs: one hashtag
@@ -83,14 +159,20 @@ def count_canonical(path: str, tag_to_id: dict[str, int], fmt: "str | ReadSpec" 
     return Counter({i: c for i, c in enumerate(counts.tolist()) if c}), images
 
 
-def merge_counts(parts) -> tuple[Counter, list[ReadStats]]:
-    """Counts added up; each shard's read stats, in shard order."""
-    total: Counter = Counter()
+def merge_counts(parts) -> tuple[TagCounts, list[ReadStats]]:
+    """Counts added up by tag; each shard's read stats, in shard order."""
+    import numpy as np
+    import pyarrow as pa
+
+    total = TagCounts.empty()
     stats = []
     for counts, st in parts:
-        total.update(counts)
+        if not isinstance(counts, TagCounts):
+            counts = TagCounts(pa.array(list(counts), type=pa.string()),
+                               np.fromiter(counts.values(), dtype=np.int64, count=len(counts)))
+        total = total.add(counts)
         stats.append(st)
-    return total, stats
+    return total.add(None), stats
 
 
 # -- canonicalization ------------------------------------------------------------------------------
@@ -99,12 +181,19 @@ class Canonical:
     key: str
     synsets: list[str]
     tags: list[str]  # raw tags, most frequent first
+    counts: list[int] = field(default_factory=list)  # images per raw tag, as ``tags``
 
 
 def canonical_groups(tag_counts: Counter, min_count: int, canon: Canonicalizer) -> tuple[list[Canonical], dict]:
     """Candidates (>= min_count images) -> canonical hashtags sorted by key, plus stats."""
-    candidates = [t for t, n in tag_counts.items() if n >= min_count]
-    mapped = canon.canonicalize(candidates)
+    if isinstance(tag_counts, TagCounts):
+        mapped = canon.canonicalize(tag_counts.at_least(min_count))
+        count_of = dict(zip(mapped, tag_counts.lookup(list(mapped))))
+        candidates = int((tag_counts.counts >= min_count).sum())
+    else:
+        mapped = canon.canonicalize([t for t, n in tag_counts.items() if n >= min_count])
+        count_of = {t: tag_counts[t] for t in mapped}
+        candidates = sum(1 for n in tag_counts.values() if n >= min_count)
     by_key: dict[str, list[str]] = {}
     sets: dict[str, frozenset] = {}
     for tag, syn in mapped.items():
@@ -112,14 +201,16 @@ def canonical_groups(tag_counts: Counter, min_count: int, canon: Canonicalizer) 
         by_key.setdefault(key, []).append(tag)
         sets[key] = syn
     groups = [
-        Canonical(key, sorted(sets[key]), sorted(tags, key=lambda t: (-tag_counts[t], len(t), t)))
+        Canonical(key, sorted(sets[key]), sorted(tags, key=lambda t: (-count_of[t], len(t), t)))
         for key, tags in sorted(by_key.items())
     ]
+    for g in groups:
+        g.counts = [count_of[t] for t in g.tags]
     stats = {
         "distinct_tags": len(tag_counts),
-        "candidate_tags": len(candidates),
+        "candidate_tags": candidates,
         "kept_tags": len(mapped),
-        "dropped_no_synset": len(candidates) - len(mapped),
+        "dropped_no_synset": candidates - len(mapped),
         "canonical_hashtags": len(groups),
     }
     return groups, stats
@@ -177,7 +268,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
             "key": g.key,
             "synsets": g.synsets,
             "tags": g.tags,
-            "tag_counts": {t: tag_counts[t] for t in g.tags},
+            "tag_counts": dict(zip(g.tags, g.counts)),
             "count": n,
             "head": n >= recipe.head_min_images,
         })
@@ -205,11 +296,68 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     out = Path(recipe.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp(out, "vocab", recipe)
-    atomic_write_text(out / "vocab.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "vocab.json", dumps_indented(doc) + "\n")
     from swagcli.plots import zipf_plot
 
     zipf_plot(tag_counts, hashtags, recipe.head_min_images, out / "zipf.png")
     return doc
+
+
+def dumps_indented(obj) -> str:
+    """``json.dumps(obj, indent=1, ensure_ascii=False)``, the same bytes, several times faster for
+    a vocabulary of a million tags (json's indenting encoder is pure Python, generator by generator).
+    Strings, ints, floats, bools and None in dicts with string keys and lists; else json's own."""
+    from json.encoder import encode_basestring
+
+    out: list[str] = []
+    put = out.append
+
+    def enc(o, pad: str) -> None:
+        t = type(o)
+        if t is str:
+            put(encode_basestring(o))
+        elif t is int:
+            put(int.__repr__(o))
+        elif t is dict:
+            if not o:
+                put("{}")
+                return
+            inner = pad + " "
+            first = True
+            for k, v in o.items():
+                if type(k) is not str:
+                    raise TypeError(k)
+                put(("{\n" if first else ",\n") + inner + encode_basestring(k) + ": ")
+                first = False
+                enc(v, inner)
+            put("\n" + pad + "}")
+        elif t is list or t is tuple:
+            if not o:
+                put("[]")
+                return
+            inner = pad + " "
+            first = True
+            for v in o:
+                put(("[\n" if first else ",\n") + inner)
+                first = False
+                enc(v, inner)
+            put("\n" + pad + "]")
+        elif o is True:
+            put("true")
+        elif o is False:
+            put("false")
+        elif o is None:
+            put("null")
+        elif t is float and o == o and o not in (float("inf"), float("-inf")):
+            put(float.__repr__(o))
+        else:
+            raise TypeError(t)
+
+    try:
+        enc(obj, "")
+    except TypeError:  # something json writes its own way (a subclass, a NaN, a non-string key)
+        return json.dumps(obj, indent=1, ensure_ascii=False)
+    return "".join(out)
 
 
 # -- reading a vocabulary back ---------------------------------------------------------------------

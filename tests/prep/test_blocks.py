@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from swagcli.prep import blocks
-from swagcli.prep.blocks import TagTable, iter_blocks
+from swagcli.prep.blocks import iter_blocks
 from swagcli.prep.dumps import ReadSpec, ReadStats, detect_format, expand_dumps, iter_posts
 
 FIXTURE = Path(__file__).resolve().parent.parent / "data" / "yfcc100m_dataset-slice"
@@ -34,10 +34,11 @@ def by_rows(path, spec):
 
 
 def by_blocks(path, spec):
-    st, table, out = ReadStats(), TagTable(), []
-    for b in iter_blocks(Path(path), spec, st, table, country=True):
+    st, out = ReadStats(), []
+    for b in iter_blocks(Path(path), spec, st, country=True):
+        names = b.names.to_pylist()
         for i, pid in enumerate(b.id_list()):
-            out.append((pid, [table.names[k] for k in b.tags[b.ptr[i]:b.ptr[i + 1]].tolist()], b.country[i]))
+            out.append((pid, [names[k] for k in b.tags[b.ptr[i]:b.ptr[i + 1]].tolist()], b.country[i]))
     return out, st.as_dict()
 
 
@@ -54,6 +55,7 @@ def small_blocks(monkeypatch):
     """Blocks of ~300 bytes and 7 posts, and the path counters from zero."""
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 300)
     monkeypatch.setattr(blocks, "BLOCK_POSTS", 7)
+    monkeypatch.setattr(blocks, "SPLIT_MIN", 40)
     monkeypatch.setattr(blocks, "PATHS", {"fast": 0, "rows": 0})
     return blocks.PATHS
 
@@ -168,6 +170,7 @@ def test_random_bad_lines_at_random_places(tmp_path, fmt, good, bad, monkeypatch
     rng = random.Random(fmt + good[0])
     for trial in range(25):
         monkeypatch.setattr(blocks, "BLOCK_BYTES", rng.choice([64, 200, 1000, 1 << 16]))
+        monkeypatch.setattr(blocks, "SPLIT_MIN", rng.choice([20, 100, 1 << 16]))  # bad lines found piece by piece
         lines = [rng.choice(good) for _ in range(rng.randint(0, 60))]
         for _ in range(rng.choice([0, 1, 1, 2, 5])):
             lines.insert(rng.randint(0, len(lines)), rng.choice(bad))
@@ -207,8 +210,8 @@ def _plan_digests(out: Path) -> dict:
             for p in sorted(out.rglob("*.npz"))}
 
 
-def _row_only(path, spec, stats, table, country=False, distinct=True):
-    return blocks._row_blocks(iter_posts(Path(path), spec, stats), table, country)
+def _row_only(path, spec, stats, country=False, distinct=True):
+    return blocks._row_blocks(iter_posts(Path(path), spec, stats), country)
 
 
 @pytest.mark.parametrize("strategy", ["head_tail", "uniform"])
@@ -296,7 +299,7 @@ def test_an_error_after_the_weigh_pass_leaves_no_folder(layouts, tmp_path):
 def test_closing_a_compressed_read_early_stops_its_thread(tmp_path, monkeypatch):
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 256)
     f = _write(tmp_path / "d.jsonl.gz", GOOD_JSON * 2000, gzip.compress)
-    it = iter_blocks(f, ReadSpec("jsonl"), ReadStats(), TagTable())
+    it = iter_blocks(f, ReadSpec("jsonl"), ReadStats())
     next(it)
     it.close()
     alive = [t for t in threading.enumerate() if t.name == "swag-decompress"]
