@@ -114,6 +114,7 @@ def _needs_python(b: np.ndarray) -> bool:
     return bool(_python_bytes(b).any())
 
 
+_DISTINCT = [0.0]  # distinct raw tags / tags in the last block: which way the next one is normalized
 _VOCAB: list = [None, None]  # (tag_to_id, its (names, ids) arrays): the last vocabulary looked up
 
 
@@ -650,13 +651,16 @@ def assemble(n: int, ids, ok: np.ndarray, raw_flat, raw_post: np.ndarray, captio
             raw_flat, post = raw_flat.take(pa.array(order)), post[order]
     import pyarrow.compute as pc
 
-    if _needs_python(_bytes_of(raw_flat)):  # normalize each distinct raw tag once (Python for some)
+    if _DISTINCT[0] < 0.5 or _needs_python(_bytes_of(raw_flat)):
+        # few distinct tags (or some Python must normalize): normalize each distinct raw tag once
         enc = pc.dictionary_encode(raw_flat)
         idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         codes, names = normalize_unique(enc.dictionary)
         lab = np.where(idx >= 0, codes[np.maximum(idx, 0)] if len(codes) else -1, -1)
-    else:  # arrow normalizes every tag; one hash pass makes the codes
+        _DISTINCT[0] = len(enc.dictionary) / max(1, len(raw_flat))
+    else:  # nearly every tag distinct: arrow normalizes them all, and one hash pass makes the codes
         lab, names = normalize_unique(raw_flat)
+        _DISTINCT[0] = len(names) / max(1, len(raw_flat))
     mine = ok[post]
     lab, post = lab[mine], post[mine]
     if distinct:

@@ -161,6 +161,19 @@ def _spill_held(f, held: list) -> None:
         np.save(f, a, allow_pickle=False)
 
 
+class _BytesIds:
+    """ASCII ids spilled as bytes, made str (the plan's type) only where the draw picks them."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.ids[index].astype(f"<U{self.ids.dtype.itemsize}")
+
+
 def _spilled(path: str, held: list):
     """The chunks of a spill file, as :func:`_chunks` yields them; its held-out images into ``held``."""
     with open(path, "rb") as f:
@@ -170,9 +183,8 @@ def _spilled(path: str, held: list):
                 return
             if kind[0] == 0:
                 ids, lab, cnt, weights, tails = (np.load(f, allow_pickle=False) for _ in range(5))
-                if ids.dtype.kind == "S":
-                    ids = ids.astype(f"<U{ids.dtype.itemsize}")
-                yield ids, lab.astype(np.int64), _offsets(cnt.astype(np.int64)), weights, tails
+                yield (_BytesIds(ids) if ids.dtype.kind == "S" else ids), lab.astype(np.int64), \
+                    _offsets(cnt.astype(np.int64)), weights, tails
             else:
                 ids, cnt, lab = (np.load(f, allow_pickle=False) for _ in range(3))
                 ptr = _offsets(cnt)
