@@ -780,9 +780,7 @@ class _JsonBlocks(_LineBlocks):
         if len(odd):  # one object a line
             self.bad = odd.tolist()
             return None
-        if b"\\u" in raw and re.search(rb"\\u[dD][89a-fA-F]", raw):  # surrogate escapes: Python and arrow differ on lone ones
-            return None
-        try:
+        try:  # (a lone surrogate escape, which Python keeps, arrow refuses: the row path has that line)
             table = self._read(raw, True)
         except pa.ArrowInvalid:
             try:  # the ids or tags of this file are of another type: learn it from this block

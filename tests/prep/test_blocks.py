@@ -89,6 +89,7 @@ GOOD_JSON = [  # one file's lines agree on the types of their fields (else its b
     '{"id": "c3", "caption": "sunny day with my #BrownBear and #love"}',
     '{"id": "e5", "hashtags": ["brown+bear", "caf%C3%A9", "new york"], "country": "GB"}',
     '{"id": "f6", "hashtags": ["#x"], "caption": "#ignored", "other": [1, {"k": null}]}',
+    '{"id": "g7", "hashtags": ["#\\ud83d\\ude00sun", "caf\\u00e9"]}',  # escapes as json.dumps writes them
 ]
 INT_IDS = ['{"id": 17, "hashtags": ["#eggplant"]}', '{"id": -0, "hashtags": ["x", "#X"]}',
            '{"id": 9007199254740993, "hashtags": ["y"], "country": "US"}', '{"id": 3, "caption": "#owl"}']
