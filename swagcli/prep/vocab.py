@@ -35,9 +35,11 @@ VOCAB_FORMAT = "swag-vocab/1"
 
 # -- pass 1 and 3, one shard each ------------------------------------------------------------------
 def count_tags(path: str, fmt: "str | ReadSpec" = "auto", countries: list[str] | None = None,
-               caption_hashtags: bool = True) -> tuple["TagCounts", ReadStats]:
+               caption_hashtags: bool = True, spill: str | None = None) -> tuple["TagCounts", ReadStats]:
     """Images per raw tag in one dump (posts of ``countries`` only, if given), counted on the
-    blocks of :func:`~swagcli.prep.blocks.iter_blocks` (tags are distinct per post)."""
+    blocks of :func:`~swagcli.prep.blocks.iter_blocks` (tags are distinct per post). ``spill``: also
+    write every post's tags there (arrow IPC), for :func:`count_canonical` to read instead of the
+    dump (given up, the file removed, where it cannot be written)."""
     import numpy as np
     import pyarrow as pa
 
@@ -47,7 +49,9 @@ def count_tags(path: str, fmt: "str | ReadSpec" = "auto", countries: list[str] |
     spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(fmt, caption_hashtags)
     allowed = set(countries) if countries else None
     parts = TagCounts.empty()
+    writer = _Spill(spill)
     for block in iter_blocks(Path(path), spec, stats, country=allowed is not None):
+        writer.write(block)
         tags = block.tags
         if allowed is not None:
             mine = np.fromiter((c in allowed for c in block.country), dtype=bool, count=len(block))
@@ -55,7 +59,88 @@ def count_tags(path: str, fmt: "str | ReadSpec" = "auto", countries: list[str] |
         counts = np.bincount(tags, minlength=len(block.names))
         some = np.flatnonzero(counts)
         parts = parts.add(TagCounts(block.names.take(pa.array(some)), counts[some]))
+    writer.close()
     return parts.add(None), stats
+
+
+class _Spill:
+    """Pass 1's blocks (names, codes, tags a post) to an arrow IPC file, one record batch a block."""
+
+    def __init__(self, path: str | None):
+        self.path, self.w, self.f, self.posts = path, None, None, 0
+        if path is not None:
+            try:
+                import pyarrow as pa
+                import pyarrow.ipc as ipc
+
+                self.f = open(path, "wb")
+                self.schema = pa.schema([("names", pa.list_(pa.string())), ("tags", pa.list_(pa.int32())),
+                                         ("lens", pa.list_(pa.int32()))])
+                self.w = ipc.new_stream(self.f, self.schema)
+            except OSError:
+                self._drop()
+
+    def write(self, block) -> None:
+        if self.w is None:
+            return
+        import numpy as np
+        import pyarrow as pa
+
+        def one(a):
+            return pa.ListArray.from_arrays(pa.array([0, len(a)], type=pa.int32()), a)
+
+        try:
+            self.w.write_batch(pa.record_batch(
+                [one(block.names), one(pa.array(block.tags.astype(np.int32))),
+                 one(pa.array(np.diff(block.ptr).astype(np.int32)))], schema=self.schema))
+            self.posts += len(block)
+        except OSError:
+            self._drop()
+
+    def close(self) -> None:
+        if self.w is not None:
+            try:  # the end: no posts, lens [-1, posts written] (a spill without it was cut short)
+                import pyarrow as pa
+
+                self.w.write_batch(pa.record_batch(
+                    [pa.array([[]], type=pa.list_(pa.string())), pa.array([[]], type=pa.list_(pa.int32())),
+                     pa.array([[-1, self.posts]], type=pa.list_(pa.int32()))], schema=self.schema))
+                self.w.close()
+                self.f.close()
+            except OSError:
+                self._drop()
+
+    def _drop(self) -> None:
+        import contextlib
+        import os
+
+        with contextlib.suppress(Exception):
+            if self.f is not None:
+                self.f.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
+        self.w = self.f = None
+
+
+def _spilled_blocks(path: str):
+    """The blocks a :class:`_Spill` wrote (names, codes, ptr)."""
+    import numpy as np
+    import pyarrow.ipc as ipc
+
+    from swagcli.prep.blocks import offsets
+
+    posts = 0
+    with open(path, "rb") as f, ipc.open_stream(f) as r:
+        for batch in r:
+            names, tags, lens = (batch.column(k).values for k in range(3))
+            lens = lens.to_numpy().astype(np.int64)
+            if len(lens) == 2 and lens[0] == -1:
+                if lens[1] != posts:
+                    raise ValueError(f"{path}: {posts} posts, {lens[1]} written")
+                return
+            posts += len(lens)
+            yield names, tags.to_numpy().astype(np.int64), offsets(lens)
+    raise ValueError(f"{path}: cut short")
 
 
 class TagCounts(Mapping):
@@ -140,20 +225,40 @@ class TagCounts(Mapping):
 
 
 def count_canonical(path: str, tag_to_id: dict[str, int], fmt: "str | ReadSpec" = "auto",
-                    caption_hashtags: bool = True) -> tuple[Counter, int]:
-    """Images per canonical hashtag id in one dump, and the images with any vocabulary tag."""
+                    caption_hashtags: bool = True, spill: str | None = None) -> tuple[Counter, int]:
+    """Images per canonical hashtag id in one dump, and the images with any vocabulary tag; from
+    pass 1's ``spill`` where there is one that reads back whole (removed after), else the dump."""
+    import contextlib
+    import os
+
+    from swagcli.prep.blocks import iter_blocks
+
+    if spill is not None:
+        try:
+            if os.path.exists(spill):
+                return _count_canonical(_spilled_blocks(spill), tag_to_id)
+        except Exception:  # noqa: BLE001 -- a spill that does not read back: the dump again
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(spill)
+    spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(fmt, caption_hashtags)
+    return _count_canonical(((b.names, b.tags, b.ptr) for b in iter_blocks(Path(path), spec, ReadStats(),
+                                                                           distinct=False)), tag_to_id)
+
+
+def _count_canonical(blocks, tag_to_id: dict[str, int]) -> tuple[Counter, int]:
     import numpy as np
 
-    from swagcli.prep.blocks import first_distinct, iter_blocks, vocabulary_ids
+    from swagcli.prep.blocks import first_distinct, vocabulary_ids
 
-    spec = fmt if isinstance(fmt, ReadSpec) else ReadSpec(fmt, caption_hashtags)
     counts = np.zeros(max(tag_to_id.values(), default=-1) + 1, dtype=np.int64)
     images = 0
-    for block in iter_blocks(Path(path), spec, ReadStats(), distinct=False):
-        canon = vocabulary_ids(block.names, tag_to_id)
-        n = len(block)
-        post = np.repeat(np.arange(n, dtype=np.int64), np.diff(block.ptr))
-        lab, _, cnt = first_distinct(canon[block.tags], post, n)  # dog and dogs: one hashtag
+    for names, tags, ptr in blocks:
+        canon = vocabulary_ids(names, tag_to_id)
+        n = len(ptr) - 1
+        post = np.repeat(np.arange(n, dtype=np.int64), np.diff(ptr))
+        lab, _, cnt = first_distinct(canon[tags], post, n)  # dog and dogs: one hashtag
         images += int((cnt > 0).sum())
         counts += np.bincount(lab, minlength=len(counts))
     return Counter({i: c for i, c in enumerate(counts.tolist()) if c}), images
@@ -225,16 +330,55 @@ def _canonicalizer(senses: tuple, min_len: int) -> Canonicalizer:
 def build(recipe, progress=None, mapper=map_shards) -> dict:
     """Run `swag vocab build` for a validated :class:`~swagcli.recipes.VocabRecipe`; returns the
     vocabulary document (also written to ``recipe.out/vocab.json`` with a report and a plot)."""
-    from swagcli.runinfo import atomic_write_text, stamp
-    from swagcli.wordnet import wordnet_info
-
     if not recipe.out:
         raise SwagError("vocab build: no output directory (--out DIR or 'out:' in the recipe)")
     t0 = time.time()
     paths = [str(p) for p in expand_dumps(recipe.dumps)]
     labels = Labels.of_vocab_recipe(recipe)
     specs = [read_spec(Path(p), recipe, labels) for p in paths]
-    jobs = [(p, s, recipe.countries) for p, s in zip(paths, specs)]
+    out = Path(recipe.out)
+    made = not out.exists()
+    spills = _spill_dir(out)
+    try:
+        return _build(recipe, progress, mapper, t0, paths, labels, specs, out, spills)
+    except BaseException:
+        _remove(spills)
+        spills = None
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # an error before anything was written: no folder left either
+        raise
+    finally:
+        _remove(spills)
+
+
+def _spill_dir(out: Path) -> Path:
+    """Where pass 1 writes what pass 3 reads instead of the dumps: a temporary folder in ``out``
+    (removed after; one a killed run left is removed by the next)."""
+    import os
+    import secrets
+
+    from swagcli.fileio import clean_stale_temps
+
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out)
+    d = out / f".spill.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    d.mkdir()
+    return d
+
+
+def _remove(d: Path | None) -> None:
+    if d is not None:
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _build(recipe, progress, mapper, t0, paths, labels, specs, out: Path, spills: Path) -> dict:
+    from swagcli.runinfo import atomic_write_text, stamp
+    from swagcli.wordnet import wordnet_info
+
+    spill = [str(spills / f"part-{i:05d}.arrow") for i in range(len(paths))]
+    jobs = [(p, s, recipe.countries, True, f) for p, s, f in zip(paths, specs, spill)]
     with closing(mapper(count_tags, jobs, recipe.workers, progress, "count tags")) as results:
         tag_counts, shard_stats = merge_counts(results)
     read = read_report(shard_stats, [s.fmt for s in specs])
@@ -252,7 +396,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     if progress:
         progress("canonicalize", 1, 1)
     tag_to_id = {t: i for i, g in enumerate(groups) for t in g.tags}
-    jobs2 = [(p, tag_to_id, s) for p, s in zip(paths, specs)]
+    jobs2 = [(p, tag_to_id, s, True, f) for p, s, f in zip(paths, specs, spill)]
     canon_counts: Counter = Counter()
     images_in_vocab = 0
     with closing(mapper(count_canonical, jobs2, recipe.workers, progress, "count hashtags")) as results:
@@ -293,8 +437,6 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         },
         "hashtags": hashtags,
     }
-    out = Path(recipe.out)
-    out.mkdir(parents=True, exist_ok=True)
     stamp(out, "vocab", recipe)
     atomic_write_text(out / "vocab.json", dumps_indented(doc) + "\n")
     from swagcli.plots import zipf_plot
