@@ -60,7 +60,7 @@ def count_tags(path: str, fmt: "str | ReadSpec" = "auto", countries: list[str] |
         some = np.flatnonzero(counts)
         parts = parts.add(TagCounts(block.names.take(pa.array(some)), counts[some]))
     writer.close()
-    return parts.add(None), stats
+    return parts, stats  # summed by name where it is read (merge_counts), or pickled
 
 
 class _Spill:
@@ -146,14 +146,14 @@ def _spilled_blocks(path: str):
 class TagCounts(Mapping):
     """Images per raw tag as two arrays, ``names`` (a pyarrow string array) and ``counts``: a
     read-only mapping, cheap to make, pickle and add up for millions of tags (a Counter is not).
-    :meth:`add` gathers others and sums them by name in arrow (every few million rows, and when
-    called with None)."""
+    :meth:`add` gathers parts; they are summed by name in arrow when they are read (and every few
+    million rows gathered)."""
 
     FOLD = 1 << 22
 
     def __init__(self, names, counts):
-        self.names, self.counts = names, counts
-        self._pending: list = []
+        self._parts = [(names, counts)]
+        self._rows = len(names)
         self._index: dict | None = None
         self._list: list | None = None
 
@@ -164,21 +164,34 @@ class TagCounts(Mapping):
 
         return cls(pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64))
 
-    def add(self, other: "TagCounts | None") -> "TagCounts":
-        """This plus ``other`` (None: just finish the sums)."""
-        if other is not None:
-            self._pending.append(other)
-        rows = sum(len(o.names) for o in self._pending)
-        if self._pending and (other is None or rows >= self.FOLD):
+    def add(self, other: "TagCounts") -> "TagCounts":
+        """This plus ``other`` (this object, grown)."""
+        self._parts.extend(other._parts)
+        self._rows += other._rows
+        self._index = self._list = None
+        if self._rows >= self.FOLD and len(self._parts) > 1:
+            self._fold()
+        return self
+
+    def _fold(self) -> None:
+        if len(self._parts) > 1:
             import pyarrow as pa
 
-            parts = [self] + self._pending
-            t = pa.table({"tag": pa.chunked_array([o.names for o in parts], type=pa.string()),
-                          "n": pa.chunked_array([pa.array(o.counts, type=pa.int64()) for o in parts])})
+            t = pa.table({"tag": pa.chunked_array([n for n, _ in self._parts], type=pa.string()),
+                          "n": pa.chunked_array([pa.array(c, type=pa.int64()) for _, c in self._parts])})
             g = t.group_by("tag", use_threads=False).aggregate([("n", "sum")])
-            out = TagCounts(g.column("tag").combine_chunks(), g.column("n_sum").to_numpy())
-            return out
-        return self
+            self._parts = [(g.column("tag").combine_chunks(), g.column("n_sum").to_numpy())]
+            self._rows = len(self._parts[0][0])
+
+    @property
+    def names(self):
+        self._fold()
+        return self._parts[0][0]
+
+    @property
+    def counts(self):
+        self._fold()
+        return self._parts[0][1]
 
     def tag_list(self) -> list[str]:
         if self._list is None:
@@ -217,8 +230,7 @@ class TagCounts(Mapping):
         return self.names.filter(pa.array(self.counts >= n))
 
     def __getstate__(self):
-        done = self.add(None)
-        return {"names": done.names, "counts": done.counts}
+        return {"names": self.names, "counts": self.counts}
 
     def __setstate__(self, state):
         self.__init__(state["names"], state["counts"])
@@ -277,7 +289,8 @@ def merge_counts(parts) -> tuple[TagCounts, list[ReadStats]]:
                                np.fromiter(counts.values(), dtype=np.int64, count=len(counts)))
         total = total.add(counts)
         stats.append(st)
-    return total.add(None), stats
+    total._fold()
+    return total, stats
 
 
 # -- canonicalization ------------------------------------------------------------------------------
@@ -478,6 +491,10 @@ def dumps_indented(obj) -> str:
                 put("[]")
                 return
             inner = pad + " "
+            if all(type(v) is str for v in o):  # a list of strings in one go
+                sep = ",\n" + inner
+                put("[\n" + inner + sep.join(map(encode_basestring, o)) + "\n" + pad + "]")
+                return
             first = True
             for v in o:
                 put(("[\n" if first else ",\n") + inner)
