@@ -130,9 +130,20 @@ def get_wordnet():
 
 
 def wordnet_info() -> dict:
+    """WordNet's version (as nltk's ``get_version`` reads it: the copyright line of ``data.adj``)
+    and where it was found; read off the file where it is a plain one (loading nltk's reader for it
+    takes seconds), else through the reader."""
+    import re
+
     root, where = find_wordnet_root()
-    wn = get_wordnet()
-    return {"version": wn.get_version(), "where": where}
+    plain = Path(getattr(root, "path", root)) if isinstance(root, (str, Path)) or hasattr(root, "path") else None
+    if plain is not None and (plain / "data.adj").is_file():
+        with open(plain / "data.adj", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = re.search(r"Word[nN]et (\d+\+?|\d+\.\d+) Copyright", line)
+                if m is not None:
+                    return {"version": m.group(1), "where": where}
+    return {"version": get_wordnet().get_version(), "where": where}
 
 
 def install(dest_root: str | os.PathLike | None = None) -> Path:

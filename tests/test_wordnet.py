@@ -50,3 +50,8 @@ def test_prep_never_imports_torch():
             "swagcli.prep.synth, swagcli.cli; assert 'torch' not in sys.modules, 'torch imported'")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_the_version_read_off_the_file_is_the_readers(wn):
+    """wordnet_info reads the version off data.adj (no reader to build); nltk's reader agrees."""
+    assert W.wordnet_info()["version"] == wn.get_version() == "3.0"

@@ -304,7 +304,9 @@ def read_blocks(path: Path, size: int = 1 << 22) -> Iterator[bytes]:
     frame cut short (which zstandard's stream reader would end silently), a frame that does not
     decode, a read error. Frames (streams, members) may be concatenated, as pzstd, pbzip2 and
     ``cat`` write them; a damaged later one is damage, never trailing garbage (as Python's bz2
-    takes it). A file that cannot be opened is a :class:`SwagError`, at once."""
+    takes it). .bz2 is decoded block by block, in parallel where there are cores
+    (:mod:`swagcli.prep.bz2par`: every whole block before a damage). A file that cannot be opened
+    is a :class:`SwagError`, at once."""
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -316,8 +318,10 @@ def read_blocks(path: Path, size: int = 1 << 22) -> Iterator[bytes]:
         import zstandard
 
         return _read_frames(f, lambda: zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError)
-    if name.endswith(".bz2"):
-        return _read_frames(f, bz2.BZ2Decompressor, OSError)
+    if name.endswith(".bz2"):  # block by block in parallel where there are cores (swagcli.prep.bz2par)
+        from swagcli.prep.bz2par import read_bz2
+
+        return read_bz2(f, lambda f: _read_frames(f, bz2.BZ2Decompressor, OSError))
     return _read_plain(f, size)
 
 
