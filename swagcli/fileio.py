@@ -193,3 +193,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def temp_dir_in(folder: str | os.PathLike, name: str = "spill") -> Path:
+    """A new temporary folder ``.NAME.partial-<pid>-<id>`` in ``folder`` (made, with its parents),
+    after removing those a killed run left there (:func:`clean_stale_temps`)."""
+    import secrets
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(folder)
+    d = folder / f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    d.mkdir()
+    return d

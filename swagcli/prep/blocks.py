@@ -40,8 +40,8 @@ from typing import Iterator
 import numpy as np
 
 from swagcli.prep.canon import normalize_tag
-from swagcli.prep.dumps import (YFCC_FIELDS, Damaged, Post, ReadSpec, ReadStats, _LINE_PARSERS, detect_format,
-                                hashtags_in, iter_posts, read_blocks, split_tags)
+from swagcli.prep.dumps import (YFCC_FIELDS, Damaged, Post, ReadSpec, ReadStats, detect_format, hashtags_in,
+                                iter_posts, posts_of_lines, read_blocks, split_tags)
 
 BLOCK_BYTES = 1 << 22  # bytes of whole lines per block (line formats)
 # a block the fast path turns down (a bad line in it) is cut into SPLIT_PARTS pieces that are tried
@@ -493,24 +493,10 @@ class _LineBlocks:
 
     def _rows(self, raw: bytes) -> Iterator[Post]:
         """Today's per-line reading of one block (``iter_posts``' loop)."""
-        stats, spec, parse = self.stats, self.spec, _LINE_PARSERS[self.spec.fmt]
         lines = raw.split(b"\n")
         if lines[-1] == b"":
             lines.pop()
-        for line in lines:
-            stats.lines += 1
-            try:
-                text = line.decode("utf-8").rstrip("\r")
-            except UnicodeDecodeError:
-                stats.bad_utf8 += 1
-                continue
-            if not text.strip():
-                stats.blank += 1
-                continue
-            post = parse(text, stats, spec)
-            if post is not None:
-                stats.posts += 1
-                yield post
+        return posts_of_lines(lines, self.stats, self.spec)
 
     def fast(self, raw: bytes, lines: "_Lines") -> Block | None:
         raise NotImplementedError

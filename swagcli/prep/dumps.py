@@ -555,24 +555,29 @@ def iter_posts(path: Path, fmt: "str | ReadSpec" = "auto", stats: ReadStats | No
 
         yield from iter_columnar(path, spec, stats)
         return
-    parse = _LINE_PARSERS[spec.fmt]
     start = stats.lines
     blocks = read_blocks(path)
     with contextlib.closing(blocks):
         try:
-            for raw in _lines(blocks):
-                stats.lines += 1
-                try:
-                    text = raw.decode("utf-8").rstrip("\r")
-                except UnicodeDecodeError:
-                    stats.bad_utf8 += 1
-                    continue
-                if not text.strip():
-                    stats.blank += 1
-                    continue
-                post = parse(text, stats, spec)
-                if post is not None:
-                    stats.posts += 1
-                    yield post
+            yield from posts_of_lines(_lines(blocks), stats, spec)
         except Damaged as e:  # truncated .gz, corrupt .zst/.bz2: the lines before it stand
             stats.broke(path, stats.lines - start, e)
+
+
+def posts_of_lines(lines, stats: ReadStats, spec: ReadSpec) -> Iterator[Post]:
+    """The good posts of raw lines (bytes) of a line format, every line counted into ``stats``."""
+    parse = _LINE_PARSERS[spec.fmt]
+    for raw in lines:
+        stats.lines += 1
+        try:
+            text = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            stats.bad_utf8 += 1
+            continue
+        if not text.strip():
+            stats.blank += 1
+            continue
+        post = parse(text, stats, spec)
+        if post is not None:
+            stats.posts += 1
+            yield post

@@ -508,7 +508,9 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     _check_shard_keys(paths, fmts)
     out = Path(recipe.out)
     made = not out.exists()
-    spills = _spill_dir(out) if recipe.spill else None
+    from swagcli.fileio import temp_dir_in
+
+    spills = temp_dir_in(out) if recipe.spill else None
     try:
         return _build(recipe, progress, mapper, t0, vocab, w, paths, labels, fmts, out, spills)
     except BaseException:  # workers killed mid-part (SIGTERM, an error): no temporary file stays
@@ -529,21 +531,6 @@ def _remove(d: Path | None) -> None:
         import shutil
 
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _spill_dir(out: Path) -> Path:
-    """Where pass 1 writes its spill files: a temporary folder in ``out`` (removed after; one a
-    killed run left is removed by the next, :func:`~swagcli.fileio.clean_stale_temps`)."""
-    import os
-    import secrets
-
-    from swagcli.fileio import clean_stale_temps
-
-    out.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(out)
-    d = out / f".spill.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    d.mkdir()
-    return d
 
 
 def _build(recipe, progress, mapper, t0, vocab, w, paths, labels, fmts, out: Path, spills: Path | None) -> dict:

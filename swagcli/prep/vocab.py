@@ -351,7 +351,9 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     specs = [read_spec(Path(p), recipe, labels) for p in paths]
     out = Path(recipe.out)
     made = not out.exists()
-    spills = _spill_dir(out)
+    from swagcli.fileio import temp_dir_in
+
+    spills = temp_dir_in(out)  # what pass 1 writes for pass 3 (removed after)
     try:
         return _build(recipe, progress, mapper, t0, paths, labels, specs, out, spills)
     except BaseException:
@@ -362,21 +364,6 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
         raise
     finally:
         _remove(spills)
-
-
-def _spill_dir(out: Path) -> Path:
-    """Where pass 1 writes what pass 3 reads instead of the dumps: a temporary folder in ``out``
-    (removed after; one a killed run left is removed by the next)."""
-    import os
-    import secrets
-
-    from swagcli.fileio import clean_stale_temps
-
-    out.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(out)
-    d = out / f".spill.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    d.mkdir()
-    return d
 
 
 def _remove(d: Path | None) -> None:
