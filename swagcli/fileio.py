@@ -195,6 +195,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def scratch_dir(folder: str | os.PathLike, name: str = "spill"):
+    """A temporary folder in ``folder`` (:func:`temp_dir_in`) for the length of a ``with``, removed
+    after whatever happens; where the body fails and this made ``folder``, ``folder`` goes too if
+    nothing else is in it (an error before anything was written leaves no folder)."""
+    folder = Path(folder)
+    made = not folder.exists()
+    d = temp_dir_in(folder, name)
+    try:
+        yield d
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def temp_dir_in(folder: str | os.PathLike, name: str = "spill") -> Path:
     """A new temporary folder ``.NAME.partial-<pid>-<id>`` in ``folder`` (made, with its parents),
     after removing those a killed run left there (:func:`clean_stale_temps`)."""

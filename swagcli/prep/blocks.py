@@ -437,12 +437,14 @@ class _LineBlocks:
         while raw:
             self.bad = []
             got, lines = None, None
-            try:
-                ascii_or_utf8 = raw.isascii() or (raw.decode("utf-8") and True)
-            except UnicodeDecodeError as e:
-                ascii_or_utf8 = False
-                self.bad = [raw.count(b"\n", 0, e.start)]
-            if ascii_or_utf8:
+            text_ok = raw.isascii()
+            if not text_ok:
+                try:
+                    raw.decode("utf-8")
+                    text_ok = True
+                except UnicodeDecodeError as e:
+                    self.bad = [raw.count(b"\n", 0, e.start)]  # the first line that is not UTF-8
+            if text_ok:
                 lines = _Lines(raw)
                 if lines.bare_cr == 0:
                     got = self.fast(raw, lines)
@@ -796,13 +798,16 @@ class _JsonBlocks(_LineBlocks):
                 return None
             country = [x or None for x in c.to_pylist()]
         cap = cols["caption"]
-        if self.spec.caption_hashtags and not self.with_caption and _untagged(got[1], tags[0], tags[1]).any():
-            self.with_caption = True  # posts without tags take their caption's: read it (from now on)
-            return self.fast(raw, lines)
+        captions = (lambda i: cap[i].as_py())
+        if self.spec.caption_hashtags and not self.with_caption:
+            if _untagged(got[1], tags[0], tags[1]).any():
+                self.with_caption = True  # posts without tags take their caption's: read it (from now on)
+                return self.fast(raw, lines)
+            captions = None  # every post has tags: no caption is read
         if self.spec.caption_hashtags and not (pa.types.is_string(cap.type) or pa.types.is_null(cap.type)):
             return None
-        return assemble(n, got[0], got[1], tags[0], tags[1], (lambda i: cap[i].as_py()), country,
-                        self.stats, self.spec, self.distinct)
+        return assemble(n, got[0], got[1], tags[0], tags[1], captions, country, self.stats, self.spec,
+                        self.distinct)
 
 
 def _csv(raw: bytes, names: list[str]):

@@ -455,6 +455,7 @@ class Canonicalizer:
         self._cache = cache
         self._morph: Morphology | None = None
         self._phrases: dict | None = None
+        self._keys = None  # the table's tags as an arrow array (canonicalize's arrow lookup), made once
         self._table = self._cached("table", _read_cache, _write_cache,
                                    lambda: build_table(self.morphology, min_len))
 
@@ -518,7 +519,7 @@ class Canonicalizer:
             import pyarrow as pa
             import pyarrow.compute as pc
 
-            if getattr(self, "_keys", None) is None:
+            if self._keys is None:
                 self._keys = pa.array(list(table), type=pa.string())
             hit = pc.is_in(tags, value_set=self._keys).fill_null(False)
             tags = tags.filter(hit).to_pylist() if len(tags) else []

@@ -138,8 +138,7 @@ class _ChunkIds:
 
     def all(self) -> np.ndarray:
         """Every id, as bytes (``S``) where they are ASCII (a quarter of the size), else as str."""
-        a = self.block.id_array(self.rows, self.width, as_bytes=True)
-        return a
+        return self.block.id_array(self.rows, self.width, as_bytes=True)
 
 
 # -- the spill: what the draw needs of a shard, written by pass 1 -----------------------------------
@@ -506,31 +505,17 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     labels = Labels.of_sample_recipe(recipe, vocab.doc)
     fmts = [read_spec(Path(p), recipe, labels) for p in paths]
     _check_shard_keys(paths, fmts)
+    import contextlib
+
+    from swagcli.fileio import clean_stale_temps, scratch_dir
+
     out = Path(recipe.out)
-    made = not out.exists()
-    from swagcli.fileio import temp_dir_in
-
-    spills = temp_dir_in(out) if recipe.spill else None
-    try:
-        return _build(recipe, progress, mapper, t0, vocab, w, paths, labels, fmts, out, spills)
-    except BaseException:  # workers killed mid-part (SIGTERM, an error): no temporary file stays
-        from swagcli.fileio import clean_stale_temps
-
-        _remove(spills)
-        spills = None
-        clean_stale_temps(out, recursive=True)
-        if made and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # an error before anything was written: no folder left either
-        raise
-    finally:
-        _remove(spills)
-
-
-def _remove(d: Path | None) -> None:
-    if d is not None:
-        import shutil
-
-        shutil.rmtree(d, ignore_errors=True)
+    with scratch_dir(out) if recipe.spill else contextlib.nullcontext() as spills:
+        try:
+            return _build(recipe, progress, mapper, t0, vocab, w, paths, labels, fmts, out, spills)
+        except BaseException:  # workers killed mid-part (SIGTERM, an error): no temporary file stays
+            clean_stale_temps(out, recursive=True)
+            raise
 
 
 def _build(recipe, progress, mapper, t0, vocab, w, paths, labels, fmts, out: Path, spills: Path | None) -> dict:

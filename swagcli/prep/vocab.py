@@ -349,28 +349,11 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     paths = [str(p) for p in expand_dumps(recipe.dumps)]
     labels = Labels.of_vocab_recipe(recipe)
     specs = [read_spec(Path(p), recipe, labels) for p in paths]
+    from swagcli.fileio import scratch_dir
+
     out = Path(recipe.out)
-    made = not out.exists()
-    from swagcli.fileio import temp_dir_in
-
-    spills = temp_dir_in(out)  # what pass 1 writes for pass 3 (removed after)
-    try:
+    with scratch_dir(out) as spills:  # what pass 1 writes for pass 3 (removed after)
         return _build(recipe, progress, mapper, t0, paths, labels, specs, out, spills)
-    except BaseException:
-        _remove(spills)
-        spills = None
-        if made and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # an error before anything was written: no folder left either
-        raise
-    finally:
-        _remove(spills)
-
-
-def _remove(d: Path | None) -> None:
-    if d is not None:
-        import shutil
-
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _build(recipe, progress, mapper, t0, paths, labels, specs, out: Path, spills: Path) -> dict:
