@@ -601,10 +601,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     has arrived, an exception nobody named (the ``Interrupted`` a signal raised can land in code
     that catches it and raises something else: a lazy import did) ends the command as
     interrupted too, not as a traceback."""
-    from swagcli.signals import STOP, name
+    from swagcli.signals import STOP, clear_stop, name
     from swagcli.ui import err_console
 
-    STOP.update(requested=False, signum=None, at=0.0)
+    clear_stop()
     try:
         _main(argv)
     except (SystemExit, KeyboardInterrupt):

@@ -24,7 +24,9 @@ import time
 from swagcli.errors import Interrupted
 
 GRACE_S = 5.0
-STOP: dict = {"requested": False, "signum": None, "at": 0.0}
+# pending: a SIGTERM raised Interrupted (interrupt_on_term) and nothing has consumed it yet: where
+# Python swallowed it (an at-fork hook, a __del__), the training loop's take_signals keeps the stop
+STOP: dict = {"requested": False, "signum": None, "at": 0.0, "pending": False}
 _WAIT = {"data": False}
 _STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
@@ -38,8 +40,22 @@ def name(signum: int | None) -> str:
 
 # -- everywhere ---------------------------------------------------------------------------------------
 def _raise_on_term(signum, frame):  # noqa: ARG001
-    STOP.update(requested=True, signum=signum, at=time.monotonic())
+    STOP.update(requested=True, signum=signum, at=time.monotonic(), pending=True)
     raise Interrupted(f"interrupted ({name(signum)})", signum)
+
+
+def clear_stop() -> None:
+    """No stop requested (a command starts)."""
+    STOP.update(requested=False, signum=None, at=0.0, pending=False)
+
+
+def _quiet_unraisable(prev):
+    """``sys.unraisablehook`` that says nothing of an :class:`Interrupted` Python could not raise
+    (it landed in an at-fork hook or a ``__del__``): the stop is kept in ``STOP`` instead."""
+    def hook(unraisable):
+        if not isinstance(unraisable.exc_value, Interrupted):
+            prev(unraisable)
+    return hook
 
 
 def worker_death(e: BaseException, what: str = "data loading"):
@@ -64,11 +80,15 @@ def interrupt_on_term():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    import sys
+
     prev = signal.signal(signal.SIGTERM, _raise_on_term)
+    prev_hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable(sys.unraisablehook)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, prev)
+        sys.unraisablehook = prev_hook
 
 
 # -- training loops -----------------------------------------------------------------------------------
@@ -89,12 +109,14 @@ def request_stop(signum: int = signal.SIGUSR1) -> None:
 
 
 def take_signals() -> dict:
-    """Stop signals ask for a stop at the next update boundary (any earlier request is cleared);
-    returns the previous handlers for :func:`restore_signals`."""
+    """Stop signals ask for a stop at the next update boundary (an earlier request is cleared, but
+    a SIGTERM whose Interrupted Python swallowed: that stop stands); returns the previous handlers
+    for :func:`restore_signals`."""
     prev = {}
     if threading.current_thread() is threading.main_thread():
         prev = {s: signal.signal(s, _request_stop) for s in _STOP_SIGNALS}
-    STOP.update(requested=False, signum=None, at=0.0)
+    if not STOP.get("pending"):
+        clear_stop()
     return prev
 
 

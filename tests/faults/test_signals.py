@@ -225,3 +225,27 @@ def test_sigterm_that_another_layer_turned_into_an_error_still_ends_as_interrupt
     assert res.returncode == 143, res.stderr
     assert "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines() == ["interrupted (SIGTERM)"], res.stderr
+
+
+def test_sigterm_landing_where_python_swallows_exceptions_still_stops_the_run(capfd):
+    """SIGTERM handled inside an at-fork hook or a __del__ (as a DataLoader worker's fork runs
+    logging's at-fork hooks): Python ignores the Interrupted raised there and prints a traceback.
+    The stop must survive into the training loop's signal handling, and nothing be printed."""
+    from swagcli import signals
+
+    class Dies:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, inside __del__
+
+    signals.STOP.update(requested=False, signum=None, at=0.0, pending=False)
+    with signals.interrupt_on_term():
+        d = Dies()
+        del d  # the Interrupted raised in __del__ is swallowed by Python
+        prev = signals.take_signals()  # the training loop takes over the signals
+        try:
+            assert signals.STOP["requested"] and signals.STOP["signum"] == signal.SIGTERM
+        finally:
+            signals.restore_signals(prev)
+            signals.STOP.update(requested=False, signum=None, at=0.0, pending=False)
+    assert "Traceback" not in capfd.readouterr().err
