@@ -733,6 +733,21 @@ def tag_column(col, sep: str | None):
     return None
 
 
+def _lax_spots(raw: bytes) -> list[int]:
+    """Where ``NaN`` or ``Inf`` stands in a block: pyarrow's JSON reader takes ``-NaN``, ``Inf`` and
+    ``-Inf`` as numbers, which Python's json refuses (it takes ``NaN``, ``Infinity``, ``-Infinity``,
+    as pyarrow does). A line holding either (in a caption too) goes to the row path: exact, and
+    rare. (Trailing commas, nan/inf in other cases, comments: pyarrow refuses them, as Python does.)"""
+    out = []
+    for needle in (b"NaN", b"Inf"):
+        if needle[:1] in raw:  # one byte: memchr, the common case costs little
+            i = raw.find(needle)
+            while i >= 0:
+                out.append(i)
+                i = raw.find(needle, i + 1)
+    return out
+
+
 class _JsonBlocks(_LineBlocks):
     with_caption = False  # read captions: set once a block held a post without tags
 
@@ -767,6 +782,10 @@ class _JsonBlocks(_LineBlocks):
         odd = lines.unbracketed(b"{", b"}")
         if len(odd):  # one object a line
             self.bad = odd.tolist()
+            return None
+        lax = _lax_spots(raw)
+        if lax:  # where pyarrow's reader may take what Python's json refuses: the row path has the line
+            self.bad = np.unique(np.searchsorted(lines.starts, lax, side="right") - 1).tolist()
             return None
         try:  # (a lone surrogate escape, which Python keeps, arrow refuses: the row path has that line)
             table = self._read(raw, True)

@@ -115,6 +115,20 @@ BAD_JSON = [
     '{"id": "u", "hashtags": [["nested"]]}', '{"id": "v", "caption": "see http://x.org/p#frag &#39;hi&#39; #Owl#Bat"}',
     '{"id": "w", "hashtags": [], "caption": "#dog"}', '{"id": "x", "hashtags": [""], "caption": "#dog"}',
     '{"id": -0, "hashtags": ["x"]}', '{"id": "y", "hashtags": ["x"], "extra": {"deep": [1, {"a": null}]}}',
+    # what other JSON readers take and Python's json refuses: trailing commas, nan/inf in any case (pyarrow: -NaN, Inf)
+    '{"id": "tc", "hashtags": ["x",]}', '{"id": "tc2", "hashtags": ["x"],}', '{"id": "tc3", "o": [1 , ] , "hashtags": ["x"]}',
+    '{"id": "nan", "o": nan, "hashtags": ["x"]}', '{"id": "inf", "o": -inf, "hashtags": ["x"]}',
+    '{"id": "Inf", "o": [Infinity], "hashtags": ["x"]}', '{"id": "NAN", "hashtags": ["x", NAN]}',
+    '{"id": "-nan", "o": -NaN, "hashtags": ["x"]}', '{"id": Infinity, "hashtags": ["x"]}',
+    # keys: exact (not case-folded), escapes decoded; escapes in values; types JSON text tells apart
+    '{"ID": "up", "hashtags": ["x"]}', '{"\\u0069d": "esc", "hash\\u0074ags": ["x"]}', '{"id": "k", "ID": "K", "hashtags": ["x"]}',
+    '{"id": "q\\"id\\\\", "hashtags": ["a\\"b", "c\\\\d", "e\\/f", "g\\nh"], "country": "U\\u0053"}',
+    '{"id": "cap", "hashtags": [], "caption": "a \\"quoted\\" #Tag\\u00e9 and\\n#two"}',
+    '{"id": 1E400, "hashtags": ["x"]}', '{"id": "big", "o": 1.5e309, "hashtags": ["x"]}', '{"id": -12, "hashtags": ["x"]}',
+    '{"id": "k3", "hashtags": {"a": "b"}}', '{"id": "k4", "hashtags": true}', '{"id": "k5", "hashtags": [true, {"a": "b"}, ["c"], 1.5, "ok"]}',
+    '{"id": "k6", "hashtags": ["x"], "country": ["US"]}', '{"id": "k7", "hashtags": ["x"], "country": null}',
+    '{"id": "null", "hashtags": ["null", "true"]}', '{"id": "sp\\u0020", "hashtags": ["x"]}', '{}',
+    '{"id": "long", "hashtags": ["' + "t" * 5000 + '"]}',
 ]
 GOOD_TSV = ["p1\t#dog #Cat\tUS", "p2\t#eggplant #aubergine", "p3\tbrown+bear  #x", "p4\t#a\t GB "]
 BAD_TSV = [
@@ -351,3 +365,21 @@ def test_vocabulary_is_the_same_from_the_spill_a_full_disk_or_a_cut_spill(layout
 
         m.setattr(vocab, "count_canonical", cut)
         assert build("cut-spill") == ref
+
+
+
+def test_field_names_with_quotes_brackets_and_case(tmp_path, monkeypatch):
+    """Recipe field names are data: quotes, brackets, '=' and names that differ in case only."""
+    monkeypatch.setattr(blocks, "PATHS", {"fast": 0, "rows": 0})
+    for names in ({"id": "it's", "tags": 'ta[=\\"gs', "caption": "c'); DROP TABLE x; --"},
+                  {"id": "ID", "tags": "id", "caption": "Id"}):
+        lines = []
+        for i in range(40):
+            obj = {names["id"]: f"p{i}", names["tags"]: [f"#t{i % 7}", "#x"], "country": "US"}
+            if i % 5 == 0:
+                obj = {names["id"]: f"q{i}", names["caption"]: f"#cap{i}"}
+            lines.append(json.dumps(obj))
+        f = _write(tmp_path / "d.jsonl", lines)
+        posts = same(f, "jsonl", id=names["id"], tags=names["tags"], caption=names["caption"])[0]
+        assert len(posts) == 40
+    assert blocks.PATHS == {"fast": 2, "rows": 0}
