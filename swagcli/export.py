@@ -294,6 +294,8 @@ def _card(src, ckpt: Path, recipe, out: Path, files: list[Path], labels) -> Path
         if "eval_top1" in result:
             lines += [f"- held-out hashtag accuracy: top-1 {result['eval_top1']:.2%}, top-5 {result['eval_top5']:.2%} "
                       f"({result.get('eval_images', 0):,} images)"]
+            lines += [f"- held-out top-1 on the images tagged with {k} hashtags only: {result[f'eval_{k}_top1']:.2%} "
+                      f"({result[f'eval_{k}_images']:,} images)" for k in ("head", "tail") if f"eval_{k}_top1" in result]
         if "top1" in result:
             lines += [f"- validation top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}"]
         lines.append("")

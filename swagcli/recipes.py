@@ -533,6 +533,10 @@ class SynthRecipe(Recipe):
     posts: int = Field(20000, ge=10, description="hashtag posts (and images)")
     concepts: int = Field(300, ge=10, description="WordNet concept synsets the world is made of")
     zipf_exponent: float = Field(1.1, gt=0, description="concept frequency ~ rank^-s")
+    concept_looks: Literal["family", "glyph"] = Field(
+        "family", description="family: a concept is its family's shape and background in colours and a "
+        "grating of its own; glyph: every concept of a family has the family's shape, background, colours "
+        "and grating, and shows a 4x4 glyph of its own on a panel (a look the other concepts do not teach)")
     dump_shards: int = Field(8, ge=1)
     gzip_fraction: float = Field(0.5, ge=0, le=1, description="share of dump shards gzip-compressed")
     image_size: int = Field(64, ge=16, le=512)
@@ -548,6 +552,9 @@ class SynthRecipe(Recipe):
     downstream_classes: int = Field(40, ge=2)
     downstream_families: int | None = Field(None, ge=1, description="classes only from the concepts of this "
                                             "many families: fine-grained (same shapes and backgrounds)")
+    downstream_tail: float = Field(0.0, ge=0, le=1, description="share of the downstream classes taken from "
+                                   "the tail (the concepts past those holding half the posts), the rest "
+                                   "from the head; 0: evenly spaced ranks, head to tail")
     downstream_noise: float = Field(1.0, ge=0, description="pixel-noise factor of the downstream images")
     downstream_distractors: float = Field(0.0, ge=0, le=1, description="share of downstream images that also "
                                           "show a random other concept in a corner")
@@ -596,7 +603,13 @@ class AblationRecipe(Recipe):
     title: str
     paper: PaperSpec
     metrics: list[str] = Field(default_factory=lambda: ["probe"], description="probe (100% of labels), "
-                               "probe@F (a fraction F of them), zeroshot, zeroshot_platt")
+                               "probe@F (a fraction F of them), zeroshot, zeroshot_platt, head_top1 / "
+                               "tail_top1 (held-out hashtag top-1 on head- / tail-hashtag images; the "
+                               "sample recipe needs a holdout)")
+    world: dict[str, Any] = Field(default_factory=dict, description="keys over the suite's world: this study "
+                                  "runs on a world of its own (made once, cached like the rest)")
+    sample: dict[str, Any] = Field(default_factory=dict, description="keys over the suite's sample recipe for "
+                                   "every arm of this study (an arm's own keys go over them)")
     arms: list[ArmSpec] = Field(..., min_length=1)
     expect: list[str] = Field(default_factory=list, description="'A > B': A's metric exceeds B's (each "
                               "metric, or the one in brackets), paired by seed")
@@ -639,9 +652,9 @@ def metric_spec(name: str) -> tuple[str, float | None]:
         if not 0 < f <= 1:
             raise ValueError(f"metric {name!r}: the fraction must be in (0, 1]")
         return "probe", f
-    if name in ("zeroshot", "zeroshot_platt"):
+    if name in ("zeroshot", "zeroshot_platt", "head_top1", "tail_top1"):
         return name, None
-    raise ValueError(f"unknown metric {name!r} (probe, probe@F, zeroshot, zeroshot_platt)")
+    raise ValueError(f"unknown metric {name!r} (probe, probe@F, zeroshot, zeroshot_platt, head_top1, tail_top1)")
 
 
 def parse_expect(text: str) -> tuple[tuple[str, str | None], tuple[str, str | None]]:

@@ -195,6 +195,8 @@ def pretrain_report(r: dict) -> None:
     if "eval_top1" in r:
         rows += [("held-out hashtag top-1", f"{r['eval_top1']:.2%}"), ("held-out top-5", f"{r['eval_top5']:.2%}"),
                  ("held-out images", r["eval_images"])]
+        rows += [(f"held-out top-1, {k}-hashtag images", f"{r[f'eval_{k}_top1']:.2%} of {r[f'eval_{k}_images']:,}")
+                 for k in ("head", "tail") if f"eval_{k}_top1" in r]
     t = r.get("throughput")
     if t:
         mfu = f"{t['mfu']:.1%}" if t.get("mfu") is not None else f"unknown (no peak for {t['device']})"

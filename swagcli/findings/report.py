@@ -125,7 +125,10 @@ def markdown(doc: dict) -> str:
              + (f", commit {doc['commit']}" if doc.get("commit") else "") + f", {doc['created']}; "
              f"{doc.get('compute_seconds', doc['seconds']) / 60:.0f} min of pretraining and evaluation on "
              f"{_machine()}). Every number is top-1 accuracy in percent on the world's "
-             f"downstream classes, mean +- std over {_seeds(doc)} (sample plan, initial weights, "
+             f"downstream classes (probe: a linear probe on 100% of the train labels, probe@F on a "
+             f"fraction F of them), or, for head_top1 / tail_top1, held-out hashtag top-1 on the images "
+             f"tagged with head (tail) hashtags only (the vocabulary's head), mean +- std over {_seeds(doc)} "
+             "(sample plan, initial weights, "
              "data order and probe subsets all follow the seed); differences are paired by seed. "
              "A direction **holds** when the mean difference is positive and at least two standard "
              "errors; *same direction, within noise* when it is positive but smaller.", "",
@@ -141,7 +144,9 @@ def markdown(doc: dict) -> str:
     for s in doc["studies"]:
         p = s["paper"]
         lines += ["", f"## {s['title']}", "", f"*Paper ({p['source']}):* {p['claim']}", "",
-                  f"Recipe: `{s['recipe']}`.", "", f"![{s['name']}]({s['name']}.png)", ""]
+                  f"Recipe: `{s['recipe']}`."
+                  + (" World of its own, over the one above: " + ", ".join(f"{k}={v}" for k, v in s["world"].items())
+                     + "." if s.get("world") else ""), "", f"![{s['name']}]({s['name']}.png)", ""]
         head = "| arm | " + " | ".join(s["metrics"]) + " | seeds |" + (" paper |" if p["values"] else "")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for arm in dict.fromkeys(r["arm"] for r in s["table"]):

@@ -49,6 +49,8 @@ class Job:
     zeroshot: dict | None
     keys: dict = field(default_factory=dict)
     vocab: dict | None = None  # the arm's own vocab recipe (None: the suite's vocabulary)
+    world: dict = field(default_factory=dict)  # the synth recipe of the study's world
+    world_dir: Path | None = None  # where it is written (OUT/world, or OUT/worlds/<key>/world)
 
 
 def _key(*parts) -> str:
@@ -77,10 +79,13 @@ def plan_jobs(suite: R.FindingsRecipe, studies: list[Study], out: Path, seeds: i
     """Every (study, arm, seed), validated before anything runs (a typo fails in a second, not
     after an hour of training). Seeds: ``seeds`` if given, else the suite's or the study's own,
     whichever is more."""
-    world, world_key = out / "world", _key(suite.world)
-    down = world / "downstream"
     jobs = []
     for st in studies:
+        world_data = R.merge(suite.world, st.recipe.world)
+        world_key = _key(world_data)
+        world = out / "world" if world_data == suite.world else out / "worlds" / world_key / "world"
+        R.validate("synth", {**world_data, "out": "-"}, f"{st.path}: world")
+        down = world / "downstream"
         fractions = sorted({R.metric_spec(m)[1] for m in st.recipe.metrics if m.startswith("probe")} | {1.0})
         wants_zeroshot = any(m.startswith("zeroshot") for m in st.recipe.metrics)
         n_seeds = seeds or max(suite.seeds, st.recipe.seeds or 0)
@@ -101,12 +106,12 @@ def plan_jobs(suite: R.FindingsRecipe, studies: list[Study], out: Path, seeds: i
                     job = Job(st.name, arm.name, seed, None, None, probe, None)
                     job.keys = {"run": _key("random", world_key, _canonical("probe", probe, where))}
                 else:
-                    vocab_data, vocab_dir = None, out / "vocab"
+                    vocab_data, vocab_dir = None, world.parent / "vocab"
                     if arm.vocab:  # the arm's own vocabulary, cached by what makes it
                         vocab_data = R.merge(suite.vocab, arm.vocab)
                         vocab_c = _canonical("vocab", {**vocab_data, "dumps": ["-"]}, where + ".vocab")
                         vocab_dir = out / "vocabs" / _key("vocab", world_key, vocab_c)
-                    sample = R.merge(suite.sample, R.merge(arm.sample, {"seed": seed}))
+                    sample = R.merge(R.merge(suite.sample, st.recipe.sample), R.merge(arm.sample, {"seed": seed}))
                     sample.update(vocab=str(vocab_dir), dumps=[str(world / "dumps")],
                                   workers=suite.workers)
                     sample_c = _canonical("sample", sample, where + ".sample")
@@ -117,6 +122,7 @@ def plan_jobs(suite: R.FindingsRecipe, studies: list[Study], out: Path, seeds: i
                     job = Job(st.name, arm.name, seed, sample, pretrain, probe, zeroshot, vocab=vocab_data)
                     plan_key = _key("plan", world_key, suite.vocab if vocab_data is None else vocab_c, sample_c)
                     job.keys = {"plan": plan_key, "run": _key("run", plan_key, pretrain_c)}
+                job.world, job.world_dir = world_data, world
                 R.validate("probe", R.merge(probe, {"out": "x"}), where + " (probe)")
                 if zeroshot:
                     R.validate("zeroshot", R.merge(zeroshot, {"out": "x"}), where + " (zeroshot)")
@@ -168,20 +174,23 @@ class Runner:
     def __init__(self, suite: R.FindingsRecipe, out: Path, log=print, progress=None):
         self.suite, self.out, self.log, self.progress = suite, out, log, progress
         self.computed = 0  # steps run (not found in the cache)
+        self.worlds: set = set()  # the world folders made or found this run
 
-    def world(self) -> None:
+    def world(self, world: dict | None = None, w: Path | None = None) -> None:
+        """A world (the suite's, or a study's own in ``w``) and the suite's vocabulary of it."""
         from swagcli.prep import synth, vocab
 
-        key = _key(self.suite.world)
-        w = self.out / "world"
+        world = self.suite.world if world is None else world
+        w = w or self.out / "world"
+        key = _key(world)
         if not _done(w, key):
-            self.log("synthetic world: " + ", ".join(f"{k}={v}" for k, v in self.suite.world.items()))
-            synth.run(R.validate("synth", {**self.suite.world, "out": str(w), "workers": self.suite.workers},
+            self.log("synthetic world: " + ", ".join(f"{k}={v}" for k, v in world.items()))
+            synth.run(R.validate("synth", {**world, "out": str(w), "workers": self.suite.workers},
                                  "findings: world"), self.progress)
             _mark(w, key)
             self.computed += 1
         vkey = _key(key, self.suite.vocab)
-        v = self.out / "vocab"
+        v = w.parent / "vocab"
         if not _done(v, vkey):
             vocab.build(R.validate("vocab", {**self.suite.vocab, "dumps": [str(w / "dumps")], "out": str(v),
                                              "workers": self.suite.workers}, "findings: vocab"), self.progress)
@@ -198,7 +207,7 @@ class Runner:
         if not _done(v, v.name):
             self.log("vocabulary: " + ", ".join(f"{k}={val}" for k, val in job.vocab.items()))
             shutil.rmtree(v, ignore_errors=True)
-            vocab.build(R.validate("vocab", {**job.vocab, "dumps": [str(self.out / "world" / "dumps")],
+            vocab.build(R.validate("vocab", {**job.vocab, "dumps": [str(job.world_dir / "dumps")],
                                              "out": str(v), "workers": self.suite.workers},
                                    "findings: vocab"), self.progress)
             _mark(v, v.name)
@@ -266,10 +275,15 @@ class Runner:
         """Run what is not cached; ``seconds``: the compute behind the result (summed over the
         runs that made it, cached or not)."""
         t0, before = time.time(), self.computed
+        if job.world_dir not in self.worlds:
+            self.world(job.world, job.world_dir)
+            self.worlds.add(job.world_dir)
         if job.pretrain is None:
             metrics = self.evaluate(job, None)
         else:
-            metrics = self.evaluate(job, self.pretrain(job, self.plan(job)))
+            checkpoint = self.pretrain(job, self.plan(job))
+            metrics = self.evaluate(job, checkpoint)
+            metrics.update(hashtag_metrics(checkpoint))
         spent = self.out / "runs" / job.keys["run"] / "seconds.json"
         total = json.loads(spent.read_text())["seconds"] if spent.is_file() else 0.0
         if self.computed != before:
@@ -277,6 +291,16 @@ class Runner:
             atomic_write_text(spent, json.dumps({"seconds": round(total, 1)}) + "\n")
         return {"study": job.study, "arm": job.arm, "seed": job.seed, "run": job.keys["run"],
                 "metrics": metrics, "seconds": round(total, 1)}
+
+
+def hashtag_metrics(run_dir: Path) -> dict:
+    """``head_top1`` / ``tail_top1`` of a finished pretraining run (its ``result.json``): held-out
+    hashtag top-1 on the images tagged with head (tail) hashtags only; absent without a holdout."""
+    try:
+        res = json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {f"{k}_top1": res[f"eval_{k}_top1"] for k in ("head", "tail") if res.get(f"eval_{k}_top1") is not None}
 
 
 def paired(values_a: list, values_b: list) -> dict:
@@ -361,7 +385,6 @@ def run(suite: R.FindingsRecipe, base_dir: Path, only: list[str] | None = None,
     jobs = plan_jobs(suite, studies, out, seeds)
     stamp(out, "findings", suite)
     runner = Runner(suite, out, log, progress)
-    runner.world()
     results, cache = [], {}
     for i, job in enumerate(jobs):
         if job.keys["run"] not in cache:
@@ -380,6 +403,7 @@ def run(suite: R.FindingsRecipe, base_dir: Path, only: list[str] | None = None,
         doc["studies"].append({"name": st.name, "recipe": _shown(st.path), "title": st.recipe.title,
                                "paper": st.recipe.paper.model_dump(), "metrics": st.recipe.metrics,
                                "plot": st.recipe.plot, "notes": st.recipe.notes, "seeds": n_seeds[st.name],
+                               "world": st.recipe.world,
                                "table": table(st, results), "expect": compare(st, results)})
     doc["runs"] = results
     dirs = [out / "report"] + ([Path(suite.report)] if suite.report else [])

@@ -240,12 +240,24 @@ def _neighbour(concept: dict, near: dict, world_tags: set, taken: set):
     return tied or (0, concept["synset"], "self", *_mapping(concept["synset"], near))
 
 
-def _downstream(concepts: list, k: int, planted: int, families: int | None = None) -> list:
+def head_concepts(concepts: list) -> int:
+    """How many of the top-ranked concepts hold half of the posts' Zipf mass: the world's head
+    (the rest is its tail)."""
+    return int(np.searchsorted(np.cumsum([c["prob"] for c in concepts]), 0.5)) + 1
+
+
+def _spaced(ranks: list, k: int) -> list:
+    return [ranks[i] for i in np.linspace(0, len(ranks) - 1, k).round().astype(int)] if k and ranks else []
+
+
+def _downstream(concepts: list, k: int, planted: int, families: int | None = None, tail: float = 0.0) -> list:
     """k classes at evenly spaced Zipf ranks (never the planted concept's); among the 8 free
     concepts nearest a target rank, the first with the best :func:`_neighbour` wins.
     ``families``: draw only from the concepts of that many families (those with the most
     concepts): a fine-grained set whose classes share shapes and backgrounds and differ by
-    colour and texture alone."""
+    colour and texture alone. ``tail``: that share of the classes at evenly spaced ranks of the
+    tail (:func:`head_concepts`), the rest of the head (as ImageNet's classes are mostly rare
+    hashtags)."""
     pool = set(range(len(concepts)))
     if families:
         size = {}
@@ -264,6 +276,11 @@ def _downstream(concepts: list, k: int, planted: int, families: int | None = Non
     if families:  # evenly spaced over the pool's ranks
         ranks = sorted(pool - {planted})
         targets = np.array(ranks)[np.linspace(0, len(ranks) - 1, k).round().astype(int)]
+    if tail:
+        ranks, head = sorted(pool - {planted}), head_concepts(concepts)
+        heads, tails = [r for r in ranks if r < head], [r for r in ranks if r >= head]
+        k_head = min(len(heads), k - min(len(tails), round(k * tail)))  # a short side's classes go to the other
+        targets = np.array(_spaced(heads, k_head) + _spaced(tails, k - k_head))
     for target in targets:
         free = sorted((i for i in pool if i not in used),
                       key=lambda i: (abs(i - target), i))
@@ -298,6 +315,9 @@ def build_world(recipe) -> dict:
     families = list(dict.fromkeys(p[1] for p in picked))
     looks = {f: sr.family_looks(rng_for(recipe.seed, 0, 3, FAMILIES.index(f))) for f in families}
     probs = np.arange(1, len(order) + 1, dtype=float) ** -recipe.zipf_exponent
+    if recipe.concept_looks == "glyph":  # one look per family, a glyph per concept (by rank)
+        family_look = {f: next(looks[f]) for f in families}
+        glyph = iter(sr.glyphs(rng_for(recipe.seed, 0, 4), len(order)))
     concepts = []
     for rank, j in enumerate(order):
         name, family, tag, lemma, synsets = picked[j]
@@ -312,7 +332,8 @@ def build_world(recipe) -> dict:
             "key": synset_key(synsets), "variants": variants,
             "caption_names": sc.caption_names(name, lemma, [m for t, m in _lemma_tags(name) if t in synonyms],
                                               get_wordnet()),
-            "visual": sr.concept_visual(f, *next(looks[family]))})
+            "visual": (sr.glyph_visual(f, *family_look[family], next(glyph)) if recipe.concept_looks == "glyph"
+                       else sr.concept_visual(f, *next(looks[family])))})
     junk = [w for w in JUNK_WORDS if not _canon().synsets(w)]
     junk_w = np.arange(1, len(junk) + 1, dtype=float) ** -0.7
     countries = {c: w / sum(recipe.countries.values()) for c, w in recipe.countries.items()}
@@ -327,7 +348,7 @@ def build_world(recipe) -> dict:
         "countries": {c: round(w, 6) for c, w in countries.items()},
         "captions": sc.world_captions(),
         "downstream": {"classes": _downstream(concepts, recipe.downstream_classes, planted,
-                                                  recipe.downstream_families),
+                                                  recipe.downstream_families, recipe.downstream_tail),
                        "train_per_class": recipe.downstream_train_per_class,
                        "val_per_class": recipe.downstream_val_per_class},
         "groups": {"groups": list(recipe.groups), "planted_group": recipe.planted_group,

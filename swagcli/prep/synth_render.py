@@ -85,6 +85,34 @@ def family_looks(rng):
         yield hues[k % HUES], styles[(k + k // HUES) % STYLES]
 
 
+GLYPH_CELLS = 4                            # a glyph is a GLYPH_CELLS x GLYPH_CELLS bitmap
+GLYPH_PANEL = 0.75                         # the glyph panel's half-side, in object radii
+GLYPH_SCALE = 1.4                          # a glyph concept's main object is this much larger
+GLYPH_DISTANCE = 4                         # fewest cells in which two glyphs differ
+
+
+def glyphs(rng, n: int) -> list[int]:
+    """n distinct glyphs (bitmaps as ints, bit ``row * GLYPH_CELLS + col``), each with 5..11 of its
+    16 cells set and differing from every other in at least GLYPH_DISTANCE cells."""
+    cells = GLYPH_CELLS * GLYPH_CELLS
+    out: list[int] = []
+    for _ in range(1000 * n):
+        if len(out) == n:
+            break
+        g = int(rng.integers(0, 2 ** cells))
+        if 5 <= g.bit_count() <= cells - 5 and all((g ^ h).bit_count() >= GLYPH_DISTANCE for h in out):
+            out.append(g)
+    if len(out) < n:
+        raise ValueError(f"only {len(out)} glyphs {GLYPH_DISTANCE} cells apart, not {n}")
+    return out
+
+
+def glyph_visual(f: int, hue: int, style: int, glyph: int) -> dict:
+    """``concept_looks: glyph``: the family's look (shape, background, colours, grating) and a glyph
+    of the concept's own, drawn on a square panel over the object."""
+    return {**concept_visual(f, hue, style), "glyph": glyph}
+
+
 @functools.lru_cache(maxsize=8)
 def _grid(size: int):
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -139,6 +167,15 @@ def _draw(img, vis: dict, cx: float, cy: float, r: float, light, u) -> None:
                   + 2 * np.pi * u[2])
     a, b = (np.asarray(c, np.float32) * (light / 255) for c in vis["colors"])
     fg = (a + b) / 2 + (b - a) / 2 * wave[..., None]
+    if "glyph" in vis:  # the panel: set cells bright, the others dark, rotating with the object
+        n = GLYPH_CELLS
+        col = np.clip(((X / GLYPH_PANEL + 1) * (n / 2)).astype(np.int32), 0, n - 1)
+        row = np.clip(((Y / GLYPH_PANEL + 1) * (n / 2)).astype(np.int32), 0, n - 1)
+        on = ((vis["glyph"] >> (row * n + col)) & 1).astype(bool)
+        panel = np.minimum(np.maximum((GLYPH_PANEL - np.maximum(np.abs(X), np.abs(Y))) * (r * size) + 0.5,
+                                      0), 1)[..., None]
+        fg += (np.where(on[..., None], a, b) - fg) * panel
+        alpha = np.maximum(alpha, panel)
     region = img[y0:y1, x0:x1]
     region += (fg - region) * alpha
 
@@ -159,6 +196,8 @@ def render(world_concepts, concept_indices, rng, size: int, noise: float = 1.0) 
         v = u[2 + 6 * j: 8 + 6 * j]
         if j == 0:
             cx, cy, r = 0.35 + 0.3 * v[0], 0.35 + 0.3 * v[1], 0.22 + 0.1 * v[2]
+            if "glyph" in first:  # large enough for the glyph's cells to be read at 32 pixels
+                cx, cy, r = 0.4 + 0.2 * v[0], 0.4 + 0.2 * v[1], GLYPH_SCALE * r
         else:  # a corner (v < 0.5 picks the side, 2v mod 1 the jitter)
             cx, cy = ((0.2 if w < 0.5 else 0.8) + 0.1 * ((2 * w) % 1) - 0.05 for w in v[:2])
             r = 0.11 + 0.05 * v[2]

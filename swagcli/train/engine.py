@@ -17,6 +17,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -95,14 +96,32 @@ def build_loss(recipe, plan_dir, hashtags: int):
     return SoftmaxIdf(idf), info
 
 
-def evaluate(model, norm, loader, recipe, env, device, limit=None, loss_fn=None) -> dict:
+def head_hashtags(counts) -> list[bool]:
+    """The head of a vocabulary for the held-out split: its most frequent hashtags (by image
+    count, ties by id) that together hold half of all its (hashtag, image) pairs, the one that
+    crosses half included; the rest is the tail. Scale-free, unlike the sampling head
+    (``head_min_images``), which holds nearly every hashtag of a small world."""
+    counts = np.asarray(counts, dtype=np.int64)
+    order = np.argsort(-counts, kind="stable")
+    before = np.cumsum(counts[order]) - counts[order]  # mass ahead of each hashtag
+    head = np.zeros(len(counts), dtype=bool)
+    head[order[before < counts.sum() / 2]] = True
+    return head.tolist()
+
+
+def evaluate(model, norm, loader, recipe, env, device, limit=None, loss_fn=None, head=None) -> dict:
     """Hashtag accuracy on held-out images (``loader``'s batches): top-1 (the top hashtag is one of
     the image's) and top-5, and the loss, summed over ranks. ``loss_fn``: the training loss (the
     softmax_idf weights of the training plan); softmax_idf also reports the plain 1/K softmax loss
-    (``eval_softmax_loss``), comparable with a softmax run's ``eval_loss``."""
+    (``eval_softmax_loss``), comparable with a softmax run's ``eval_loss``. ``head``: a head
+    mask (bool per hashtag, :func:`head_hashtags`): top-1 is also reported on the images whose hashtags
+    are all head hashtags (``eval_head_top1``) and on those whose hashtags are all tail hashtags
+    (``eval_tail_top1``), with their counts; an image with both is in neither."""
     loss_fn = loss_fn or LOSSES[recipe.loss]
     plain = recipe.loss == "softmax_idf"
-    tot = torch.zeros(5, dtype=torch.float64)  # n, top1, top5, loss sum, plain softmax loss sum
+    # n, top1, top5, loss sum, plain softmax loss sum, head n, head top1, tail n, tail top1
+    tot = torch.zeros(9, dtype=torch.float64)
+    head = None if head is None else torch.as_tensor(head, dtype=torch.bool, device=device)
     model.eval()
     with torch.no_grad():
         for batch in loader:
@@ -117,6 +136,13 @@ def evaluate(model, norm, loader, recipe, env, device, limit=None, loss_fn=None)
             tot[1] += hit[:, 0].any(1).sum().item()
             tot[2] += hit.any(2).any(1).sum().item()
             tot[3] += loss_fn(logits, idx, w).item() * len(x)
+            if head is not None:
+                pos = w > 0
+                is_head = head[idx.clamp(0, len(head) - 1)] & pos
+                only = [pos.any(1) & ~(pos & ~is_head).any(1), pos.any(1) & ~is_head.any(1)]
+                for k, group in enumerate(only):
+                    tot[5 + 2 * k] += group.sum().item()
+                    tot[6 + 2 * k] += (hit[:, 0].any(1) & group).sum().item()
             if plain:
                 tot[4] += softmax_ce(logits, idx, w).item() * len(x)
             if limit and tot[0] * env.world >= limit:
@@ -125,8 +151,14 @@ def evaluate(model, norm, loader, recipe, env, device, limit=None, loss_fn=None)
     if env.distributed:
         dist.all_reduce(tot)
     n = max(tot[0].item(), 1)
+    split = {}
+    if head is not None:
+        for k, name in enumerate(("head", "tail")):
+            m = int(tot[5 + 2 * k])
+            split.update({f"eval_{name}_images": m, **({f"eval_{name}_top1": tot[6 + 2 * k].item() / m} if m else {})})
     return {"eval_images": int(tot[0]), "eval_top1": tot[1].item() / n, "eval_top5": tot[2].item() / n,
-            "eval_loss": tot[3].item() / n, **({"eval_softmax_loss": tot[4].item() / n} if plain else {})}
+            "eval_loss": tot[3].item() / n, **({"eval_softmax_loss": tot[4].item() / n} if plain else {}),
+            **split}
 
 
 def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
@@ -257,8 +289,11 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
         return ckpt_io.save(out / "checkpoints", loop.step, model, {**state, "optimizer": opt.state_dict()},
                             vocab.doc, recipe_yaml, meta, keep=recipe.keep_checkpoints)
 
+    held_head = head_hashtags(vocab.counts)
+
     def mid_eval(_step):
-        return _eval(model, norm, recipe, plan, shards, env, device, final=False, loss_fn=loss_fn, sharded=par.sharded)
+        return _eval(model, norm, recipe, plan, shards, env, device, final=False, loss_fn=loss_fn, sharded=par.sharded,
+                     head=held_head)
 
     loop = Loop(kind="pretrain", out=out, recipe=recipe, env=env, device=device, model=model, module=par.module,
                 no_sync=par.no_sync,
@@ -282,7 +317,7 @@ def train(recipe, env: DistEnv, progress: bool = True, on_step=None) -> dict:
         final, short = {}, None
         if status == "finished":
             final = _eval(model, norm, recipe, plan, shards, env, device, final=True, loss_fn=loss_fn,
-                          sharded=par.sharded)
+                          sharded=par.sharded, head=held_head)
             loop.event(final)
             if env.is_main or par.sharded:  # a sharded model's every forward takes every rank
                 made = objective.finish(model, norm, lambda: _figure_batch(recipe, plan, shards),
@@ -402,8 +437,8 @@ class HashtagObjective:
         return step
 
     @staticmethod
-    def evaluate(model, norm, batches, recipe, env, device, loss_fn, limit) -> dict:
-        return evaluate(model, norm, batches, recipe, env, device, limit, loss_fn)
+    def evaluate(model, norm, batches, recipe, env, device, loss_fn, limit, head=None) -> dict:
+        return evaluate(model, norm, batches, recipe, env, device, limit, loss_fn, head)
 
     @staticmethod
     def finish(model, norm, figure_batch, out, device) -> dict:
@@ -431,7 +466,7 @@ class MaeObjective:
         return step
 
     @staticmethod
-    def evaluate(model, norm, batches, recipe, env, device, loss_fn, limit) -> dict:
+    def evaluate(model, norm, batches, recipe, env, device, loss_fn, limit, head=None) -> dict:
         from swagcli.train.mae import evaluate_mae
 
         return evaluate_mae(model, norm, batches, env, device, limit)
@@ -471,7 +506,8 @@ def _holdout(recipe, plan) -> str | None:
     return holdout if (Path(holdout) / "plan.json").is_file() else None
 
 
-def _eval(model, norm, recipe, plan, shards, env, device, final: bool, loss_fn=None, sharded: bool = False) -> dict:
+def _eval(model, norm, recipe, plan, shards, env, device, final: bool, loss_fn=None, sharded: bool = False,
+          head=None) -> dict:
     """Held-out evaluation. A stop signal during it: mid-training, the evaluation is dropped (the
     update's checkpoint comes next); at the end, :class:`Interrupted` (the last checkpoint is whole;
     a rerun evaluates it)."""
@@ -486,7 +522,7 @@ def _eval(model, norm, recipe, plan, shards, env, device, final: bool, loss_fn=N
         batches, limit = in_lockstep(batches, env, device, limit, lambda: {
             "image": torch.zeros(1, 3, r, r, dtype=torch.uint8), "target_idx": torch.zeros(1, 1, dtype=torch.long),
             "target_w": torch.zeros(1, 1), "keys": [None]}), None
-    res = OBJECTIVES[recipe.objective].evaluate(model, norm, batches, recipe, env, device, loss_fn, limit)
+    res = OBJECTIVES[recipe.objective].evaluate(model, norm, batches, recipe, env, device, loss_fn, limit, head)
     return {} if STOP["requested"] and not final else res
 
 

@@ -13,16 +13,25 @@ def test_shared_arms_run_once_and_the_report_is_complete(ci_findings):
     suite, root, doc, logs = ci_findings
     out = root / "out"
     # softmax (= init's pretrained = zeroshot's pretrained), bce, random weights: 3 runs x 2
-    # seeds; bce shares softmax's sample plan
-    assert len(list((out / "runs").iterdir())) == 6
-    assert len(list((out / "plans").iterdir())) == 2
-    assert sum("· seed" in line for line in logs) == 6
+    # seeds; bce shares softmax's sample plan; sampling-tail-ci: 3 arms x 2 seeds on a world of
+    # its own (made once, beside the suite's, with its own vocabulary)
+    assert len(list((out / "runs").iterdir())) == 12
+    assert len(list((out / "plans").iterdir())) == 2 + 6
+    assert sum("· seed" in line for line in logs) == 12
+    (own,) = list((out / "worlds").iterdir())
+    assert (own / "world" / "world.json").is_file() and (own / "vocab" / "vocab.json").is_file()
+    assert json.loads((own / "world" / "world.json").read_text())["concepts"][0]["visual"]["glyph"] > 0
+    assert "glyph" not in json.loads((out / "world" / "world.json").read_text())["concepts"][0]["visual"]
+    assert sum(line.startswith("synthetic world:") for line in logs) == 2
     runs = {(r["study"], r["arm"], r["seed"]): r for r in doc["runs"]}
     shared = runs[("loss", "softmax", 1)]
     assert shared["run"] == runs[("init", "pretrained", 1)]["run"] == runs[("zeroshot", "pretrained", 1)]["run"]
     assert {"probe", "probe@0.01", "probe@0.1", "zeroshot", "zeroshot_platt"} <= set(shared["metrics"])
     assert set(runs[("init", "random", 0)]["metrics"]) == {"probe", "probe@0.01", "probe@0.1"}
     assert all(0 <= v <= 1 for r in doc["runs"] for v in r["metrics"].values())
+    # held-out hashtag top-1 on head / tail images: only where the plan holds images out
+    assert {"probe", "head_top1", "tail_top1"} <= set(runs[("sampling-tail-ci", "natural", 0)]["metrics"])
+    assert "tail_top1" not in shared["metrics"]
     by = {s["name"]: s for s in doc["studies"]}
     assert [e["expect"] for e in by["init"]["expect"]] == ["pretrained > random"] * 3  # each metric
     (z,) = by["zeroshot"]["expect"]
@@ -36,6 +45,7 @@ def test_shared_arms_run_once_and_the_report_is_complete(ci_findings):
             assert f"({name}.png)" in md
         assert "WSL §2.3" in md and "SWAG Table 2" in md and "SWAG Table 3" in md
         assert "| softmax > bce (probe) |" in md and "swag 0.1.0" in md
+        assert "| sqrt > natural (tail_top1) |" in md and "World of its own, over the one above: concept_looks=glyph" in md
         assert "Recipe: `recipes/ablations/loss.yaml`" in md or "Recipe: `/" in md
         assert json.loads((d / "findings.json").read_text())["runs"] == doc["runs"]
 
@@ -47,7 +57,7 @@ def test_rerun_recomputes_nothing(ci_findings):
     again = run(suite, CI_SUITE.parent, log=logs.append)
     assert again["runs"] == doc["runs"]  # seconds too: the compute behind each result
     results = [line for line in logs if "probe" in line]
-    assert len(results) == 6 and all(line.endswith("(cached)") for line in results)
+    assert len(results) == 12 and all(line.endswith("(cached)") for line in results)
     assert marks == {p: p.stat().st_mtime_ns for p in (root / "out").glob("**/done.json")}
 
 

@@ -77,7 +77,8 @@ def test_shipped_suite_plans_every_job(tmp_path):
     baseline is one run; evaluation needs are merged per run."""
     suite = R.load("findings", SUITE, flags={"out": str(tmp_path)})
     studies = load_studies(suite, SUITE.parent)
-    assert {s.name for s in studies} == {"sampling", "noise", "loss", "init", "zeroshot", "mae", "labels"}
+    assert {s.name for s in studies} == {"sampling", "sampling-tail", "noise", "loss", "init", "zeroshot", "mae",
+                                         "labels"}
     jobs = plan_jobs(suite, studies, tmp_path, seeds=2)
     runs = {j.keys["run"] for j in jobs}
     base = {(j.study, j.arm): j.keys["run"] for j in jobs if j.seed == 0}
@@ -85,7 +86,14 @@ def test_shipped_suite_plans_every_job(tmp_path):
               base[("init", "pretrained")], base[("zeroshot", "pretrained")], base[("mae", "random_init")],
               base[("labels", "hashtags")]}
     assert len(shared) == 1
-    assert len(runs) == 2 * (7 + 2 + 1 + 1 + 1 + 2)  # sampling 7, noise +2, loss +1, random init, MAE init, labels +2
+    # sampling 7, sampling-tail 6 (a world of its own), noise +2, loss +1, random init, MAE init, labels +2
+    assert len(runs) == 2 * (7 + 6 + 2 + 1 + 1 + 1 + 2)
+    tail = [j for j in jobs if j.study == "sampling-tail"]
+    (own,) = {j.world_dir for j in tail}
+    assert own.parent.parent == tmp_path / "worlds" and {j.world_dir for j in jobs} == {own, tmp_path / "world"}
+    assert all(j.sample["vocab"] == str(own.parent / "vocab") and j.sample["holdout"] == 0.05 for j in tail)
+    assert all(j.world["concept_looks"] == "glyph" and j.world["posts"] == suite.world["posts"] for j in tail)
+    assert not {j.keys["run"] for j in tail} & {j.keys["run"] for j in jobs if j.study != "sampling-tail"}
     # an arm with its own vocabulary plans from it: one per labels setting, shared by its seeds
     vocabs = {j.arm: j.sample["vocab"] for j in jobs if j.study == "labels"}
     assert vocabs["hashtags"] == str(tmp_path / "vocab") and len(set(vocabs.values())) == 3
@@ -101,8 +109,8 @@ def test_bad_arm_fails_before_anything_runs(tmp_path, swag):
     study.write_text("kind: ablation\ntitle: t\npaper: {source: s, claim: c}\n"
                      "arms: [{name: a, sample: {strategy: sqrtt}}, {name: b}]\nexpect: ['a > b']\n")
     suite = tmp_path / "suite.yaml"
-    suite.write_text(SUITE.read_text().replace("studies: [sampling, noise, loss, init, zeroshot, mae, labels]",
-                                               f"studies: [{study}]"))
+    suite.write_text(SUITE.read_text().replace(
+        "studies: [sampling, sampling-tail, noise, loss, init, zeroshot, mae, labels]", f"studies: [{study}]"))
     res = swag("findings", "-r", suite, "-o", tmp_path / "out")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.count("\n") == 1 and "arms[a].sample: strategy" in res.stderr, res.stderr

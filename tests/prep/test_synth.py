@@ -86,6 +86,18 @@ def test_same_recipe_same_bytes_whatever_the_workers(tmp_path, world_dir):
     assert digests(tmp_path / "two", skip=("swag.json", "recipe.yaml")) == reference
 
 
+# sha256 of the sorted {file: sha256} of the SMALL world (swag.json, recipe.yaml and the file list
+# left out: they name swag's version and every recipe key), as written by commit 47ae57f, before
+# concept_looks and downstream_tail: options added since leave the existing worlds as they were
+SMALL_WORLD_DIGEST = (240, "94682b7884d276ba5b8c03e4570c1dffdd30472728d3e9e944ffcbbe651322bb")
+
+
+def test_existing_worlds_are_byte_identical(world_dir):
+    files = digests(world_dir, skip=("swag.json", "recipe.yaml", "synth-files.txt"))
+    whole = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    assert (len(files), whole) == SMALL_WORLD_DIGEST
+
+
 def test_another_seed_another_world(tmp_path, world_dir):
     run(small(tmp_path / "s1", seed=1))
     a, b = digests(world_dir / "dumps"), digests(tmp_path / "s1" / "dumps")
@@ -170,6 +182,51 @@ def test_fine_grained_downstream_classes_from_few_families(wn):
         SynthRecipe(**SMALL, downstream_families=None))["downstream"]
     with pytest.raises(SwagError, match="in 1 families"):
         build_world(SynthRecipe(**{**SMALL, "downstream_classes": 30, "downstream_families": 1}))
+
+
+def test_glyph_world_gives_each_concept_a_look_of_its_own(wn):
+    """concept_looks: glyph: a family's concepts share its shape, background, colours and grating;
+    each shows a glyph of its own (16 cells, 5..11 set), at least 4 cells from every other; the
+    rest of the world (concepts, tags, frequencies, classes) is the family world's."""
+    from swagcli.prep.synth_render import GLYPH_DISTANCE
+
+    fam = build_world(SynthRecipe(**SMALL))
+    w = build_world(SynthRecipe(**SMALL, concept_looks="glyph"))
+    strip = lambda c: {k: v for k, v in c.items() if k != "visual"}  # noqa: E731
+    assert [strip(c) for c in w["concepts"]] == [strip(c) for c in fam["concepts"]]
+    assert w["downstream"] == fam["downstream"]
+    looks = {}
+    for c in w["concepts"]:
+        v = dict(c["visual"])
+        glyph = v.pop("glyph")
+        assert looks.setdefault(c["family"], v) == v and 5 <= glyph.bit_count() <= 11
+    glyphs = [c["visual"]["glyph"] for c in w["concepts"]]
+    assert min((a ^ b).bit_count() for i, a in enumerate(glyphs) for b in glyphs[:i]) >= GLYPH_DISTANCE
+    # two concepts of one family differ in their image by the glyph alone
+    same = [c["index"] for c in w["concepts"] if c["family"] == w["concepts"][0]["family"]][:2]
+    a, b = (render(w["concepts"], [i], np.random.default_rng(0), 32).astype(int) for i in same)
+    differ = np.abs(a - b).sum(2) > 60
+    frame = np.ones_like(differ)
+    frame[1:-1, 1:-1] = False
+    assert 0.05 < differ.mean() < 0.4 and not (differ & frame).any()  # the panel on the object only
+
+
+def test_downstream_classes_mostly_from_the_tail(wn):
+    """downstream_tail: 0.8 takes that share of the classes from past the concepts holding half of
+    the posts, the rest from the head; a side too short gives its classes to the other."""
+    from swagcli.prep.synth import head_concepts
+
+    w = build_world(SynthRecipe(**{**SMALL, "concepts": 60, "downstream_classes": 10, "zipf_exponent": 1.4,
+                                   "downstream_tail": 0.8}))
+    head = head_concepts(w["concepts"])
+    assert sum(c["prob"] for c in w["concepts"][:head]) >= 0.5 > sum(c["prob"] for c in w["concepts"][:head - 1])
+    ranks = [c["concept"] for c in w["downstream"]["classes"]]
+    assert len(set(ranks)) == 10 and sum(r >= head for r in ranks) == 8
+    few = build_world(SynthRecipe(**{**SMALL, "concepts": 60, "downstream_classes": 12, "zipf_exponent": 1.4,
+                                     "downstream_families": 3, "downstream_tail": 0.8}))
+    assert len(few["downstream"]["classes"]) == 12  # the head of 3 families is short: the tail takes it up
+    assert build_world(SynthRecipe(**SMALL, downstream_tail=0.0))["downstream"] == build_world(
+        SynthRecipe(**SMALL))["downstream"]
 
 
 # -- dumps ----------------------------------------------------------------------------------------

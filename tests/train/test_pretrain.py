@@ -42,6 +42,10 @@ def test_tiny_vit_learns_the_world(tiny_pretrained):
     assert sum(ls[-10:]) / 10 < 0.6 * sum(ls[:5]) / 5  # loss falls clearly
     chance = 1 / 66
     assert res["eval_images"] > 100 and res["eval_top1"] > 10 * chance, res
+    # held-out top-1 split by head / tail hashtag images (an image with both is in neither)
+    assert 0 < res["eval_head_images"] and 0 < res["eval_tail_images"]
+    assert res["eval_head_images"] + res["eval_tail_images"] <= res["eval_images"]
+    assert res["eval_head_top1"] > res["eval_tail_top1"] > chance, res  # the head is learned first
     meta = ck.load_meta(Path(res["checkpoint"]))
     assert meta["step"] == 600 and meta["hashtags"] == 66
     model = build_model("test_vit", 66, {"img_size": 32, "patch_size": 8})
