@@ -146,7 +146,9 @@ def markdown(doc: dict) -> str:
         lines += ["", f"## {s['title']}", "", f"*Paper ({p['source']}):* {p['claim']}", "",
                   f"Recipe: `{s['recipe']}`."
                   + (" World of its own, over the one above: " + ", ".join(f"{k}={v}" for k, v in s["world"].items())
-                     + "." if s.get("world") else ""), "", f"![{s['name']}]({s['name']}.png)", ""]
+                     + "." if s.get("world") else "")
+                  + (f" Measured apart from the rest of this report: {s['measured']}." if s.get("measured") else ""),
+                  "", f"![{s['name']}]({s['name']}.png)", ""]
         head = "| arm | " + " | ".join(s["metrics"]) + " | seeds |" + (" paper |" if p["values"] else "")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for arm in dict.fromkeys(r["arm"] for r in s["table"]):
@@ -167,6 +169,35 @@ def markdown(doc: dict) -> str:
         if s.get("notes"):
             lines += ["", s["notes"].strip()]
     return "\n".join(lines) + "\n"
+
+
+def merged(doc: dict, out: Path, order: list[str]) -> dict:
+    """``doc`` (a run of some of a suite's studies) over the report already in ``out``: its other
+    studies and their runs are kept, each saying when it was measured, in the suite's ``order``;
+    no report there: ``doc`` itself. A report that cannot be read is refused, not replaced."""
+    from swagcli.errors import SwagError
+
+    path = Path(out) / "findings.json"
+    if not path.exists():
+        return doc
+    try:
+        prev = json.loads(path.read_text())
+        old = [st for st in prev["studies"] if st["name"] not in {x["name"] for x in doc["studies"]}]
+        when = f"{prev.get('created', '?')}" + (f", commit {prev['commit']}" if prev.get("commit") else "")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SwagError(f"{path}: not a findings report ({e}); move it away, or run every study "
+                        "(without --study) to write a new one") from None
+    if prev.get("world") != doc["world"]:
+        when += "; world " + ", ".join(f"{k}={v}" for k, v in (prev.get("world") or {}).items())
+    for st in old:
+        st.setdefault("measured", when)
+    names = {st["name"] for st in old}
+    rank = {n: i for i, n in enumerate(order)}
+    studies = sorted(old + doc["studies"], key=lambda st: rank.get(st["name"], len(rank)))
+    runs = [r for r in prev.get("runs", []) if r.get("study") in names] + doc["runs"]
+    unique = {r["run"]: r.get("seconds", 0) for r in runs}
+    return {**doc, "studies": studies, "runs": runs, "seeds": max(st.get("seeds", 1) for st in studies),
+            "compute_seconds": round(sum(unique.values()), 1)}
 
 
 def write(doc: dict, out: Path) -> Path:

@@ -115,6 +115,10 @@ def plan_jobs(suite: R.FindingsRecipe, studies: list[Study], out: Path, seeds: i
                     sample.update(vocab=str(vocab_dir), dumps=[str(world / "dumps")],
                                   workers=suite.workers)
                     sample_c = _canonical("sample", sample, where + ".sample")
+                    held = [m for m in st.recipe.metrics if m in ("head_top1", "tail_top1")]
+                    if held and not sample_c["holdout"]:
+                        raise SwagError(f"{where}: metric {held[0]} needs held-out images; give the study "
+                                        "sample: {holdout: 0.05}")
                     pretrain = R.merge(suite.pretrain, R.merge(arm.pretrain, {"seed": seed}))
                     pretrain.setdefault("data", {})["shards"] = [str(world / "images" / "*.tar")]
                     pretrain["data"].setdefault("workers", min(suite.workers, 2))
@@ -407,6 +411,9 @@ def run(suite: R.FindingsRecipe, base_dir: Path, only: list[str] | None = None,
                                "table": table(st, results), "expect": compare(st, results)})
     doc["runs"] = results
     dirs = [out / "report"] + ([Path(suite.report)] if suite.report else [])
-    for d in dirs:
-        report.write(doc, d)
+    doc.setdefault("created", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    doc.setdefault("commit", report._commit())
+    everything = [st.name for st in load_studies(suite, base_dir)] if only else None
+    for d in dirs:  # --study: the other studies of a report already there are kept
+        report.write(report.merged(doc, d, everything) if only else doc, d)
     return {**doc, "report": [str(d / "findings.md") for d in dirs]}

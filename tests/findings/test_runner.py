@@ -68,3 +68,17 @@ def test_cli_prints_the_directions(ci_findings, swag):
     assert "softmax > bce (probe)" in res.stdout and "holds" in res.stdout
     assert "init" not in res.stdout.split("Findings:")[1].split("wrote")[0]  # --study loss only
     assert str(root / "out" / "report" / "findings.md") in res.stdout.replace("\n", "")
+    # the report already there keeps its other studies, each saying when it was measured
+    kept = json.loads((root / "out" / "report" / "findings.json").read_text())
+    assert [s["name"] for s in kept["studies"]] == [s["name"] for s in doc["studies"]]
+    assert all(("measured" in s) == (s["name"] != "loss") for s in kept["studies"])
+    assert sorted((r["study"], r["arm"], r["seed"], r["run"]) for r in kept["runs"]) == sorted(
+        (r["study"], r["arm"], r["seed"], r["run"]) for r in doc["runs"])
+    assert "Measured apart from the rest of this report: " in (root / "out" / "report" / "findings.md").read_text()
+    # one it cannot read is refused, not replaced
+    good = (root / "out" / "report" / "findings.json").read_text()
+    (root / "out" / "report" / "findings.json").write_text("{not json")
+    res = swag("findings", "-r", CI_SUITE, "-o", root / "out", "--study", "loss")
+    assert res.returncode == 2 and "not a findings report" in res.stderr and res.stderr.count("\n") == 1
+    assert (root / "out" / "report" / "findings.json").read_text() == "{not json"
+    (root / "out" / "report" / "findings.json").write_text(good)

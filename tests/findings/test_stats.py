@@ -104,6 +104,21 @@ def test_shipped_suite_plans_every_job(tmp_path):
     assert not any(tmp_path.iterdir())  # planning writes nothing
 
 
+@pytest.mark.parametrize("study, needle", [
+    ({"metrics": ["probe", "tail_top1"]}, "metric tail_top1 needs held-out images"),
+    ({"world": {"concept_looks": "glyf"}}, "world: concept_looks"),
+    ({"world": {"downstream_tail": 1.5}}, "world: downstream_tail"),
+    ({"sample": {"strategy": "sqrtt"}}, "sample: strategy"),
+])
+def test_bad_study_world_or_metric_fails_when_planned(tmp_path, study, needle):
+    suite = R.load("findings", SUITE, flags={"out": str(tmp_path)})
+    st = R.validate("ablation", {"title": "t", "paper": {"source": "s", "claim": "c"},
+                                 "arms": [{"name": "a"}, {"name": "b"}], **study}, "x.yaml")
+    with pytest.raises(SwagError, match=needle):
+        plan_jobs(suite, [Study("x", tmp_path / "x.yaml", st)], tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_bad_arm_fails_before_anything_runs(tmp_path, swag):
     study = tmp_path / "typo.yaml"
     study.write_text("kind: ablation\ntitle: t\npaper: {source: s, claim: c}\n"
