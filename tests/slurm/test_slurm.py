@@ -61,20 +61,24 @@ def steps_logged(run) -> int:
 
 def test_two_task_job_and_preemption_requeue_resume(cluster, tiny_world, tmp_path):
     # uninterrupted reference: 1 process, 2 workers, accumulation 2 == 2 tasks x 1 stream each
-    ref = slurm_recipe(tiny_world, tmp_path / "ref", 10, **{"data.workers": 2, "launcher.slurm": "null"})
+    # 60 steps: a warm machine runs ~20 a second, and the preemption must land before the end
+    # (with 10 steps and a 0.5 s poll, the job could finish before it was interrupted)
+    steps = 60
+    ref = slurm_recipe(tiny_world, tmp_path / "ref", steps, **{"data.workers": 2, "launcher.slurm": "null"})
     ref_res = train(ref, DistEnv(), progress=False)
 
-    r = slurm_recipe(tiny_world, tmp_path / "job", 10)
+    r = slurm_recipe(tiny_world, tmp_path / "job", steps)
     job = launch.submit_slurm(train, r, tmp_path / "job", "swag-test")
     deadline = time.time() + 240
     while steps_logged(tmp_path / "job") < 3:  # let it train a few steps, then preempt it
         assert time.time() < deadline, "job did not start"
         assert job.state not in ("FAILED", "CANCELLED", "COMPLETED"), job.state
-        time.sleep(0.5)
+        time.sleep(0.05)
     job._interrupt()  # what SLURM does on preemption: SIGTERM, then USR2
+    assert steps_logged(tmp_path / "job") < steps // 2, "the job ran past half its steps before the preemption"
     info = json.loads((tmp_path / "job" / "slurm-job.json").read_text())
     res = launch.wait_slurm(job, info)
-    assert res["status"] == "finished" and res["step"] == 10
+    assert res["status"] == "finished" and res["step"] == steps
     assert res["resumed_from"] is not None  # the requeued job continued from the checkpoint
     swag_json = json.loads((tmp_path / "job" / "swag.json").read_text())
     assert swag_json["world_size"] == 2
