@@ -19,6 +19,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from swagcli.prep import blocks
@@ -383,3 +384,16 @@ def test_field_names_with_quotes_brackets_and_case(tmp_path, monkeypatch):
         posts = same(f, "jsonl", id=names["id"], tags=names["tags"], caption=names["caption"])[0]
         assert len(posts) == 40
     assert blocks.PATHS == {"fast": 2, "rows": 0}
+
+
+def test_lax_spots_are_every_nan_and_inf_as_bytes_find_finds_them():
+    """The screen for what pyarrow's JSON reader takes and Python's json refuses finds every start of
+    ``NaN`` and ``Inf`` (overlapping, at a block's ends, in strings, in keys) that ``bytes.find`` finds."""
+    rng = random.Random(7)
+    alphabet = [b"N", b"a", b"I", b"n", b"f", b"NaN", b"Inf", b"-", b'"', b"{", b"}", b"x", b"\xc3\xa9"]
+    cases = [b"", b"N", b"Na", b"NaN", b"Inf", b"NaNaN", b"InfInf", b"xInf", b"NaNx"]
+    cases += [b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(2000)]
+    for raw in cases:
+        want = sorted(i for w in (b"NaN", b"Inf") for i in range(len(raw)) if raw.startswith(w, i))
+        got = blocks._lax_spots(np.frombuffer(raw, dtype=np.uint8))
+        assert sorted(got.tolist()) == want, raw
