@@ -295,7 +295,7 @@ def findings_report(doc: dict) -> None:
     for col, just in (("study", "left"), ("direction", "left"), ("points", "right"),
                       ("seeds won", "right"), ("verdict", "left")):
         t.add_column(col, justify=just)
-    style = {"holds": "green", "weak": "yellow", "fails": "red"}
+    style = {"holds": "green", "weak": "yellow", "fails": "red", "reversed": "magenta"}
     for s in doc["studies"]:
         for e in s["expect"]:
             t.add_row(s["name"], direction_label(e), f"{100 * e['mean']:+.1f} ± {100 * e['std']:.1f}",

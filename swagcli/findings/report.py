@@ -16,7 +16,8 @@ from swagcli.fileio import savefig
 from swagcli.plots import pyplot
 from swagcli.runinfo import atomic_write_text
 
-VERDICT = {"holds": "holds", "weak": "same direction, within noise", "fails": "does not hold"}
+VERDICT = {"holds": "holds", "weak": "same direction, within noise", "fails": "does not hold",
+           "reversed": "the opposite holds"}
 
 
 def _commit() -> str | None:
@@ -86,7 +87,7 @@ def directions_plot(doc: dict, path: Path) -> Path:
     plt = pyplot()
     rows = [(s["name"], e) for s in doc["studies"] for e in s["expect"]]
     fig, ax = plt.subplots(figsize=(8, 0.9 + 0.36 * max(len(rows), 1)), constrained_layout=True)
-    colour = {"holds": "tab:green", "weak": "tab:orange", "fails": "tab:red"}
+    colour = {"holds": "tab:green", "weak": "tab:orange", "fails": "tab:red", "reversed": "tab:purple"}
     for i, (name, e) in enumerate(rows):
         y = len(rows) - 1 - i
         ax.errorbar(100 * e["mean"], y, xerr=200 * e["se"], fmt="o", color=colour[e["verdict"]], capsize=3)
@@ -131,7 +132,8 @@ def markdown(doc: dict) -> str:
              "(sample plan, initial weights, "
              "data order and probe subsets all follow the seed); differences are paired by seed. "
              "A direction **holds** when the mean difference is positive and at least two standard "
-             "errors; *same direction, within noise* when it is positive but smaller.", "",
+             "errors; *same direction, within noise* when it is positive but smaller; *the opposite "
+             "holds* when it is negative by at least two standard errors; else it *does not hold*.", "",
              "World: " + ", ".join(f"{k}={v}" for k, v in doc["world"].items()) + ".", "",
              "![every direction](directions.png)", "",
              "| study | paper | direction | measured (points) | seeds won | verdict |",
@@ -189,8 +191,13 @@ def merged(doc: dict, out: Path, order: list[str]) -> dict:
                         "(without --study) to write a new one") from None
     if prev.get("world") != doc["world"]:
         when += "; world " + ", ".join(f"{k}={v}" for k, v in (prev.get("world") or {}).items())
+    from swagcli.findings.runner import paired
+
     for st in old:
         st.setdefault("measured", when)
+        for e in st.get("expect", []):  # one rule for every row: verdicts read again from the diffs
+            if e.get("diffs"):
+                e.update(paired(e["diffs"], [0.0] * len(e["diffs"])))
     names = {st["name"] for st in old}
     rank = {n: i for i, n in enumerate(order)}
     studies = sorted(old + doc["studies"], key=lambda st: rank.get(st["name"], len(rank)))

@@ -312,14 +312,15 @@ def paired(values_a: list, values_b: list) -> dict:
 
     ``holds``: mean > 0 and, with two or more seeds, the mean is at least two standard errors
     (a paired t of 2: about 90% one-sided with 3 seeds); ``weak``: the mean is > 0 but not that
-    clear; ``fails``: the mean is <= 0."""
+    clear; ``reversed``: the opposite holds (mean < 0 by at least two standard errors, two or more
+    seeds); ``fails``: otherwise (no clear difference either way)."""
     d = np.asarray(values_a, float) - np.asarray(values_b, float)
     n = len(d)
     mean = float(d.mean())
     sd = float(d.std(ddof=1)) if n > 1 else 0.0
     se = sd / np.sqrt(n) if n > 1 else 0.0
     if mean <= 0:
-        verdict = "fails"
+        verdict = "reversed" if n > 1 and mean < 0 and -mean >= 2 * se else "fails"
     elif n == 1 or mean >= 2 * se:
         verdict = "holds"
     else:

@@ -3,6 +3,7 @@ every shipped study validates, and bad suites fail in one line before anything r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,10 @@ def test_paired_verdicts_by_hand():
     r = paired([0.6, 0.4, 0.62], [0.5, 0.5, 0.5])  # diffs .1 -.1 .12: mean .04 < 2 se
     assert r["verdict"] == "weak" and r["wins"] == 2
     assert paired([0.5, 0.4], [0.5, 0.5])["verdict"] == "fails"
+    # the opposite direction, at least two standard errors clear: told apart from no difference
+    assert paired([0.4, 0.3, 0.2], [0.5, 0.5, 0.5])["verdict"] == "reversed"
+    assert paired([0.4, 0.6, 0.38], [0.5, 0.5, 0.5])["verdict"] == "fails"  # mean -.04 < 2 se
+    assert paired([0.49], [0.5])["verdict"] == "fails"  # one seed: no clear opposite
     assert paired([0.5], [0.5])["verdict"] == "fails"  # no difference is no direction
     assert paired([0.51], [0.5])["verdict"] == "holds"
 
@@ -156,3 +161,19 @@ def test_captions_suite_plans(tmp_path):
     base = {(j.study, j.arm): j.keys["run"] for j in jobs if j.seed == 0}
     assert base[("labels", "hashtags")] == base[("balancing", "head_tail_0.7")]
     assert len({j.keys["run"] for j in jobs}) == 3 * 5
+
+
+def test_a_kept_studys_verdicts_follow_todays_rule(tmp_path):
+    """`--study X` keeps the report's other studies: their verdicts are read again from their
+    per-seed differences by the rule the new rows follow (one rule in one report)."""
+    from swagcli.findings.report import merged
+
+    old_row = {"expect": "a > b", "metric_a": "probe", "metric_b": "probe", "mean": -0.2, "std": 0.1,
+               "se": 0.0577, "n": 3, "wins": 0, "diffs": [-0.1, -0.2, -0.3], "verdict": "fails"}
+    prev = {"created": "then", "world": {}, "runs": [], "studies": [{"name": "old", "seeds": 3, "expect": [old_row]}]}
+    (tmp_path / "findings.json").write_text(json.dumps(prev))
+    doc = {"world": {}, "runs": [], "studies": [{"name": "new", "seeds": 3, "expect": []}]}
+    got = merged(doc, tmp_path, ["old", "new"])
+    (row,) = got["studies"][0]["expect"]
+    assert row["verdict"] == "reversed" and row["diffs"] == [-0.1, -0.2, -0.3]
+    assert row["mean"] == pytest.approx(-0.2) and row["wins"] == 0 and row["metric_a"] == "probe"
