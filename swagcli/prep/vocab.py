@@ -28,7 +28,7 @@ from swagcli.errors import SwagError
 from swagcli.prep.canon import Canonicalizer, synset_key
 from swagcli.prep.dumps import (Labels, ReadSpec, ReadStats, expand_dumps, no_posts_error, read_report,
                                 read_spec, sources_info)
-from swagcli.prep.parallel import map_shards
+from swagcli.prep.parallel import gc_paused, map_shards
 
 VOCAB_FORMAT = "swag-vocab/1"
 
@@ -352,7 +352,7 @@ def build(recipe, progress=None, mapper=map_shards) -> dict:
     from swagcli.fileio import scratch_dir
 
     out = Path(recipe.out)
-    with scratch_dir(out) as spills:  # what pass 1 writes for pass 3 (removed after)
+    with scratch_dir(out) as spills, gc_paused():  # spills: what pass 1 writes for pass 3 (removed after)
         return _build(recipe, progress, mapper, t0, paths, labels, specs, out, spills)
 
 

@@ -50,7 +50,8 @@ def test_resampling_the_tail_pays_off_where_the_tail_looks_like_itself(ci_findin
     the same number of samples, square-root and head/tail (alpha 0.7) sampling show the model more
     of the tail than natural sampling, and it pays off where the tail has looks of its own: on
     held-out images tagged with tail hashtags only, and on the tail-class probe. Head/tail 0.7's
-    probe gain is the smaller and less even (+0.4 / +4.8 points): its mean is checked, not each seed."""
+    probe gain is the smaller and less even (+0.4 / +4.8 points): its mean is checked (by half the
+    margin), not each seed."""
     doc = ci_findings[2]
     for metric in ("probe", "tail_top1"):
         e = _expect(doc, "sampling-tail-ci", "sqrt > natural", metric)
@@ -58,7 +59,7 @@ def test_resampling_the_tail_pays_off_where_the_tail_looks_like_itself(ci_findin
     e = _expect(doc, "sampling-tail-ci", "head_tail_0.7 > natural", "tail_top1")
     assert e["n"] == 2 and min(e["diffs"]) > MARGIN_TAIL, e
     e = _expect(doc, "sampling-tail-ci", "head_tail_0.7 > natural", "probe")
-    assert e["n"] == 2 and e["mean"] > 0, e
+    assert e["n"] == 2 and e["mean"] > MARGIN_TAIL / 2, e
     # the head is learned whatever the sampling: resampling does not buy the tail with it
     for arm in ("sqrt > natural", "head_tail_0.7 > natural"):
         e = _expect(doc, "sampling-tail-ci", arm, "head_top1")

@@ -397,3 +397,22 @@ def test_lax_spots_are_every_nan_and_inf_as_bytes_find_finds_them():
         want = sorted(i for w in (b"NaN", b"Inf") for i in range(len(raw)) if raw.startswith(w, i))
         got = blocks._lax_spots(np.frombuffer(raw, dtype=np.uint8))
         assert sorted(got.tolist()) == want, raw
+
+
+def test_the_utf8_check_agrees_with_pythons_decoder():
+    """A block is UTF-8 for the fast path exactly when Python's decoder (the row path's) takes it:
+    surrogates, overlong forms, code points past U+10FFFF, cut sequences, lone continuation bytes."""
+    rng = random.Random(3)
+    pieces = [b"a", b"{", b"\n", "é".encode(), "€".encode(), "\U0001F600".encode(), b"\xed\xa0\x80", b"\xed\x9f\xbf",
+              b"\xc0\xaf", b"\xc1\xbf", b"\xc2\x80", b"\xe0\x80\x80", b"\xe0\xa0\x80", b"\xf0\x80\x80\x80",
+              b"\xf4\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\x80", b"\xe2\x82", b"\xef\xbf\xbe"]
+    cases = [b"", b"\x00", bytes(range(256))] + [bytes([rng.randrange(256) for _ in range(rng.randint(1, 6))])
+                                                 for _ in range(3000)]
+    cases += [b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    for raw in cases:
+        try:
+            raw.decode("utf-8")
+            want = True
+        except UnicodeDecodeError:
+            want = False
+        assert blocks._is_utf8(raw) == want, raw

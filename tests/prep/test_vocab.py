@@ -131,3 +131,33 @@ def test_no_readable_posts_is_an_error(tmp_path):
     (tmp_path / "x.jsonl").write_bytes(b"{broken\n\xff\n")
     with pytest.raises(SwagError, match="no readable posts"):
         _build(tmp_path, tmp_path / "out")
+
+
+def test_the_build_pauses_the_cycle_collector_and_gives_it_back(dumps, tmp_path, monkeypatch):
+    """The build runs with Python's cycle collector off (a full collection walks the Canonicalizer's
+    table: 0.1-0.2 s of a 400k-tag build) and leaves it as it found it, after a failure too."""
+    import gc
+
+    from swagcli.prep.parallel import gc_paused
+
+    seen = []
+    real = V.canonical_groups
+
+    def spy(*a, **kw):
+        seen.append(gc.isenabled())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(V, "canonical_groups", spy)
+    _build(dumps, tmp_path / "out")
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # off before: still off
+    finally:
+        gc.enable()
+    with pytest.raises(ZeroDivisionError):
+        with gc_paused():
+            1 / 0
+    assert gc.isenabled()
