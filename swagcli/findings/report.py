@@ -182,27 +182,28 @@ def merged(doc: dict, out: Path, order: list[str]) -> dict:
     path = Path(out) / "findings.json"
     if not path.exists():
         return doc
+    from swagcli.findings.runner import paired
+
     try:
         prev = json.loads(path.read_text())
         old = [st for st in prev["studies"] if st["name"] not in {x["name"] for x in doc["studies"]}]
         when = f"{prev.get('created', '?')}" + (f", commit {prev['commit']}" if prev.get("commit") else "")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if prev.get("world") != doc["world"]:
+            when += "; world " + ", ".join(f"{k}={v}" for k, v in (prev.get("world") or {}).items())
+        for st in old:
+            st.setdefault("measured", when)
+            for e in st.get("expect", []):  # one rule for every row: verdicts read again from the diffs
+                if e.get("diffs"):
+                    e.update(paired(e["diffs"], [0.0] * len(e["diffs"])))
+        kept_runs = [r for r in prev.get("runs", []) if r.get("study") in {st["name"] for st in old}]
+        unique = {r["run"]: float(r.get("seconds", 0)) for r in kept_runs}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise SwagError(f"{path}: not a findings report ({e}); move it away, or run every study "
                         "(without --study) to write a new one") from None
-    if prev.get("world") != doc["world"]:
-        when += "; world " + ", ".join(f"{k}={v}" for k, v in (prev.get("world") or {}).items())
-    from swagcli.findings.runner import paired
-
-    for st in old:
-        st.setdefault("measured", when)
-        for e in st.get("expect", []):  # one rule for every row: verdicts read again from the diffs
-            if e.get("diffs"):
-                e.update(paired(e["diffs"], [0.0] * len(e["diffs"])))
-    names = {st["name"] for st in old}
     rank = {n: i for i, n in enumerate(order)}
     studies = sorted(old + doc["studies"], key=lambda st: rank.get(st["name"], len(rank)))
-    runs = [r for r in prev.get("runs", []) if r.get("study") in names] + doc["runs"]
-    unique = {r["run"]: r.get("seconds", 0) for r in runs}
+    runs = kept_runs + doc["runs"]
+    unique.update({r["run"]: r.get("seconds", 0) for r in doc["runs"]})
     return {**doc, "studies": studies, "runs": runs, "seeds": max(st.get("seeds", 1) for st in studies),
             "compute_seconds": round(sum(unique.values()), 1)}
 

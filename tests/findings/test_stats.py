@@ -177,3 +177,19 @@ def test_a_kept_studys_verdicts_follow_todays_rule(tmp_path):
     (row,) = got["studies"][0]["expect"]
     assert row["verdict"] == "reversed" and row["diffs"] == [-0.1, -0.2, -0.3]
     assert row["mean"] == pytest.approx(-0.2) and row["wins"] == 0 and row["metric_a"] == "probe"
+
+
+@pytest.mark.parametrize("bad", [
+    {"studies": [{"name": "old", "expect": [{"diffs": ["x", None]}]}]},  # diffs that are no numbers
+    {"studies": [{"name": "old", "expect": ["row"]}]},
+    {"studies": [{"name": "old", "expect": []}], "runs": ["run"]},
+    {"studies": [{"name": "old", "expect": []}], "world": ["w"]},
+    {"studies": [{"name": "old", "expect": []}], "runs": [{"study": "old"}]},  # a run without its key
+])
+def test_a_damaged_kept_report_is_refused_in_one_line(tmp_path, bad):
+    from swagcli.findings.report import merged
+
+    (tmp_path / "findings.json").write_text(json.dumps(bad))
+    doc = {"world": {}, "runs": [], "studies": [{"name": "new", "seeds": 3, "expect": []}]}
+    with pytest.raises(SwagError, match="not a findings report"):
+        merged(doc, tmp_path, ["old", "new"])
