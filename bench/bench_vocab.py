@@ -1,6 +1,6 @@
 """`swag vocab build` end to end against Listing 1 (SWAG paper, Appendix A), per distinct tag.
 
-    .venv/bin/python bench/bench_vocab.py [--tags 400000] [--sample 5000] [--shards 4] [--repeat 2] [--json]
+    .venv/bin/python bench/bench_vocab.py [--tags 400000] [--sample 5000] [--shards 4] [--repeat 3] [--json]
 
 Setup: ``--tags`` distinct tags, the mix of ``bench_canon.py`` (12% WordNet-derived: lemmas,
 plurals, inflections, compounds; 88% junk: word concatenations, digits, random strings, names,
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sample", type=int, default=5000, help="tags Listing 1 is timed (and checked) on")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=2,
+    ap.add_argument("--repeat", type=int, default=3,
                     help="start-up and build runs per cache state, interleaved, best kept")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     a = ap.parse_args(argv)
