@@ -195,7 +195,8 @@ def merged(doc: dict, out: Path, order: list[str]) -> dict:
             for e in st.get("expect", []):  # one rule for every row: verdicts read again from the diffs
                 if e.get("diffs"):
                     e.update(paired(e["diffs"], [0.0] * len(e["diffs"])))
-        kept_runs = [r for r in prev.get("runs", []) if r.get("study") in {st["name"] for st in old}]
+        names = {st["name"] for st in old}
+        kept_runs = [r for r in prev.get("runs", []) if r.get("study") in names]
         unique = {r["run"]: float(r.get("seconds", 0)) for r in kept_runs}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise SwagError(f"{path}: not a findings report ({e}); move it away, or run every study "

@@ -41,7 +41,9 @@ def map_shards(fn: Callable, jobs: Sequence[tuple], workers: int = 1,
         progress(stage, 0, total)
     if workers <= 1 or total <= 1:
         for i, job in enumerate(jobs):
-            yield fn(*job)
+            with gc_paused():  # as in a worker (_call): the same pass whatever the worker count
+                res = fn(*job)
+            yield res
             if progress:
                 progress(stage, i + 1, total)
         return

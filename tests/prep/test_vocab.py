@@ -138,7 +138,7 @@ def test_the_build_pauses_the_cycle_collector_and_gives_it_back(dumps, tmp_path,
     table: 0.1-0.2 s of a 400k-tag build) and leaves it as it found it, after a failure too."""
     import gc
 
-    from swagcli.prep.parallel import gc_paused
+    from swagcli.prep.parallel import gc_paused, map_shards
 
     seen = []
     real = V.canonical_groups
@@ -150,6 +150,8 @@ def test_the_build_pauses_the_cycle_collector_and_gives_it_back(dumps, tmp_path,
     monkeypatch.setattr(V, "canonical_groups", spy)
     _build(dumps, tmp_path / "out")
     assert seen == [False] and gc.isenabled()
+    for workers in (1, 2):  # each shard of a pass, in this process or in a worker
+        assert list(map_shards(gc.isenabled, [(), ()], workers)) == [False, False] and gc.isenabled()
     gc.disable()
     try:
         with gc_paused():
