@@ -14,6 +14,7 @@ $(VENV)/.swag-installed: pyproject.toml scripts/system-deps.sh
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m swagcli.wordnet install
+	$(BIN)/python -m swagcli.prep.jsonscan
 	touch $@
 
 demo: setup

@@ -17,7 +17,9 @@ other format), best of ``--repeat``:
     ``unnest(string_split(tags, ' '))``;
   * swag's pass 1, ``count_tags(str(p), fmt)`` over every file in this process, each repeat
     starting cold (``blocks._NORM`` cleared: the raw tags Python normalizes; it stays warm across the files, as
-    in one ``swag vocab build -j 1`` process);
+    in one ``swag vocab build -j 1`` process); JSONL blocks are read by the compiled scanner
+    (``swagcli.prep.jsonscan``), and once more by pyarrow's JSON reader (``SWAG_JSONSCAN=0``, the
+    reader before it: reported, not in the ratios);
   * swag's pass 3, ``count_canonical(str(p), tag_to_id, fmt)`` over every file, right after pass 1
     (in the same process, as in the build), ``tag_to_id`` mapping the 20,000 tags to
     10,000 hashtag ids, two tags each (``tag2k``, ``tag2k+1`` -> k), so that a post carrying both
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,7 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from swagcli.prep import blocks  # noqa: E402
+from swagcli.prep import blocks, jsonscan  # noqa: E402
 from swagcli.prep.vocab import count_canonical, count_tags  # noqa: E402
 
 N_TAGS = 20_000
@@ -180,9 +183,10 @@ def main(argv=None) -> int:
         res["tag_occurrences"] = drawn
         cat = "zcat" if a.gzip else "cat"
         for fmt, paths in files.items():
-            times = {k: [] for k in ("duckdb", "duckdb_join", "pass1", "pass3", "floor")}
+            times = {k: [] for k in ("duckdb", "duckdb_join", "pass1", "pass1_pyarrow", "pass3", "floor")}
             answers = {}
             before = dict(blocks.PATHS)
+            scanned = dict(jsonscan.TAKEN)
 
             def timed(key, fn):
                 t = time.perf_counter()
@@ -195,14 +199,23 @@ def main(argv=None) -> int:
                 timed("duckdb_join", lambda: duckdb_canonical(con, fmt, paths))
                 timed("pass1", lambda: swag_pass1(fmt, paths))
                 timed("pass3", lambda: swag_pass3(fmt, paths, tag_to_id))
+                if fmt == "jsonl":  # the reader before the compiled scanner, for the record
+                    os.environ["SWAG_JSONSCAN"] = "0"
+                    try:
+                        timed("pass1_pyarrow", lambda: swag_pass1(fmt, paths))
+                    finally:
+                        del os.environ["SWAG_JSONSCAN"]
                 if not a.no_floor:
                     cmd = f"{cat} " + " ".join(map(str, paths)) + " | wc -l"
                     timed("floor", lambda: int(subprocess.run(cmd, shell=True, check=True,
                                                               capture_output=True).stdout))
             used = {k: blocks.PATHS[k] - before[k] for k in before}
+            used.update({f"jsonscan_{k}": jsonscan.TAKEN[k] - scanned[k] for k in scanned})
             ref, got = answers["duckdb"], answers["pass1"]
             if got != ref:
                 bad.append(f"{fmt} pass 1: swag vs DuckDB: {diff_counts(got, ref)}")
+            if "pass1_pyarrow" in answers and answers["pass1_pyarrow"] != ref:
+                bad.append(f"{fmt} pass 1 (pyarrow's reader): swag vs DuckDB: {diff_counts(answers['pass1_pyarrow'], ref)}")
             (ref3, ref_n), (got3, got_n) = answers["duckdb_join"], answers["pass3"]
             if got3 != ref3:
                 bad.append(f"{fmt} pass 3: swag vs DuckDB join: {diff_counts(got3, ref3)}")
@@ -216,6 +229,8 @@ def main(argv=None) -> int:
                 "seconds": {k: round(v, 4) for k, v in best.items()},
                 "posts_per_s": {k: round(a.posts / v) for k, v in best.items()},
                 "ratio_pass1": round(best["duckdb"] / best["pass1"], 3),
+                **({"ratio_pass1_pyarrow": round(best["duckdb"] / best["pass1_pyarrow"], 3)}
+                   if "pass1_pyarrow" in best else {}),
                 "ratio_pass3": round(best["duckdb"] / best["pass3"], 3),
                 "ratio_pass3_vs_join": round(best["duckdb_join"] / best["pass3"], 3),
                 "blocks": used,
@@ -228,14 +243,16 @@ def main(argv=None) -> int:
           f"{res['generate_s']:.1f}s; 1 thread, best of {a.repeat}, DuckDB {duckdb.__version__}")
     labels = {"floor": f"{cat} | wc -l (floor)", "duckdb": "DuckDB count (peer)",
               "duckdb_join": "DuckDB join -> hashtag ids", "pass1": "swag pass 1 count_tags",
+              "pass1_pyarrow": "  the same, pyarrow's reader",
               "pass3": "swag pass 3 count_canonical"}
     for fmt, r in res["formats"].items():
         print(f"{fmt} ({r['bytes'] / 1e6:.1f} MB, {r['distinct_tags']:,} distinct tags; swag blocks read, all passes and repeats: "
-              f"fast {r['blocks']['fast']} / rows {r['blocks']['rows']}):")
-        for k in ("floor", "duckdb", "duckdb_join", "pass1", "pass3"):
+              f"fast {r['blocks']['fast']} (jsonscan {r['blocks']['jsonscan_blocks']}) / rows {r['blocks']['rows']}):")
+        for k in ("floor", "duckdb", "duckdb_join", "pass1", "pass1_pyarrow", "pass3"):
             if k not in r["seconds"]:
                 continue
             extra = {"pass1": f"   ratio {r['ratio_pass1']:.3f}",
+                     "pass1_pyarrow": f"   ratio {r.get('ratio_pass1_pyarrow', 0):.3f}",
                      "pass3": f"   ratio {r['ratio_pass3']:.3f} (vs join {r['ratio_pass3_vs_join']:.3f})"}.get(k, "")
             print(f"  {labels[k]:<30}{r['seconds'][k]:>8.3f}s {r['posts_per_s'][k]:>12,} posts/s{extra}")
     res["answers_identical"] = not bad

@@ -9,8 +9,10 @@ distinct, in first-seen order: what the row path's ``Post.tags`` holds). The con
 arrow's hash kernels and never make a Python object per post or per distinct tag.
 
 How a block is read (measured on 1M posts a core, ``bench/bench_count.py``): line formats are cut into
-blocks of whole lines (~4 MB); a JSONL block goes through pyarrow's JSON reader, a TSV or YFCC100M
-block through its CSV reader (tab-separated, no quoting); parquet record batches are columns already.
+blocks of whole lines (~4 MB); a JSONL block goes through a compiled one-pass scanner
+(:mod:`~swagcli.prep.jsonscan`, numba) where every line of it is plain, else through pyarrow's JSON
+reader; a TSV or YFCC100M block through pyarrow's CSV reader (tab-separated, no quoting); parquet
+record batches are columns already.
 Raw tags are normalized by arrow's ASCII kernels (Python's :func:`~swagcli.prep.canon.normalize_tag`
 for the few it cannot do the same way: non-ASCII, ``%XX``), and matched to a vocabulary by hash.
 
@@ -22,7 +24,9 @@ needs Python's own white-space rules, and so on (each check below). The lines it
 read by the row path line by line, with their counts per rule exactly as before: the lines it can
 name (a JSON parse error's row, an empty id, a bad marker, the first line that is not UTF-8) one by
 one, the rest of the block by the fast path again; where it names none, piece by piece
-(:func:`_pieces`). Which path read a block is counted in :data:`PATHS` (for tests and benchmarks).
+(:func:`_pieces`). The JSONL scanner is exact by refusing: it takes a block only where Python's json
+reads each line to the same fields (its module says which lines those are), and leaves any other
+block to the checks above. Which path read a block is counted in :data:`PATHS` (for tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import queue
 import re
 import threading
@@ -438,7 +443,17 @@ class _LineBlocks:
             self.bad = []
             got, lines = None, None
             text_ok = raw.isascii() or _is_utf8(raw)
-            if not text_ok:
+            if text_ok:
+                scanned = self.scan(raw)
+                if scanned is not None:  # the plain block's own reader took it (JSONL: jsonscan)
+                    block, n_lines, n_blank = scanned
+                    PATHS["fast"] += 1
+                    self.stats.lines += n_lines
+                    self.stats.blank += n_blank
+                    if len(block):
+                        yield block
+                    return clean
+            else:
                 try:  # where: Python's decoder names the first line that is not UTF-8
                     raw.decode("utf-8")
                     text_ok = True
@@ -499,6 +514,11 @@ class _LineBlocks:
         if lines[-1] == b"":
             lines.pop()
         return posts_of_lines(lines, self.stats, self.spec)
+
+    def scan(self, raw: bytes):
+        """(block, lines, blank lines) where a reader that needs no line checks takes the whole
+        block (every line plain), else None. None here: every format but JSONL."""
+        return None
 
     def fast(self, raw: bytes, lines: "_Lines") -> Block | None:
         raise NotImplementedError
@@ -760,6 +780,18 @@ def _lax_spots(a: np.ndarray) -> np.ndarray:
     return np.concatenate(spots)
 
 
+def _jsonscan():
+    """:mod:`swagcli.prep.jsonscan`, or None where numba is missing or ``SWAG_JSONSCAN=0`` (then
+    pyarrow's reader reads every JSONL block, as before the scanner)."""
+    if os.environ.get("SWAG_JSONSCAN", "1") == "0":
+        return None
+    try:
+        from swagcli.prep import jsonscan
+    except ImportError:
+        return None
+    return jsonscan
+
+
 class _JsonBlocks(_LineBlocks):
     with_caption = False  # read captions: set once a block held a post without tags
 
@@ -771,6 +803,30 @@ class _JsonBlocks(_LineBlocks):
         s = self.spec
         self.names = {"id": s.id or "id", "tags": s.tags or "hashtags", "caption": s.caption or "caption",
                       "country": s.country or "country"}
+        wanted = [self.names["id"], self.names["tags"], self.names["caption"] if s.caption_hashtags else None,
+                  self.names["country"] if self.country else None]
+        named = [x for x in wanted if x is not None]
+        self.scanner = _jsonscan() if len(set(named)) == len(named) else None
+        if self.scanner is not None:
+            self.keys = self.scanner.names_table(wanted)
+        self.hits = self.misses = 0
+
+    def scan(self, raw: bytes):
+        """The block by :mod:`~swagcli.prep.jsonscan` where every line is plain (no bad line, no
+        escape in a value a post is read from, ...), else None. A file whose blocks it keeps
+        turning down is left to pyarrow's reader from then on."""
+        if self.scanner is None or self.misses > 2 * self.hits + 4:
+            return None
+        got = self.scanner.scan(raw, *self.keys)
+        if got is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        ids, ok = _ids(got.ids(), got.rows)
+        flat, post = got.tags()
+        block = assemble(got.rows, ids, ok, flat, post, got.caption if self.spec.caption_hashtags else None,
+                         got.country() if self.country else None, self.stats, self.spec, self.distinct)
+        return block, got.lines, got.blank
 
     def _read(self, raw: bytes, explicit: bool):
         import pyarrow as pa

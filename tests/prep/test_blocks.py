@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swagcli.prep import blocks
+from swagcli.prep import blocks, jsonscan
 from swagcli.prep.blocks import iter_blocks
 from swagcli.prep.dumps import ReadSpec, ReadStats, detect_format, expand_dumps, iter_posts
 
@@ -161,7 +161,12 @@ def _write(path: Path, lines: list[str], pack=None) -> Path:
     return path
 
 
-FLAVOURS = [("jsonl", GOOD_JSON, BAD_JSON), ("jsonl", INT_IDS, BAD_JSON), ("jsonl", STRING_TAGS, BAD_JSON),
+PLAIN_JSON = [  # lines the compiled scanner takes (swagcli.prep.jsonscan): no escape in a field a post is read from
+    '{"id":"a1","hashtags":["#Dog","#dog","cat"],"country":"US"}', '{"id": 17, "hashtags": ["#eggplant"]}',
+    '{"id":"c3","caption":"sunny day with my #BrownBear and \\"#love\\""}', '{"id":"e5","hashtags":["brown+bear","café"]}',
+    '{"id":"f6","hashtags":["#x"],"other":[1,{"k":null,"s":"\\u00e9"}],"n":-2.5e3}', '{"id":"g7","hashtags":[],"caption":"#cap"}',
+]
+FLAVOURS = [("jsonl", GOOD_JSON, BAD_JSON), ("jsonl", PLAIN_JSON, BAD_JSON), ("jsonl", INT_IDS, BAD_JSON), ("jsonl", STRING_TAGS, BAD_JSON),
             ("tsv", GOOD_TSV, BAD_TSV), ("yfcc", GOOD_YFCC, BAD_YFCC)]
 
 
@@ -171,8 +176,10 @@ def test_each_hostile_line_in_a_block_of_good_ones(tmp_path, fmt, good, bad, mon
     and every good line around it, as the row path has them; the good lines alone take the fast path."""
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 1 << 16)
     monkeypatch.setattr(blocks, "PATHS", {"fast": 0, "rows": 0})
+    taken = jsonscan.TAKEN["blocks"]
     same(_write(tmp_path / f"good.{fmt}", good * 3), fmt)
     assert blocks.PATHS == {"fast": 1, "rows": 0}
+    assert (jsonscan.TAKEN["blocks"] > taken) == (good is PLAIN_JSON)  # which reader took it
     for k, line in enumerate(bad):
         f = _write(tmp_path / f"d{k}.{fmt}", good * 3 + [line] + good * 2)
         same(f, fmt)
@@ -326,7 +333,7 @@ def test_closing_a_compressed_read_early_stops_its_thread(tmp_path, monkeypatch)
 
 def test_the_cli_starts_without_the_columnar_engine():
     code = ("import sys, swagcli.cli as c\nsys.argv = ['swag', 'vocab', '--help']\ntry:\n    c.main()\n"
-            "except SystemExit:\n    pass\nprint('ENGINE', [m for m in ('pyarrow', 'torch') if m in sys.modules])")
+            "except SystemExit:\n    pass\nprint('ENGINE', [m for m in ('pyarrow', 'torch', 'numba') if m in sys.modules])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "ENGINE []" in res.stdout, res.stdout[-500:]
 
