@@ -18,8 +18,8 @@ other format), best of ``--repeat``:
   * swag's pass 1, ``count_tags(str(p), fmt)`` over every file in this process, each repeat
     starting cold (``blocks._NORM`` cleared: the raw tags Python normalizes; it stays warm across the files, as
     in one ``swag vocab build -j 1`` process); JSONL blocks are read by the compiled scanner
-    (``swagcli.prep.jsonscan``), and once more by pyarrow's JSON reader (``SWAG_JSONSCAN=0``, the
-    reader before it: reported, not in the ratios);
+    (``swagcli.prep.jsonscan``), and once more without numba (``SWAG_NUMBA=0``: pyarrow's JSON
+    reader and arrow's kernels, as before the compiled ones: reported, not in the ratios);
   * swag's pass 3, ``count_canonical(str(p), tag_to_id, fmt)`` over every file, right after pass 1
     (in the same process, as in the build), ``tag_to_id`` mapping the 20,000 tags to
     10,000 hashtag ids, two tags each (``tag2k``, ``tag2k+1`` -> k), so that a post carrying both
@@ -199,12 +199,12 @@ def main(argv=None) -> int:
                 timed("duckdb_join", lambda: duckdb_canonical(con, fmt, paths))
                 timed("pass1", lambda: swag_pass1(fmt, paths))
                 timed("pass3", lambda: swag_pass3(fmt, paths, tag_to_id))
-                if fmt == "jsonl":  # the reader before the compiled scanner, for the record
-                    os.environ["SWAG_JSONSCAN"] = "0"
+                if fmt == "jsonl":  # without the compiled kernels, for the record
+                    os.environ["SWAG_NUMBA"] = "0"
                     try:
                         timed("pass1_pyarrow", lambda: swag_pass1(fmt, paths))
                     finally:
-                        del os.environ["SWAG_JSONSCAN"]
+                        del os.environ["SWAG_NUMBA"]
                 if not a.no_floor:
                     cmd = f"{cat} " + " ".join(map(str, paths)) + " | wc -l"
                     timed("floor", lambda: int(subprocess.run(cmd, shell=True, check=True,
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
           f"{res['generate_s']:.1f}s; 1 thread, best of {a.repeat}, DuckDB {duckdb.__version__}")
     labels = {"floor": f"{cat} | wc -l (floor)", "duckdb": "DuckDB count (peer)",
               "duckdb_join": "DuckDB join -> hashtag ids", "pass1": "swag pass 1 count_tags",
-              "pass1_pyarrow": "  the same, pyarrow's reader",
+              "pass1_pyarrow": "  the same, SWAG_NUMBA=0",
               "pass3": "swag pass 3 count_canonical"}
     for fmt, r in res["formats"].items():
         print(f"{fmt} ({r['bytes'] / 1e6:.1f} MB, {r['distinct_tags']:,} distinct tags; swag blocks read, all passes and repeats: "

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import io
 import os
 import queue
@@ -65,10 +66,35 @@ _NORM_MAX = 1 << 20
 def normalize_unique(raws):
     """Raw tags (a pyarrow string array) -> (code of each into ``names``, -1 where it normalizes
     to nothing; ``names``: the distinct normalized tags), as
-    :func:`~swagcli.prep.canon.normalize_tag` normalizes them: in arrow for ASCII tags without
-    ``%`` or \\x1c-\\x1f (``+`` as a space, leading white space and ``#`` stripped, lower-cased,
-    white space removed), in Python for the others."""
+    :func:`~swagcli.prep.canon.normalize_tag` normalizes them: in one compiled pass
+    (:mod:`~swagcli.prep.tagnorm`; arrow's kernels without numba) for ASCII tags without ``%`` or
+    \\x1c-\\x1f (``+`` as a space, leading white space and ``#`` stripped, lower-cased, white
+    space removed), in Python for the others."""
     import pyarrow as pa
+    import pyarrow.compute as pc
+
+    tn = compiled("tagnorm")
+    r, per = tn.normalized(raws) if tn is not None else _arrow_normalized(raws)
+    if per is not None:  # the tags Python normalizes (non-ASCII, %XX, \x1c-\x1f)
+        which = np.flatnonzero(per)
+        fixed = []
+        for raw in raws.take(pa.array(which)).to_pylist():
+            n = _NORM.get(raw)
+            if n is None:
+                if len(_NORM) >= _NORM_MAX:
+                    _NORM.clear()
+                n = _NORM[raw] = normalize_tag(raw)
+            fixed.append(n)
+        r = pc.replace_with_mask(r, pa.array(per), pa.array(fixed, type=r.type))
+    r = pc.if_else(pc.equal(r, ""), pa.scalar(None, pa.string()), r)
+    enc = pc.dictionary_encode(r)
+    codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, enc.dictionary
+
+
+def _arrow_normalized(raws):
+    """:func:`normalize_unique`'s ASCII rules by arrow's kernels (where numba is missing): (the
+    tags, the mask of those Python normalizes or None)."""
     import pyarrow.compute as pc
 
     b = _bytes_of(raws)  # each kernel only where a byte asks for it
@@ -86,27 +112,14 @@ def normalize_unique(raws):
     if has_space:
         r = pc.replace_substring_regex(r, r"[ \t\n\r\x0b\x0c]+", "")
     odd_byte = _python_bytes(b)
-    if odd_byte.any():
-        _, _, length = _edges(raws)
-        start = np.concatenate(([0], np.cumsum(length)[:-1]))
-        some = length > 0
-        per = np.zeros(len(raws), dtype=bool)
-        per[some] = np.logical_or.reduceat(odd_byte, start[some])
-        odd = pa.array(per)
-        which = np.flatnonzero(per)
-        fixed = []
-        for raw in raws.take(pa.array(which)).to_pylist():
-            n = _NORM.get(raw)
-            if n is None:
-                if len(_NORM) >= _NORM_MAX:
-                    _NORM.clear()
-                n = _NORM[raw] = normalize_tag(raw)
-            fixed.append(n)
-        r = pc.replace_with_mask(r, odd, pa.array(fixed, type=pa.string()))
-    r = pc.if_else(pc.equal(r, ""), pa.scalar(None, pa.string()), r)
-    enc = pc.dictionary_encode(r)
-    codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return codes, enc.dictionary
+    if not odd_byte.any():
+        return r, None
+    _, _, length = _edges(raws)
+    start = np.concatenate(([0], np.cumsum(length)[:-1]))
+    some = length > 0
+    per = np.zeros(len(raws), dtype=bool)
+    per[some] = np.logical_or.reduceat(odd_byte, start[some])
+    return r, per
 
 
 def _python_bytes(b: np.ndarray) -> np.ndarray:
@@ -780,16 +793,16 @@ def _lax_spots(a: np.ndarray) -> np.ndarray:
     return np.concatenate(spots)
 
 
-def _jsonscan():
-    """:mod:`swagcli.prep.jsonscan`, or None where numba is missing or ``SWAG_JSONSCAN=0`` (then
-    pyarrow's reader reads every JSONL block, as before the scanner)."""
-    if os.environ.get("SWAG_JSONSCAN", "1") == "0":
+def compiled(name: str):
+    """One of prep's compiled modules (``jsonscan``, ``tagnorm``), or None where numba is missing
+    or ``SWAG_NUMBA=0`` (then pyarrow's JSON reader and arrow's kernels do their work, as before
+    them: the same results, tested)."""
+    if os.environ.get("SWAG_NUMBA", "1") == "0":
         return None
     try:
-        from swagcli.prep import jsonscan
+        return importlib.import_module(f"swagcli.prep.{name}")
     except ImportError:
         return None
-    return jsonscan
 
 
 class _JsonBlocks(_LineBlocks):
@@ -806,7 +819,7 @@ class _JsonBlocks(_LineBlocks):
         wanted = [self.names["id"], self.names["tags"], self.names["caption"] if s.caption_hashtags else None,
                   self.names["country"] if self.country else None]
         named = [x for x in wanted if x is not None]
-        self.scanner = _jsonscan() if len(set(named)) == len(named) else None
+        self.scanner = compiled("jsonscan") if len(set(named)) == len(named) else None
         if self.scanner is not None:
             self.keys = self.scanner.names_table(wanted)
         self.hits = self.misses = 0

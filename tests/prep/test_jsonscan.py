@@ -167,7 +167,7 @@ def test_lines_it_turns_down(line):
 
 
 def test_a_block_of_plain_lines_reads_as_the_row_path_with_the_scanner_and_without(tmp_path, monkeypatch):
-    """The same posts and counts per rule from the scanner, from pyarrow's reader (SWAG_JSONSCAN=0)
+    """The same posts and counts per rule from the scanner, from pyarrow's reader (SWAG_NUMBA=0)
     and from the row path, on plain lines with blank ones, no-id and no-tag posts and captions
     whose #tags stand in for missing tags; the scanner took the blocks."""
     from tests.prep.test_blocks import by_blocks, by_rows
@@ -189,11 +189,34 @@ def test_a_block_of_plain_lines_reads_as_the_row_path_with_the_scanner_and_witho
         before = jsonscan.TAKEN["blocks"]
         assert by_blocks(f, spec) == want
         assert jsonscan.TAKEN["blocks"] - before >= 10
-        monkeypatch.setenv("SWAG_JSONSCAN", "0")
+        monkeypatch.setenv("SWAG_NUMBA", "0")
         before = jsonscan.TAKEN["blocks"]
         assert by_blocks(f, spec) == want
         assert jsonscan.TAKEN["blocks"] == before
-        monkeypatch.delenv("SWAG_JSONSCAN")
+        monkeypatch.delenv("SWAG_NUMBA")
     st = ReadStats()
     list(iter_posts(f, ReadSpec("jsonl"), st))
     assert st.blank > 20 and st.no_id > 20 and st.from_caption > 0 and st.no_tags > 0
+
+
+@pytest.mark.parametrize("numba", ["1", "0"])
+def test_raw_tags_normalize_as_normalize_tag_does(monkeypatch, numba):
+    """Property: the compiled tag normalizer (swagcli.prep.tagnorm), and arrow's kernels without
+    numba, give each raw tag what canon.normalize_tag gives (None where that is empty): '#', '+',
+    white space of every ASCII kind, capitals, '%XX', \\x1c-\\x1f, non-ASCII, nulls, slices."""
+    import pyarrow as pa
+
+    from swagcli.prep.canon import normalize_tag
+
+    monkeypatch.setenv("SWAG_NUMBA", numba)
+    rng = random.Random(5)
+    alphabet = ["#", "#", "+", " ", "\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1f", "A", "Z", "a", "z", "0", "-", "_",
+                "%", "%41", "%C3%A9", "é", "İ", "ß", "\u3000", "\xa0", "😀", "@", "[", "="]
+    raws = ["", "#", "##", "+#x", "# #x", "  ##Love", "#BrownBear ", "Ñandú", "new york", "brown+bear", "caf%C3%A9"]
+    raws += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))) for _ in range(4000)]
+    for arr in (pa.array(raws + [None]), pa.array([None] + raws, type=pa.large_string()), pa.array(raws).slice(3, 2000)):
+        codes, names = blocks.normalize_unique(arr)
+        names = names.to_pylist()
+        got = [names[c] if c >= 0 else None for c in codes.tolist()]
+        want = [(normalize_tag(r) or None) if r is not None else None for r in arr.to_pylist()]
+        assert got == want
