@@ -793,16 +793,36 @@ def _lax_spots(a: np.ndarray) -> np.ndarray:
     return np.concatenate(spots)
 
 
+_COMPILED: dict = {}
+
+
 def compiled(name: str):
     """One of prep's compiled modules (``jsonscan``, ``tagnorm``), or None where numba is missing
     or ``SWAG_NUMBA=0`` (then pyarrow's JSON reader and arrow's kernels do their work, as before
-    them: the same results, tested)."""
+    them: the same results, tested). Loaded once a process; a damaged numba cache (a full disk,
+    a cut file) is emptied and the module compiled anew, and where that fails too, the module
+    is not used."""
     if os.environ.get("SWAG_NUMBA", "1") == "0":
         return None
+    if name not in _COMPILED:
+        _COMPILED[name] = _load_compiled(name)
+    return _COMPILED[name]
+
+
+def _load_compiled(name: str):
     try:
-        return importlib.import_module(f"swagcli.prep.{name}")
+        mod = importlib.import_module(f"swagcli.prep.{name}")
     except ImportError:
         return None
+    for attempt in range(2):
+        try:
+            mod.warm()
+            return mod
+        except Exception:  # noqa: BLE001 (numba's cache or compiler: the kernels are an optimization)
+            for fn in mod.KERNELS:
+                with contextlib.suppress(Exception):
+                    fn._cache.flush()
+    return None
 
 
 class _JsonBlocks(_LineBlocks):

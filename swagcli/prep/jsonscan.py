@@ -451,6 +451,9 @@ def scan(raw: bytes, kb: np.ndarray, kl: np.ndarray) -> "Scanned | None":
     return Scanned(raw, a, out)
 
 
+KERNELS = [scan_block, gather]  # (their numba caches: emptied where damaged)
+
+
 def warm() -> float:
     """Compile the scanner into numba's cache now (``make setup`` does: the first JSONL block of a
     machine would wait ~10 s for it) and return the seconds it took; a cached one loads in ~0.1 s."""

@@ -76,6 +76,9 @@ def normalized(raws):
     return got, (odd if odd.any() else None)
 
 
+KERNELS = [normalize_ascii]  # (their numba caches: emptied where damaged)
+
+
 def warm() -> None:
     import pyarrow as pa
 

@@ -220,3 +220,23 @@ def test_raw_tags_normalize_as_normalize_tag_does(monkeypatch, numba):
         got = [names[c] if c >= 0 else None for c in codes.tolist()]
         want = [(normalize_tag(r) or None) if r is not None else None for r in arr.to_pylist()]
         assert got == want
+
+
+def test_a_damaged_numba_cache_is_compiled_anew():
+    """A cut cache file (a full disk, a copy cut short) made numba's loader raise at the first
+    block: now the cache is emptied and the kernel compiled again, in a fresh process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from swagcli.prep import tagnorm
+
+    tagnorm.warm()
+    files = list(Path(tagnorm.normalize_ascii._cache._cache_path).glob("tagnorm.normalize_ascii-*.nbc"))
+    assert files
+    for f in files:
+        f.write_bytes(f.read_bytes()[:50])
+    code = ("import pyarrow as pa\nfrom swagcli.prep import blocks\nm = blocks.compiled('tagnorm')\n"
+            "print(m is not None, blocks.normalize_unique(pa.array(['#A b', 'x']))[1].to_pylist())")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.split() == ["True", "['ab',", "'x']"], res.stderr[-800:]
