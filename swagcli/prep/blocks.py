@@ -56,6 +56,7 @@ BLOCK_BYTES = 1 << 22  # bytes of whole lines per block (line formats)
 SPLIT_PARTS, SPLIT_MIN = 8, 1 << 16  # (a fast read costs ~0.4 ms a call: ~50 lines by the row path)
 BLOCK_POSTS = 1 << 16  # posts per block where posts come one at a time (the row path, tar shards)
 PATHS = {"fast": 0, "rows": 0}  # blocks read by each path (this process)
+SCAN_STOPS = 8  # lines a scanner may stop at in one block before the rest of it goes to the line checks
 
 
 # -- tags as ids -------------------------------------------------------------------------------------
@@ -445,10 +446,40 @@ class _LineBlocks:
     dense = False  # the last block's bad lines were many: its pieces went to the row path
 
     def read(self, raw: bytes, split: bool = True):
-        """The posts of one block, by the fast path if it takes the block. Else, where the fast
+        """The posts of one block. Where the format has a scanner (JSONL: :meth:`scan`), it reads
+        the block's plain lines first, up to the first line that is not: that line alone goes to
+        :meth:`checked`, and the scanner goes on from the line after it; after
+        :data:`SCAN_STOPS` such lines in one block, the rest of it goes to :meth:`checked` at once.
+        Returns whether the fast path read all of it."""
+        clean = True
+        if self.scans and raw and (raw.isascii() or _is_utf8(raw)):
+            for _ in range(SCAN_STOPS):
+                got = self.scan(raw)
+                if got is None:
+                    break
+                block, n_lines, n_blank, stop = got
+                self.stats.lines += n_lines
+                self.stats.blank += n_blank
+                if n_lines:
+                    PATHS["fast"] += 1
+                if block is not None and len(block):
+                    yield block
+                if stop >= len(raw):
+                    return clean
+                end = raw.find(b"\n", stop) + 1 or len(raw)
+                ok = yield from self.checked(raw[stop:end], split)
+                clean = clean and ok
+                raw = raw[end:]
+                if not raw:
+                    return clean
+        ok = yield from self.checked(raw, split)
+        return clean and ok
+
+    def checked(self, raw: bytes, split: bool = True):
+        """The posts of one block by the fast path if it takes the block. Else, where the fast
         path named the lines it turned down (``self.bad``: a JSON parse error's row, empty ids,
         a line that is not UTF-8), those lines go to the row path and the lines between them to
-        the fast path again; where it named none, the block is read piece by piece
+        :meth:`read` again; where it named none, the block is read piece by piece
         (:func:`_pieces`), the pieces it turns down by the row path. Returns whether the fast
         path read all of it."""
         clean = True
@@ -456,17 +487,7 @@ class _LineBlocks:
             self.bad = []
             got, lines = None, None
             text_ok = raw.isascii() or _is_utf8(raw)
-            if text_ok:
-                scanned = self.scan(raw)
-                if scanned is not None:  # the plain block's own reader took it (JSONL: jsonscan)
-                    block, n_lines, n_blank = scanned
-                    PATHS["fast"] += 1
-                    self.stats.lines += n_lines
-                    self.stats.blank += n_blank
-                    if len(block):
-                        yield block
-                    return clean
-            else:
+            if not text_ok:
                 try:  # where: Python's decoder names the first line that is not UTF-8
                     raw.decode("utf-8")
                     text_ok = True
@@ -494,8 +515,9 @@ class _LineBlocks:
                         yield from self.read(raw[pos:lo], split)
                     yield from self._by_rows(raw[lo:hi])
                     pos = hi
-                raw = raw[pos:]  # after the last: another go (a JSON error names its first bad row only)
-                continue
+                if pos < len(raw):  # after the last: another go (a JSON error names its first bad row only)
+                    yield from self.read(raw[pos:], split)
+                return False
             pieces = _pieces(raw, max(1, min(SPLIT_PARTS, len(raw) // SPLIT_MIN))) if split else [raw]
             if len(pieces) > 1:
                 failed = 0
@@ -528,9 +550,11 @@ class _LineBlocks:
             lines.pop()
         return posts_of_lines(lines, self.stats, self.spec)
 
+    scans = False  # the format has a scanner (:meth:`scan`)
+
     def scan(self, raw: bytes):
-        """(block, lines, blank lines) where a reader that needs no line checks takes the whole
-        block (every line plain), else None. None here: every format but JSONL."""
+        """(posts, lines, blank lines, where it stopped) of the plain lines at the start of a block
+        up to the first that is not, read without the fast path's line checks; None: no scanner."""
         return None
 
     def fast(self, raw: bytes, lines: "_Lines") -> Block | None:
@@ -844,22 +868,28 @@ class _JsonBlocks(_LineBlocks):
             self.keys = self.scanner.names_table(wanted)
         self.hits = self.misses = 0
 
+    scans = True
+
     def scan(self, raw: bytes):
-        """The block by :mod:`~swagcli.prep.jsonscan` where every line is plain (no bad line, no
-        escape in a value a post is read from, ...), else None. A file whose blocks it keeps
-        turning down is left to pyarrow's reader from then on."""
+        """The plain lines at the start of a block by :mod:`~swagcli.prep.jsonscan` (no bad line,
+        no escape in a value a post is read from, ...), up to the first that is not. A file in
+        which it keeps stopping at once is left to pyarrow's reader from then on."""
         if self.scanner is None or self.misses > 2 * self.hits + 4:
             return None
         got = self.scanner.scan(raw, *self.keys)
         if got is None:
-            self.misses += 1
             return None
+        if not got.lines:
+            self.misses += 1
+            return None, 0, 0, got.stop
         self.hits += 1
-        ids, ok = _ids(got.ids(), got.rows)
-        flat, post = got.tags()
-        block = assemble(got.rows, ids, ok, flat, post, got.caption if self.spec.caption_hashtags else None,
-                         got.country() if self.country else None, self.stats, self.spec, self.distinct)
-        return block, got.lines, got.blank
+        block = None
+        if got.rows:
+            ids, ok = _ids(got.ids(), got.rows)
+            flat, post = got.tags()
+            block = assemble(got.rows, ids, ok, flat, post, got.caption if self.spec.caption_hashtags else None,
+                             got.country() if self.country else None, self.stats, self.spec, self.distinct)
+        return block, got.lines, got.blank, got.stop
 
     def _read(self, raw: bytes, explicit: bool):
         import pyarrow as pa

@@ -33,7 +33,7 @@ from numba import njit
 
 DEPTH = 32  # nesting of containers in a skipped value
 ID, TAGS, CAPTION, COUNTRY = range(4)
-TAKEN = {"blocks": 0, "refused": 0}  # blocks this process's scanner took and turned down
+TAKEN = {"blocks": 0, "refused": 0}  # blocks this process's scanner took whole, and blocks it stopped in
 
 jit = njit(cache=True, nogil=True, boundscheck=False)
 # (the helpers are inner functions of the scanner: numba inlines those, where a call to another
@@ -42,8 +42,8 @@ jit = njit(cache=True, nogil=True, boundscheck=False)
 
 @jit
 def scan_block(a, kb, kl):
-    """Returns (the first line not plain or -1, lines, blank lines, rows, tags, spans, tag spans,
-    tag offsets). ``spans[r]``: row r's (id start, id end, caption start, caption end, caption
+    """Returns (where the first line not plain starts, or len(a); then of the lines before it:
+    lines, blank lines, rows, tags, spans, tag spans, tag offsets). ``spans[r]``: row r's (id start, id end, caption start, caption end, caption
     escaped, country start, country end), -1 where the field is missing or null; ``kb``/``kl``:
     the wanted keys (:func:`names_table`)."""
     n = len(a)
@@ -246,7 +246,7 @@ def scan_block(a, kb, kl):
             i = j + 1
             continue
         if a[j] != 123:
-            return lines - 1, lines, blank, row, nt, spans, tags, toff
+            return i, lines - 1, blank, row, toff[row], spans, tags, toff
         for k in range(7):
             spans[row, k] = -1
         seen = 0
@@ -351,11 +351,11 @@ def scan_block(a, kb, kl):
             j = ws(j)
             bad = j < n and a[j] != 10
         if bad:
-            return lines - 1, lines, blank, row, nt, spans, tags, toff
+            return i, lines - 1, blank, row, toff[row], spans, tags, toff
         row += 1
         toff[row] = nt
         i = j + 1
-    return -1, lines, blank, row, nt, spans, tags, toff
+    return n, lines, blank, row, nt, spans, tags, toff
 
 
 @jit
@@ -394,10 +394,12 @@ def names_table(names: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Scanned:
-    """One block as the scanner read it: its counts and its columns as arrow arrays."""
+    """A block's plain lines, up to its first line that is not (``stop``: where that starts, the
+    block's length where there is none), as the scanner read them: counts, and columns as arrow
+    arrays."""
 
     def __init__(self, raw: bytes, a: np.ndarray, out):
-        _, self.lines, self.blank, self.rows, nt, spans, tags, toff = out
+        self.stop, self.lines, self.blank, self.rows, nt, spans, tags, toff = out
         self.raw, self.a = raw, a
         self.spans = spans[: self.rows]
         self.tag_spans = tags[:nt]
@@ -436,19 +438,17 @@ class Scanned:
 
 
 def scan(raw: bytes, kb: np.ndarray, kl: np.ndarray) -> "Scanned | None":
-    """The block's lines and columns, or None where a line is not plain (see the module's text)."""
+    """The block's plain lines up to the first that is not (see the module's text), or None for a
+    block over 2 GB."""
     if len(raw) >= 1 << 31:
         return None
     a = np.frombuffer(raw, dtype=np.uint8)
     if a.flags.writeable:  # (a bytearray: one compiled version, for read-only blocks, serves all)
         a = a.view()
         a.flags.writeable = False
-    out = scan_block(a, kb, kl)
-    if out[0] >= 0:
-        TAKEN["refused"] += 1
-        return None
-    TAKEN["blocks"] += 1
-    return Scanned(raw, a, out)
+    got = Scanned(raw, a, scan_block(a, kb, kl))
+    TAKEN["blocks" if got.stop == len(raw) else "refused"] += 1
+    return got
 
 
 KERNELS = [scan_block, gather]  # (their numba caches: emptied where damaged)

@@ -46,20 +46,21 @@ def scanned_view(got, i: int):
 
 
 def check_block(lines: list[str]) -> bool:
-    """Scan the lines as one block; where taken, each agrees with Python's json. Returns whether taken."""
+    """Scan the lines as one block: the plain lines it reads, up to where it stops, agree with
+    Python's json, and it stops at a line start. Returns whether it read the whole block."""
     raw = "".join(x + "\n" for x in lines).encode("utf-8", "surrogatepass")
     if not raw or not (raw.isascii() or blocks._is_utf8(raw)):
         return False
     got = jsonscan.scan(raw, *KEYS)
-    if got is None:
-        return False
-    views = [python_view(x) for x in lines]
-    assert None not in views, lines  # a bad line in a block the scanner took
+    taken = lines[:got.lines]
+    assert got.stop == len("".join(x + "\n" for x in taken).encode("utf-8", "surrogatepass")), lines
+    views = [python_view(x) for x in taken]
+    assert None not in views, lines  # a bad line among those the scanner read
     rows = [v for v in views if v != "blank"]
-    assert (got.lines, got.blank, got.rows) == (len(lines), len(lines) - len(rows), len(rows)), lines
+    assert (got.blank, got.rows) == (len(taken) - len(rows), len(rows)), lines
     for i, want in enumerate(rows):
         assert scanned_view(got, i) == want, (lines, i)
-    return True
+    return got.stop == len(raw)
 
 
 WORDS = ["dog", "#Dog", "café", "#東京", "new york", "", " sp ", "a+b", "%C3%A9", "x" * 40, "İ", "😀", "'", "[", "=",
@@ -162,8 +163,11 @@ def test_lines_it_turns_down(line):
     """Each line the scanner leaves to the readers before it: bad JSON, or JSON whose reading it
     does not do itself (Python's choice between duplicate keys, escapes in a value it reads...)."""
     raw = (line + "\n").encode()
-    assert jsonscan.scan(raw, *KEYS) is None
-    assert jsonscan.scan(b'{"id":"ok","hashtags":["x"]}\n' + raw, *KEYS) is None  # after a good line too
+    got = jsonscan.scan(raw, *KEYS)
+    assert (got.stop, got.lines, got.rows) == (0, 0, 0)
+    good = b'{"id":"ok","hashtags":["x","y"]}\n'
+    got = jsonscan.scan(good + raw + good, *KEYS)  # after a good line: that line is read, and no more
+    assert (got.stop, got.lines, got.rows, len(got.tag_spans)) == (len(good), 1, 1, 2)
 
 
 def test_a_block_of_plain_lines_reads_as_the_row_path_with_the_scanner_and_without(tmp_path, monkeypatch):
