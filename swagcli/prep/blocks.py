@@ -62,6 +62,9 @@ SCAN_STOPS = 8  # lines a scanner may stop at in one block before the rest of it
 # -- tags as ids -------------------------------------------------------------------------------------
 _NORM: dict[str, str] = {}  # raw -> normalized, for the raw tags arrow does not normalize (non-ASCII, %XX)
 _NORM_MAX = 1 << 20
+# raw tags at least, for the compiled normalizer (fewer: arrow's kernels, and a TSV or parquet run
+# with few distinct tags a block never imports numba, ~0.3 s a process)
+TAGNORM_MIN = 1 << 15
 
 
 def normalize_unique(raws):
@@ -74,7 +77,7 @@ def normalize_unique(raws):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    tn = compiled("tagnorm")
+    tn = compiled("tagnorm") if len(raws) >= TAGNORM_MIN else None
     r, per = tn.normalized(raws) if tn is not None else _arrow_normalized(raws)
     if per is not None:  # the tags Python normalizes (non-ASCII, %XX, \x1c-\x1f)
         which = np.flatnonzero(per)
