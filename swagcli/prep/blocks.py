@@ -852,6 +852,20 @@ def _load_compiled(name: str):
     return None
 
 
+BRACKETS_MAX = 256  # '[' and '{' in a line, past which the row path reads it (its nesting might be past Python's)
+
+
+def _bracket_heavy(lines: "_Lines") -> np.ndarray:
+    """The lines with more than :data:`BRACKETS_MAX` opening brackets (in strings too): pyarrow's
+    reader takes any nesting, Python's json raises past its recursion limit (~1,000 levels)."""
+    a = lines.a
+    opens = np.flatnonzero((a == 91) | (a == 123))
+    if len(opens) <= BRACKETS_MAX:
+        return opens[:0]
+    per = np.bincount(np.searchsorted(lines.starts, opens, side="right") - 1, minlength=lines.n)
+    return np.flatnonzero(per > BRACKETS_MAX)
+
+
 class _JsonBlocks(_LineBlocks):
     with_caption = False  # read captions: set once a block held a post without tags
 
@@ -916,6 +930,10 @@ class _JsonBlocks(_LineBlocks):
         odd = lines.unbracketed(b"{", b"}")
         if len(odd):  # one object a line
             self.bad = odd.tolist()
+            return None
+        deep = _bracket_heavy(lines)
+        if len(deep):  # Python's json may not read so deep a line (RecursionError): the row path decides
+            self.bad = deep.tolist()
             return None
         lax = _lax_spots(lines.a)
         if len(lax):  # where pyarrow's reader may take what Python's json refuses: the row path has the line

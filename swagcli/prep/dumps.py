@@ -497,7 +497,7 @@ def _lines(blocks: Iterator[bytes]):
 def _parse_jsonl(text: str, stats: ReadStats, spec: ReadSpec) -> Post | None:
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested past Python's recursion limit: a bad line too)
         stats.bad_json += 1
         return None
     if not isinstance(obj, dict):

@@ -130,6 +130,11 @@ BAD_JSON = [
     '{"id": "k6", "hashtags": ["x"], "country": ["US"]}', '{"id": "k7", "hashtags": ["x"], "country": null}',
     '{"id": "null", "hashtags": ["null", "true"]}', '{"id": "sp\\u0020", "hashtags": ["x"]}', '{}',
     '{"id": "long", "hashtags": ["' + "t" * 5000 + '"]}',
+    # nesting: past Python's recursion limit (json.loads raised RecursionError: a traceback), and
+    # deep but readable, and many brackets not nested
+    '{"id": "deep", "hashtags": ["x"], "o": ' + "[" * 5000 + "]" * 5000 + "}",
+    '{"id": "d300", "hashtags": ["x"], "o": ' + "[" * 300 + "]" * 300 + "}",
+    '{"id": "flat", "hashtags": ["x"], "o": [' + ",".join(["{}"] * 400) + "]}",
 ]
 GOOD_TSV = ["p1\t#dog #Cat\tUS", "p2\t#eggplant #aubergine", "p3\tbrown+bear  #x", "p4\t#a\t GB "]
 BAD_TSV = [
