@@ -7,23 +7,25 @@ msgspec (33-39 ms), a numpy structural index (13 ms for the string gaps alone), 
 checks that every line is one JSON object as Python's ``json.loads`` reads it, and notes where the
 values of the four fields a post is read from (id, tags, caption, country) lie.
 
-It is exact by refusing: it takes a block only where each line is, after JSON white space, empty
-or one object whose
+It is exact by refusing: it reads a line only where it is, after JSON white space, empty or one
+object whose
 
 * keys are strings without escapes (an escaped key could spell a wanted one);
 * wanted keys appear at most once (Python keeps the last of two; this scanner does not choose);
-* id is a string without escapes, ``null``, or an integer (``-?(0|[1-9][0-9]*)``, not ``-0``,
-  which Python reads as 0): its text is what ``str(int)`` gives;
-* tags are ``null`` or a list of strings without escapes; country a string without escapes or
-  ``null``; caption a string (escapes allowed: Python's json decodes that one caption when a
-  post needs it) or ``null``;
+* id is a string, ``null``, or an integer (``-?(0|[1-9][0-9]*)``, not ``-0``, which Python reads
+  as 0): its text is what ``str(int)`` gives;
+* tags are ``null`` or a list of strings; country a string or ``null``; caption a string (Python's
+  json decodes it where a post needs it) or ``null``. Escapes in the strings of id, tags and
+  country are decoded here, as Python's json decodes them, into UTF-8; a lone surrogate
+  (``\\ud800``, which Python keeps and UTF-8 cannot hold) is refused;
 * other values are any JSON value Python's json takes but ``NaN``/``Infinity``, nested at most
   :data:`DEPTH` deep: strings with valid escapes and no control character, numbers by JSON's
   grammar, ``true``/``false``/``null``, arrays, objects.
 
-Anything else (a bad line, a number as tags, a ``\\u`` escape in a tag) and the whole block goes
-to the reader before it (pyarrow's, then the row path), which names bad lines and counts them per
-rule. So a block this scanner takes holds no bad line, and its posts are the row path's.
+At the first line that is not so (a bad line, a number as tags, a lone surrogate) it stops, and
+the block reader gives that line to the readers before it (pyarrow's, then the row path), which
+name bad lines and count them per rule. So the lines this scanner reads hold no bad line, and
+their posts are the row path's.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ jit = njit(cache=True, nogil=True, boundscheck=False)
 @jit
 def scan_block(a, kb, kl):
     """Returns (where the first line not plain starts, or len(a); then of the lines before it:
-    lines, blank lines, rows, tags, spans, tag spans, tag offsets). ``spans[r]``: row r's (id start, id end, caption start, caption end, caption
-    escaped, country start, country end), -1 where the field is missing or null; ``kb``/``kl``:
-    the wanted keys (:func:`names_table`)."""
+    lines, blank lines, rows, tags, spans, tag spans, tag offsets). ``spans[r]``: row r's (id
+    start, id end, caption start, caption end, caption escaped, country start, country end), -1
+    where the field is missing or null, then (id escaped, country escaped); a tag span is (start,
+    end, escaped); ``kb``/``kl``: the wanted keys (:func:`names_table`)."""
     n = len(a)
     stack = np.empty(DEPTH, dtype=np.uint8)
 
@@ -207,6 +210,34 @@ def scan_block(a, kb, kl):
                 else:
                     return -1
 
+    def hex4(q):
+        v = 0
+        for k in range(q, q + 4):
+            h = a[k]
+            v = v * 16 + (h - 48 if h <= 57 else (h - 55 if h <= 70 else h - 87))
+        return v
+
+    def paired(s, e):
+        """Whether every \\u surrogate escape in a[s:e] (escapes valid) is a high one followed by
+        a low one: Python keeps a lone one, which UTF-8 (and arrow) cannot hold."""
+        q = s
+        while q < e:
+            if a[q] != 92:
+                q += 1
+            elif a[q + 1] != 117:
+                q += 2
+            else:
+                v = hex4(q + 2)
+                if 0xDC00 <= v <= 0xDFFF:
+                    return False
+                if 0xD800 <= v <= 0xDBFF:
+                    if not (q + 12 <= e and a[q + 6] == 92 and a[q + 7] == 117 and 0xDC00 <= hex4(q + 8) <= 0xDFFF):
+                        return False
+                    q += 12
+                else:
+                    q += 6
+        return True
+
     def which_key(s, e):
         """Which wanted key (0-3) a[s:e] is, or -1."""
         lo = 0
@@ -229,8 +260,8 @@ def scan_block(a, kb, kl):
     for k in range(n):
         nl += a[k] == 10
         quotes += a[k] == 34
-    spans = np.empty((nl, 7), dtype=np.int64)
-    tags = np.empty((quotes // 2 + 1, 2), dtype=np.int64)
+    spans = np.empty((nl, 9), dtype=np.int64)
+    tags = np.empty((quotes // 2 + 1, 3), dtype=np.int64)
     toff = np.empty(nl + 1, dtype=np.int64)
     toff[0] = 0
     i = 0
@@ -249,6 +280,7 @@ def scan_block(a, kb, kl):
             return i, lines - 1, blank, row, toff[row], spans, tags, toff
         for k in range(7):
             spans[row, k] = -1
+        spans[row, 7] = spans[row, 8] = 0
         seen = 0
         bad = False
         j = ws(j + 1)
@@ -297,11 +329,12 @@ def scan_block(a, kb, kl):
                                 break
                             s = j + 1
                             j, esc = string(j)
-                            if j < 0 or esc:
+                            if j < 0 or (esc and not paired(s, j - 1)):
                                 j = -1
                                 break
                             tags[nt, 0] = s
                             tags[nt, 1] = j - 1
+                            tags[nt, 2] = esc
                             nt += 1
                             j = ws(j)
                             if j < n and a[j] == 44:
@@ -317,12 +350,12 @@ def scan_block(a, kb, kl):
                     j, esc = string(j)
                     if j >= 0:
                         if w == ID:
-                            spans[row, 0], spans[row, 1] = s, j - 1
+                            spans[row, 0], spans[row, 1], spans[row, 7] = s, j - 1, esc
                         elif w == CAPTION:
                             spans[row, 2], spans[row, 3], spans[row, 4] = s, j - 1, esc
                         else:
-                            spans[row, 5], spans[row, 6] = s, j - 1
-                        if esc and w != CAPTION:
+                            spans[row, 5], spans[row, 6], spans[row, 8] = s, j - 1, esc
+                        if esc and w != CAPTION and not paired(s, j - 1):
                             j = -1
                 elif w == ID and (c == 45 or 48 <= c <= 57):
                     s = j
@@ -359,8 +392,10 @@ def scan_block(a, kb, kl):
 
 
 @jit
-def gather(a, s, e):
-    """Strings a[s[k]:e[k]] (null where s[k] < 0) as arrow's buffers: (offsets, data, valid)."""
+def gather(a, s, e, esc):
+    """Strings a[s[k]:e[k]] (null where s[k] < 0) as arrow's buffers: (offsets, data, valid); the
+    ones with ``esc[k]`` decoded as Python's json decodes them (surrogates paired: the scanner
+    checked), into UTF-8. A decoded string is never longer than its JSON text."""
     m = len(s)
     off = np.empty(m + 1, dtype=np.int32)
     valid = np.empty(m, dtype=np.bool_)
@@ -369,19 +404,66 @@ def gather(a, s, e):
         if s[k] >= 0:
             total += e[k] - s[k]
     data = np.empty(total, dtype=np.uint8)
+
+    def hex4(q):
+        v = 0
+        for k in range(q, q + 4):
+            h = a[k]
+            v = v * 16 + (h - 48 if h <= 57 else (h - 55 if h <= 70 else h - 87))
+        return v
+
     p = 0
     off[0] = 0
     for k in range(m):
-        if s[k] >= 0:
+        if s[k] < 0:
+            valid[k] = False
+        elif not esc[k]:
             for q in range(s[k], e[k]):
                 data[p] = a[q]
                 p += 1
             valid[k] = True
         else:
-            valid[k] = False
+            q = s[k]
+            while q < e[k]:
+                c = a[q]
+                if c != 92:
+                    data[p] = c
+                    p += 1
+                    q += 1
+                    continue
+                d = a[q + 1]
+                if d != 117:
+                    data[p] = (8 if d == 98 else 12 if d == 102 else 10 if d == 110 else 13 if d == 114
+                               else 9 if d == 116 else d)  # \" \\ \/ are themselves
+                    p += 1
+                    q += 2
+                    continue
+                v = hex4(q + 2)
+                q += 6
+                if 0xD800 <= v <= 0xDBFF:
+                    v = 0x10000 + ((v - 0xD800) << 10) + (hex4(q + 2) - 0xDC00)
+                    q += 6
+                if v < 0x80:
+                    data[p] = v
+                    p += 1
+                elif v < 0x800:
+                    data[p] = 0xC0 | (v >> 6)
+                    data[p + 1] = 0x80 | (v & 0x3F)
+                    p += 2
+                elif v < 0x10000:
+                    data[p] = 0xE0 | (v >> 12)
+                    data[p + 1] = 0x80 | ((v >> 6) & 0x3F)
+                    data[p + 2] = 0x80 | (v & 0x3F)
+                    p += 3
+                else:
+                    data[p] = 0xF0 | (v >> 18)
+                    data[p + 1] = 0x80 | ((v >> 12) & 0x3F)
+                    data[p + 2] = 0x80 | ((v >> 6) & 0x3F)
+                    data[p + 3] = 0x80 | (v & 0x3F)
+                    p += 4
+            valid[k] = True
         off[k + 1] = p
     return off, data, valid
-
 
 
 def names_table(names: list) -> tuple[np.ndarray, np.ndarray]:
@@ -405,25 +487,26 @@ class Scanned:
         self.tag_spans = tags[:nt]
         self.counts = np.diff(toff[: self.rows + 1])
 
-    def strings(self, s: np.ndarray, e: np.ndarray):
-        """The strings raw[s:e] (null where s < 0) as a pyarrow string array."""
+    def strings(self, s: np.ndarray, e: np.ndarray, esc: np.ndarray):
+        """The strings raw[s:e] (null where s < 0; JSON escapes decoded where esc) as a pyarrow
+        string array."""
         import pyarrow as pa
 
-        off, data, valid = gather(self.a, np.ascontiguousarray(s), np.ascontiguousarray(e))
+        off, data, valid = gather(self.a, *(np.ascontiguousarray(x) for x in (s, e, esc)))
         nulls = int(len(valid) - valid.sum())
         bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
         return pa.StringArray.from_buffers(len(valid), pa.py_buffer(off), pa.py_buffer(data), bitmap, nulls)
 
     def ids(self):
-        return self.strings(self.spans[:, 0], self.spans[:, 1])
+        return self.strings(self.spans[:, 0], self.spans[:, 1], self.spans[:, 7])
 
     def tags(self):
         """(raw tags as a string array, the row of each)."""
         post = np.repeat(np.arange(self.rows, dtype=np.int64), self.counts)
-        return self.strings(self.tag_spans[:, 0], self.tag_spans[:, 1]), post
+        return self.strings(self.tag_spans[:, 0], self.tag_spans[:, 1], self.tag_spans[:, 2]), post
 
     def country(self) -> list:
-        return [x or None for x in self.strings(self.spans[:, 5], self.spans[:, 6]).to_pylist()]
+        return [x or None for x in self.strings(self.spans[:, 5], self.spans[:, 6], self.spans[:, 8]).to_pylist()]
 
     def caption(self, i: int):
         """Row i's caption as Python's json reads it (None: missing or null)."""

@@ -106,7 +106,8 @@ def test_plain_lines_are_taken_and_read_as_python_reads_them():
                  '{"id": -3, "hashtags": [], "o": {"a": [1, 2.5e-3, true, false, null, "s\\u00e9\\"", {}]}}',
                  '{"hashtags":null,"id":null,"country":null,"caption":null}', '{"caption":"a \\"b\\" \\u00e9\\n#c"}',
                  '{"id":"ünï 東京","hashtags":["😀"]}\r', '\t{"id" :"x" ,"hashtags" :[ "a" , "b" ] }\t',
-                 '{"other":"\\ud800","id":"s"}']:
+                 '{"other":"\\ud800","id":"s"}', '{"id":"a\\u0020","hashtags":["caf\\u00e9","\\ud83d\\ude00x"]}',
+                 '{"id":"q\\"\\\\","country":"U\\u0053","hashtags":["a\\tb","\\/\\b\\f\\n\\r","\\u0000","\\uFFFF\\u0800\\u07ff"]}']:
         assert check_block([line]), line
 
 
@@ -152,7 +153,8 @@ def test_random_edits_of_lines_are_taken_only_where_python_agrees():
 @pytest.mark.parametrize("line", [
     '{"id":"a","id":"b","hashtags":["x"]}',  # Python keeps the last of two: the scanner does not choose
     '{"id":"a","hashtags":["x"],"hashtags":["y"]}', '{"\\u0069d":"a","hashtags":["x"]}',  # an escaped key
-    '{"id":"a\\u0020","hashtags":["x"]}', '{"id":"a","hashtags":["caf\\u00e9"]}', '{"id":"a","country":"U\\u0053"}',
+    '{"id":"a","hashtags":["\\ud800"]}', '{"id":"\\udc00"}', '{"id":"a","hashtags":["\\ud83dx"]}',  # lone surrogates
+    '{"id":"a","country":"\\ud83d\\ud83d"}', '{"id":"a","hashtags":["\\ude00\\ud83d"]}',
     '{"id":-0,"hashtags":["x"]}', '{"id":1.0}', '{"id":1e3}', '{"id":true}', '{"id":["a"]}', '{"id":"a","hashtags":"x y"}',
     '{"id":"a","hashtags":["x",null]}', '{"id":"a","hashtags":[["x"]]}', '{"id":"a","caption":5}',
     '{"id":"a","country":3}', '{"id":"a","o":NaN}', '{"id":"a","o":-Infinity}', '{"id":"a","o":' + "[" * 40 + "]" * 40 + "}",
