@@ -38,6 +38,7 @@ import io
 import os
 import queue
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -841,6 +842,10 @@ def _load_compiled(name: str):
         mod = importlib.import_module(f"swagcli.prep.{name}")
     except ImportError:
         return None
+    if _not_cached(mod):
+        what = {"jsonscan": "the JSONL scanner (~10 s)", "tagnorm": "the tag normalizer"}.get(name, name)
+        print(f"swag: compiling {what} into numba's cache, once a machine (`make setup` does it ahead)",
+              file=sys.stderr, flush=True)
     for attempt in range(2):
         try:
             mod.warm()
@@ -864,6 +869,15 @@ def _bracket_heavy(lines: "_Lines") -> np.ndarray:
         return opens[:0]
     per = np.bincount(np.searchsorted(lines.starts, opens, side="right") - 1, minlength=lines.n)
     return np.flatnonzero(per > BRACKETS_MAX)
+
+
+def _not_cached(mod) -> bool:
+    """Whether numba's cache lacks (or holds a stale copy of) one of the module's kernels. Read off
+    numba's cache index, which is not a public interface: False where that cannot be read."""
+    try:
+        return any(not fn._cache._cache_file._load_index() for fn in mod.KERNELS)
+    except Exception:  # noqa: BLE001 (only a notice depends on it)
+        return False
 
 
 class _JsonBlocks(_LineBlocks):

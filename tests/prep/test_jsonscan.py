@@ -247,3 +247,20 @@ def test_a_damaged_numba_cache_is_compiled_anew():
             "print(m is not None, blocks.normalize_unique(pa.array(['#A b', 'x']))[1].to_pylist())")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.split() == ["True", "['ab',", "'x']"], res.stderr[-800:]
+
+
+def test_a_first_compile_says_so_once():
+    """Without numba's cache (a first run, no `make setup`) the wait is announced, in one line on
+    stderr; the next process loads the cache and says nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from swagcli.prep import tagnorm
+
+    for f in Path(tagnorm.normalize_ascii._cache._cache_path).glob("tagnorm.normalize_ascii-*.nb*"):
+        f.unlink()
+    code = "from swagcli.prep import blocks\nassert blocks.compiled('tagnorm') is not None"
+    first, second = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True) for _ in range(2))
+    assert first.returncode == 0 and first.stderr.count("swag: compiling the tag normalizer") == 1, first.stderr
+    assert second.returncode == 0 and "compiling" not in second.stderr, second.stderr
