@@ -63,12 +63,14 @@ def small_blocks(monkeypatch):
 
 def test_every_layout_synth_writes_reads_the_same(layouts, small_blocks):
     out, _ = layouts
+    scanned = jsonscan.TAKEN["blocks"]
     for spec in (str(out / "dumps"), str(out / "yfcc"), str(out / "img2dataset"), str(out / "img2dataset" / "*.tar")):
         for kw in ({}, {"caption_hashtags": False}) + (({"tags": "usertags"},) if "img2dataset" in spec else ()):
             for p in expand_dumps([spec]):
                 posts = same(p, **kw)[0]
                 assert posts or kw == {"caption_hashtags": False}, (p, kw)  # captions were the tags
     assert small_blocks["fast"] > 100 and small_blocks["rows"] > 10  # both paths did their share
+    assert jsonscan.TAKEN["blocks"] - scanned > 50  # and the JSONL scanner read whole blocks of the dumps
 
 
 def test_yfcc_fixture_and_its_editions(tmp_path, small_blocks):
