@@ -457,8 +457,9 @@ class _LineBlocks:
         Returns whether the fast path read all of it."""
         clean = True
         if self.scans and raw and (raw.isascii() or _is_utf8(raw)):
+            view, at = memoryview(raw), 0  # (the scanner reads on from a line without copying the rest)
             for _ in range(SCAN_STOPS):
-                got = self.scan(raw)
+                got = self.scan(view[at:])
                 if got is None:
                     break
                 block, n_lines, n_blank, stop = got
@@ -468,14 +469,16 @@ class _LineBlocks:
                     PATHS["fast"] += 1
                 if block is not None and len(block):
                     yield block
+                stop += at
                 if stop >= len(raw):
                     return clean
                 end = raw.find(b"\n", stop) + 1 or len(raw)
                 ok = yield from self.checked(raw[stop:end], split)
                 clean = clean and ok
-                raw = raw[end:]
-                if not raw:
+                at = end
+                if at >= len(raw):
                     return clean
+            raw = raw[at:]
         ok = yield from self.checked(raw, split)
         return clean and ok
 

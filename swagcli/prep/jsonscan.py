@@ -516,11 +516,11 @@ class Scanned:
         if esc:
             import json
 
-            return json.loads(self.raw[s - 1: e + 1].decode("utf-8"))
-        return self.raw[s:e].decode("utf-8")
+            return json.loads(bytes(self.raw[s - 1: e + 1]).decode("utf-8"))
+        return bytes(self.raw[s:e]).decode("utf-8")
 
 
-def scan(raw: bytes, kb: np.ndarray, kl: np.ndarray) -> "Scanned | None":
+def scan(raw: "bytes | memoryview", kb: np.ndarray, kl: np.ndarray) -> "Scanned | None":
     """The block's plain lines up to the first that is not (see the module's text), or None for a
     block over 2 GB."""
     if len(raw) >= 1 << 31:
