@@ -866,6 +866,8 @@ BRACKETS_MAX = 256  # '[' and '{' in a line, past which the row path reads it (i
 def _bracket_heavy(lines: "_Lines") -> np.ndarray:
     """The lines with more than :data:`BRACKETS_MAX` opening brackets (in strings too): pyarrow's
     reader takes any nesting, Python's json raises past its recursion limit (~1,000 levels)."""
+    if not (lines.ends - lines.starts > BRACKETS_MAX).any():  # (no line long enough to hold so many)
+        return np.zeros(0, dtype=np.int64)
     a = lines.a
     opens = np.flatnonzero((a == 91) | (a == 123))
     if len(opens) <= BRACKETS_MAX:

@@ -392,10 +392,12 @@ def scan_block(a, kb, kl):
 
 
 @jit
-def gather(a, s, e, esc):
-    """Strings a[s[k]:e[k]] (null where s[k] < 0) as arrow's buffers: (offsets, data, valid); the
-    ones with ``esc[k]`` decoded as Python's json decodes them (surrogates paired: the scanner
-    checked), into UTF-8. A decoded string is never longer than its JSON text."""
+def gather(a, sp, cs, ce, cx):
+    """Strings a[s[k]:e[k]] (s, e, esc: columns cs, ce, cx of the spans ``sp``; null where
+    s[k] < 0) as arrow's buffers: (offsets, data, valid); the ones with ``esc[k]`` decoded as
+    Python's json decodes them (surrogates paired: the scanner checked), into UTF-8. A decoded
+    string is never longer than its JSON text."""
+    s, e, esc = sp[:, cs], sp[:, ce], sp[:, cx]
     m = len(s)
     off = np.empty(m + 1, dtype=np.int32)
     valid = np.empty(m, dtype=np.bool_)
@@ -487,26 +489,26 @@ class Scanned:
         self.tag_spans = tags[:nt]
         self.counts = np.diff(toff[: self.rows + 1])
 
-    def strings(self, s: np.ndarray, e: np.ndarray, esc: np.ndarray):
-        """The strings raw[s:e] (null where s < 0; JSON escapes decoded where esc) as a pyarrow
-        string array."""
+    def strings(self, spans: np.ndarray, s: int, e: int, esc: int):
+        """The strings raw[s:e] (columns s, e, esc of ``spans``; null where s < 0; JSON escapes
+        decoded where esc) as a pyarrow string array."""
         import pyarrow as pa
 
-        off, data, valid = gather(self.a, *(np.ascontiguousarray(x) for x in (s, e, esc)))
+        off, data, valid = gather(self.a, spans, s, e, esc)
         nulls = int(len(valid) - valid.sum())
         bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
         return pa.StringArray.from_buffers(len(valid), pa.py_buffer(off), pa.py_buffer(data), bitmap, nulls)
 
     def ids(self):
-        return self.strings(self.spans[:, 0], self.spans[:, 1], self.spans[:, 7])
+        return self.strings(self.spans, 0, 1, 7)
 
     def tags(self):
         """(raw tags as a string array, the row of each)."""
         post = np.repeat(np.arange(self.rows, dtype=np.int64), self.counts)
-        return self.strings(self.tag_spans[:, 0], self.tag_spans[:, 1], self.tag_spans[:, 2]), post
+        return self.strings(self.tag_spans, 0, 1, 2), post
 
     def country(self) -> list:
-        return [x or None for x in self.strings(self.spans[:, 5], self.spans[:, 6], self.spans[:, 8]).to_pylist()]
+        return [x or None for x in self.strings(self.spans, 5, 6, 8).to_pylist()]
 
     def caption(self, i: int):
         """Row i's caption as Python's json reads it (None: missing or null)."""
